@@ -1,0 +1,134 @@
+//! Connecting to NATS and setting up the JetStream objects rouse relies on.
+//!
+//! Both binaries connect the same way: retry the first connection, reconnect
+//! forever with capped backoff, log every state change. Both also ensure the
+//! KV bucket and the events stream exist, so either may start first. The
+//! bucket's stream is created by hand rather than with `create_key_value`,
+//! whose account-info parsing fails on nats-server 2.9.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{Client, ConnectOptions, Event};
+
+use crate::config::NatsConfig;
+use crate::subjects::{ENDPOINTS_BUCKET, EVENTS_STREAM};
+
+/// Why talking to NATS failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot use NATS credentials {path}: {source}")]
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot set up JetStream {what}: {source}")]
+    JetStream {
+        what: &'static str,
+        source: async_nats::Error,
+    },
+}
+
+/// Backoff between reconnect attempts: 100 ms doubling to 2 s, with jitter so
+/// many proxies do not reconnect in lockstep.
+fn reconnect_delay(attempt: usize) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2_000);
+    Duration::from_millis(base + fastrand::u64(0..=base / 5))
+}
+
+/// Connects as `client_name`; returns at once even when NATS is down, and keeps
+/// reconnecting for as long as the process lives.
+pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Client, BusError> {
+    let mut options = ConnectOptions::new()
+        .name(client_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(|event| async move {
+            match event {
+                Event::Connected => tracing::info!("NATS connected"),
+                Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                other => tracing::warn!(event = %other, "NATS event"),
+            }
+        });
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let Some(path) = &config.creds_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| BusError::Credentials {
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(tls.required);
+        if let Some(ca) = &tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    options
+        .connect(config.url.as_str())
+        .await
+        .map_err(|source| BusError::Connect {
+            url: config.url.clone(),
+            source,
+        })
+}
+
+/// The endpoints bucket, created if missing.
+pub async fn endpoints_bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> {
+    let config = stream::Config {
+        name: format!("KV_{ENDPOINTS_BUCKET}"),
+        subjects: vec![format!("$KV.{ENDPOINTS_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(|e| BusError::JetStream {
+            what: "endpoints bucket",
+            source: e.into(),
+        })?;
+    js.get_key_value(ENDPOINTS_BUCKET)
+        .await
+        .map_err(|e| BusError::JetStream {
+            what: "endpoints bucket",
+            source: e.into(),
+        })
+}
+
+/// The stream that keeps `scaled` events, created if missing.
+pub async fn events_stream(js: &jetstream::Context, prefix: &str) -> Result<(), BusError> {
+    let config = stream::Config {
+        name: EVENTS_STREAM.into(),
+        subjects: vec![format!("{prefix}.scaled.>")],
+        max_messages: 100_000,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map(drop)
+        .map_err(|e| BusError::JetStream {
+            what: "events stream",
+            source: e.into(),
+        })
+}

@@ -1,0 +1,538 @@
+//! The one configuration file both binaries read.
+//!
+//! The proxy and the controller must agree on every service (its name, hosts,
+//! scaling and hold limits), so they share one YAML file and these types.
+//! Loading is strict: unknown keys are errors, durations are humantime strings,
+//! and every error names the file, the line and the key, so that `--check`
+//! can tell an operator exactly what to fix.
+
+mod locate;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use locate::LineIndex;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub controller: ControllerConfig,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    #[serde(default = "defaults::nats_url")]
+    pub url: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A `.creds` file (JWT and NKey seed).
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Prefix of every subject; the KV bucket and stream names are fixed.
+    #[serde(default = "defaults::prefix")]
+    pub prefix: String,
+}
+
+/// TLS towards NATS.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default = "defaults::yes")]
+    pub required: bool,
+}
+
+/// The data path.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    #[serde(default = "defaults::proxy_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "defaults::proxy_admin")]
+    pub admin_listen: SocketAddr,
+    #[serde(default = "defaults::report_interval", with = "humantime_serde")]
+    pub report_interval: Duration,
+    /// Identity in load reports; defaults to `<hostname>-<pid>`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Time a replica may take to send response headers before 504.
+    #[serde(default = "defaults::response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Time to open a connection to a replica.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle pooled connections to replicas are closed after this.
+    #[serde(default = "defaults::pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Time a client may take to send request headers.
+    #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    #[serde(default = "defaults::shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Runtime worker threads; defaults to the number of cores.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
+}
+
+/// What a controller does with its replicas when it is stopped (SIGTERM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownPolicy {
+    /// Stop every replica it started: nothing is left behind.
+    Stop,
+    /// Leave replicas running, for a restarted controller to adopt.
+    Keep,
+}
+
+/// Scaling.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    #[serde(default = "defaults::controller_admin")]
+    pub admin_listen: SocketAddr,
+    /// Where the process backend keeps its pid files and replica logs.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    /// How often each service is reconciled when nothing else wakes it.
+    #[serde(default = "defaults::tick", with = "humantime_serde")]
+    pub tick: Duration,
+    /// What SIGTERM does to the replicas.
+    #[serde(default = "defaults::on_shutdown")]
+    pub on_shutdown: ShutdownPolicy,
+}
+
+/// One service: where its traffic comes from and what serves it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub hosts: Vec<String>,
+    #[serde(default = "defaults::paths")]
+    pub paths: Vec<String>,
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
+    #[serde(default)]
+    pub scaling: ScalingConfig,
+    #[serde(default)]
+    pub hold: HoldConfig,
+    /// Overrides `proxy.response_timeout` for this service.
+    #[serde(default, with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
+}
+
+/// Exactly one backend per service: `process`, `docker` or `kubernetes`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    #[serde(default)]
+    pub process: Option<ProcessBackend>,
+    #[serde(default)]
+    pub docker: Option<DockerBackend>,
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesBackend>,
+}
+
+/// The backend a service selected.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend<'a> {
+    Process(&'a ProcessBackend),
+    Docker(&'a DockerBackend),
+    Kubernetes(&'a KubernetesBackend),
+}
+
+impl BackendConfig {
+    /// The one backend configured; validation guarantees there is exactly one.
+    pub fn selected(&self) -> Option<Backend<'_>> {
+        match (&self.process, &self.docker, &self.kubernetes) {
+            (Some(p), None, None) => Some(Backend::Process(p)),
+            (None, Some(d), None) => Some(Backend::Docker(d)),
+            (None, None, Some(k)) => Some(Backend::Kubernetes(k)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        usize::from(self.process.is_some())
+            + usize::from(self.docker.is_some())
+            + usize::from(self.kubernetes.is_some())
+    }
+}
+
+impl Backend<'_> {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Process(_) => "process",
+            Self::Docker(_) => "docker",
+            Self::Kubernetes(_) => "kubernetes",
+        }
+    }
+}
+
+/// Local processes: the embedded default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessBackend {
+    /// argv; `{port}` in any element is replaced by the replica's port.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+    /// After SIGTERM, SIGKILL follows this much later.
+    #[serde(default = "defaults::grace_period", with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// A replica not ready this long after it was started is replaced.
+    #[serde(default = "defaults::startup_timeout", with = "humantime_serde")]
+    pub startup_timeout: Duration,
+}
+
+/// Docker containers through the Engine API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerBackend {
+    pub image: String,
+    pub port: u16,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A Kubernetes Deployment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesBackend {
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    pub deployment: String,
+    pub service: String,
+    pub port: u16,
+}
+
+/// How the controller decides a replica may receive traffic.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessConfig {
+    /// Ready when `GET <path>` answers 2xx.
+    #[serde(default)]
+    pub http_get: Option<String>,
+    /// Ready when the port accepts a TCP connection.
+    #[serde(default)]
+    pub tcp: Option<bool>,
+    /// Interval of the liveness re-check of ready replicas.
+    #[serde(default = "defaults::probe_period", with = "humantime_serde")]
+    pub period: Duration,
+}
+
+/// The kind of probe a service's readiness config selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    HttpGet(String),
+    Tcp,
+}
+
+impl ReadinessConfig {
+    /// `http_get` wins when given; a service with neither uses a TCP probe.
+    pub fn probe(&self) -> Probe {
+        match &self.http_get {
+            Some(path) => Probe::HttpGet(path.clone()),
+            None => Probe::Tcp,
+        }
+    }
+}
+
+/// Autoscaling knobs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingConfig {
+    #[serde(default)]
+    pub min_replicas: u32,
+    #[serde(default = "defaults::max_replicas")]
+    pub max_replicas: u32,
+    /// In-flight requests per replica to aim for.
+    #[serde(default = "defaults::target_concurrency")]
+    pub target_concurrency: f64,
+    /// Requests per second per replica to aim for; the larger need wins.
+    #[serde(default)]
+    pub target_rps: Option<f64>,
+    #[serde(default = "defaults::scale_to_zero_after", with = "humantime_serde")]
+    pub scale_to_zero_after: Duration,
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Scale-down uses the largest need seen over this window.
+    #[serde(default = "defaults::stable_window", with = "humantime_serde")]
+    pub stable_window: Duration,
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        Self {
+            min_replicas: 0,
+            max_replicas: defaults::max_replicas(),
+            target_concurrency: defaults::target_concurrency(),
+            target_rps: None,
+            scale_to_zero_after: defaults::scale_to_zero_after(),
+            drain_timeout: defaults::drain_timeout(),
+            stable_window: defaults::stable_window(),
+        }
+    }
+}
+
+/// Limits of the proxy's wait queue for a cold service.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldConfig {
+    #[serde(default = "defaults::hold_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::hold_max_requests")]
+    pub max_requests: usize,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        Self {
+            timeout: defaults::hold_timeout(),
+            max_requests: defaults::hold_max_requests(),
+        }
+    }
+}
+
+macro_rules! default_via_serde {
+    ($($ty:ty),*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                // Every field has a serde default, so an empty map is valid.
+                serde_norway::from_str("{}").unwrap_or_else(|e| unreachable!("{e}"))
+            }
+        }
+    )*};
+}
+default_via_serde!(NatsConfig, ProxyConfig, ControllerConfig);
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::ShutdownPolicy;
+
+    pub fn nats_url() -> String {
+        "nats://127.0.0.1:4222".into()
+    }
+    pub fn prefix() -> String {
+        "rouse".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn proxy_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn proxy_admin() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9090))
+    }
+    pub fn controller_admin() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9091))
+    }
+    pub fn report_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn response_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_secs(90)
+    }
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn shutdown_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn state_dir() -> PathBuf {
+        std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".rouse-state"))
+    }
+    pub fn tick() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn on_shutdown() -> ShutdownPolicy {
+        ShutdownPolicy::Stop
+    }
+    pub fn paths() -> Vec<String> {
+        vec!["/".into()]
+    }
+    pub fn grace_period() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn startup_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn namespace() -> String {
+        "default".into()
+    }
+    pub fn probe_period() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn max_replicas() -> u32 {
+        10
+    }
+    pub fn target_concurrency() -> f64 {
+        10.0
+    }
+    pub fn scale_to_zero_after() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn stable_window() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn hold_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn hold_max_requests() -> usize {
+        10_000
+    }
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `services[1].scaling.drain_timeout`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.reason)
+        } else {
+            write!(f, ": key `{}`: {}", self.key, self.reason)
+        }
+    }
+}
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", join_issues(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+fn join_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Parses and validates `source`; `path` is only used in messages.
+    pub fn parse(path: &Path, source: &str) -> Result<Self, ConfigError> {
+        let index = LineIndex::new(source);
+        let issue = |key: String, reason: String, fallback: Option<usize>| ConfigIssue {
+            file: path.to_path_buf(),
+            line: index.line_of(&key).or(fallback),
+            key,
+            reason,
+        };
+        let deserializer = serde_norway::Deserializer::from_str(source);
+        let config: Config = match serde_path_to_error::deserialize(deserializer) {
+            Ok(config) => config,
+            Err(err) => {
+                let key = err.path().to_string();
+                let inner = err.into_inner();
+                let line = inner.location().map(|l| l.line());
+                let key = if key == "." { String::new() } else { key };
+                let reason = strip_location(&inner.to_string());
+                let reason = reason
+                    .strip_prefix(&format!("{key}: "))
+                    .map(str::to_string)
+                    .unwrap_or(reason);
+                return Err(ConfigError::Invalid(vec![issue(key, reason, line)]));
+            }
+        };
+        let problems = validate::check(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|(key, reason)| issue(key, reason, None))
+                    .collect(),
+            ))
+        }
+    }
+
+    /// The service called `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// serde_norway appends " at line L column C"; the issue carries the line itself.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(cut) => message[..cut].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

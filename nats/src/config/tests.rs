@@ -1,0 +1,102 @@
+use std::path::Path;
+
+use super::*;
+
+const VALID: &str = "\
+nats:
+  url: nats://127.0.0.1:4222
+proxy:
+  listen: 127.0.0.1:8080
+  report_interval: 500ms
+services:
+  - name: echo
+    hosts: [echo.localhost]
+    backend:
+      process:
+        command: [rouse-echo, --port, \"{port}\"]
+    readiness: {http_get: /healthz}
+    scaling:
+      max_replicas: 3
+      scale_to_zero_after: 2s
+    hold:
+      timeout: 5s
+";
+
+fn issues(source: &str) -> Vec<ConfigIssue> {
+    match Config::parse(Path::new("rouse.yaml"), source) {
+        Ok(_) => panic!("expected an error"),
+        Err(ConfigError::Invalid(issues)) => issues,
+        Err(other) => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn valid_config_parses_with_defaults() {
+    let config = Config::parse(Path::new("rouse.yaml"), VALID).expect("valid");
+    let echo = config.service("echo").expect("echo");
+    assert_eq!(echo.scaling.scale_to_zero_after, Duration::from_secs(2));
+    assert_eq!(echo.scaling.min_replicas, 0);
+    assert_eq!(echo.hold.max_requests, 10_000);
+    assert_eq!(echo.paths, vec!["/".to_string()]);
+    assert_eq!(config.proxy.report_interval, Duration::from_millis(500));
+    assert_eq!(config.nats.prefix, "rouse");
+    assert_eq!(echo.readiness.probe(), Probe::HttpGet("/healthz".into()));
+}
+
+#[test]
+fn typo_names_file_line_and_key() {
+    let source = VALID.replace("max_replicas: 3", "max_replica: 3");
+    let found = issues(&source);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].line, Some(14));
+    assert!(found[0].reason.contains("max_replica"), "{}", found[0]);
+    let text = found[0].to_string();
+    assert!(text.starts_with("rouse.yaml:14: "), "{text}");
+}
+
+#[test]
+fn bad_duration_names_its_key_and_line() {
+    let source = VALID.replace("scale_to_zero_after: 2s", "scale_to_zero_after: 5x");
+    let found = issues(&source);
+    assert_eq!(found[0].key, "services[0].scaling.scale_to_zero_after");
+    assert_eq!(found[0].line, Some(15));
+}
+
+#[test]
+fn shared_host_is_rejected_on_the_second_service() {
+    let source = format!(
+        "{VALID}  - name: other\n    hosts: [echo.localhost]\n    backend:\n      process:\n        command: [x]\n"
+    );
+    let found = issues(&source);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "services[1].hosts");
+    assert_eq!(found[0].line, Some(19));
+    assert!(found[0].reason.contains("echo"), "{}", found[0]);
+}
+
+#[test]
+fn semantic_errors_are_all_reported() {
+    let source = VALID
+        .replace("name: echo", "name: Echo_1")
+        .replace("max_replicas: 3", "max_replicas: 0");
+    let found = issues(&source);
+    let keys: Vec<_> = found.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"services[0].name"), "{keys:?}");
+    assert!(keys.contains(&"services[0].scaling.max_replicas"), "{keys:?}");
+}
+
+#[test]
+fn two_backends_is_an_error() {
+    let source = VALID.replace(
+        "    readiness:",
+        "      docker: {image: x, port: 80}\n    readiness:",
+    );
+    let found = issues(&source);
+    assert!(found[0].key.starts_with("services[0].backend"), "{found:?}");
+}
+
+#[test]
+fn unreadable_file_is_a_read_error() {
+    let err = Config::load(Path::new("/nonexistent/rouse.yaml")).expect_err("missing");
+    assert!(matches!(err, ConfigError::Read { .. }));
+}

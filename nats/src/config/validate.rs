@@ -1,0 +1,237 @@
+//! Checks that serde cannot express: names, ranges, and conflicts between
+//! services. Each problem is reported as (key path, reason); the caller adds
+//! the file and line.
+
+use std::collections::HashMap;
+
+use super::{Backend, BackendConfig, Config, ServiceConfig};
+
+type Problems = Vec<(String, String)>;
+
+/// Every problem in `config`, in file order.
+pub fn check(config: &Config) -> Problems {
+    let mut problems = Problems::new();
+    check_globals(config, &mut problems);
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut routes: HashMap<(String, String), &str> = HashMap::new();
+    for (i, service) in config.services.iter().enumerate() {
+        let at = format!("services[{i}]");
+        if let Some(first) = names.insert(&service.name, i) {
+            problems.push((
+                format!("{at}.name"),
+                format!(
+                    "service name `{}` is already used by services[{first}]",
+                    service.name
+                ),
+            ));
+        }
+        check_service(&at, service, &mut problems);
+        check_routes(&at, service, &mut routes, &mut problems);
+    }
+    problems
+}
+
+fn check_globals(config: &Config, problems: &mut Problems) {
+    if config.proxy.report_interval.is_zero() {
+        problems.push(("proxy.report_interval".into(), "must be above 0".into()));
+    }
+    if config.controller.tick.is_zero() {
+        problems.push(("controller.tick".into(), "must be above 0".into()));
+    }
+    let prefix = &config.nats.prefix;
+    if prefix.is_empty() || !prefix.split('.').all(is_subject_token) {
+        problems.push((
+            "nats.prefix".into(),
+            format!("`{prefix}` is not a valid NATS subject prefix"),
+        ));
+    }
+}
+
+fn is_subject_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Names end up in NATS subjects, KV keys, metric labels and file names.
+fn is_valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn check_service(at: &str, service: &ServiceConfig, problems: &mut Problems) {
+    if !is_valid_name(&service.name) {
+        problems.push((
+            format!("{at}.name"),
+            format!(
+                "`{}` is not a valid name: use 1 to 63 of [a-z0-9-]",
+                service.name
+            ),
+        ));
+    }
+    if service.hosts.is_empty() {
+        problems.push((format!("{at}.hosts"), "needs at least one host".into()));
+    }
+    for (j, host) in service.hosts.iter().enumerate() {
+        if let Err(reason) = check_host(host) {
+            problems.push((format!("{at}.hosts[{j}]"), reason));
+        }
+    }
+    if service.paths.is_empty() {
+        problems.push((format!("{at}.paths"), "needs at least one path".into()));
+    }
+    for (j, path) in service.paths.iter().enumerate() {
+        if !path.starts_with('/') {
+            problems.push((
+                format!("{at}.paths[{j}]"),
+                format!("`{path}` must start with `/`"),
+            ));
+        }
+    }
+    check_backend(at, &service.backend, problems);
+    check_readiness(at, service, problems);
+    check_scaling(at, service, problems);
+    if service.hold.timeout.is_zero() {
+        problems.push((format!("{at}.hold.timeout"), "must be above 0".into()));
+    }
+}
+
+fn check_host(host: &str) -> Result<(), String> {
+    if host == "*" {
+        return Ok(());
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{host}` is not a host: use a name, `*.suffix` or `*` (no port, no scheme)"
+        ))
+    }
+}
+
+fn check_routes<'a>(
+    at: &str,
+    service: &'a ServiceConfig,
+    routes: &mut HashMap<(String, String), &'a str>,
+    problems: &mut Problems,
+) {
+    for host in &service.hosts {
+        for path in &service.paths {
+            let key = (host.to_ascii_lowercase(), normalise_path(path));
+            if let Some(other) = routes.insert(key, &service.name) {
+                if other != service.name {
+                    problems.push((
+                        format!("{at}.hosts"),
+                        format!("host `{host}` with path `{path}` is already routed to service `{other}`"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// `/api/` and `/api` are the same segment-aware prefix.
+pub(crate) fn normalise_path(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+fn check_backend(at: &str, backend: &BackendConfig, problems: &mut Problems) {
+    let at = format!("{at}.backend");
+    match backend.selected() {
+        None => {
+            let reason = if backend.count() == 0 {
+                "needs one of `process`, `docker`, `kubernetes`"
+            } else {
+                "choose only one of `process`, `docker`, `kubernetes`"
+            };
+            problems.push((at, reason.into()));
+        }
+        Some(Backend::Process(process)) => {
+            if process.command.first().is_none_or(|c| c.is_empty()) {
+                problems.push((
+                    format!("{at}.process.command"),
+                    "needs a program to run".into(),
+                ));
+            }
+        }
+        Some(Backend::Docker(docker)) => {
+            if docker.image.is_empty() {
+                problems.push((format!("{at}.docker.image"), "is empty".into()));
+            }
+        }
+        Some(Backend::Kubernetes(kube)) => {
+            if kube.deployment.is_empty() {
+                problems.push((format!("{at}.kubernetes.deployment"), "is empty".into()));
+            }
+        }
+    }
+}
+
+fn check_readiness(at: &str, service: &ServiceConfig, problems: &mut Problems) {
+    let readiness = &service.readiness;
+    if readiness.http_get.is_some() && readiness.tcp == Some(true) {
+        problems.push((
+            format!("{at}.readiness"),
+            "choose one of `http_get` and `tcp`".into(),
+        ));
+    }
+    if let Some(path) = &readiness.http_get {
+        if !path.starts_with('/') {
+            problems.push((
+                format!("{at}.readiness.http_get"),
+                format!("`{path}` must start with `/`"),
+            ));
+        }
+    }
+}
+
+fn check_scaling(at: &str, service: &ServiceConfig, problems: &mut Problems) {
+    let scaling = &service.scaling;
+    if scaling.max_replicas == 0 {
+        problems.push((
+            format!("{at}.scaling.max_replicas"),
+            "must be at least 1".into(),
+        ));
+    }
+    if scaling.min_replicas > scaling.max_replicas {
+        problems.push((
+            format!("{at}.scaling.min_replicas"),
+            format!(
+                "{} is above max_replicas ({})",
+                scaling.min_replicas, scaling.max_replicas
+            ),
+        ));
+    }
+    if !(scaling.target_concurrency.is_finite() && scaling.target_concurrency > 0.0) {
+        problems.push((
+            format!("{at}.scaling.target_concurrency"),
+            "must be a number above 0".into(),
+        ));
+    }
+    if let Some(rps) = scaling.target_rps {
+        if !(rps.is_finite() && rps > 0.0) {
+            problems.push((
+                format!("{at}.scaling.target_rps"),
+                "must be a number above 0".into(),
+            ));
+        }
+    }
+}

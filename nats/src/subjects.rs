@@ -1,0 +1,69 @@
+//! Names of every subject, bucket and stream rouse uses.
+//!
+//! Both sides build names here so a proxy and a controller configured with the
+//! same prefix can never disagree on where a message goes.
+
+/// KV bucket holding each service's endpoint set, keyed by service name.
+pub const ENDPOINTS_BUCKET: &str = "rouse-endpoints";
+/// JetStream stream keeping `scaled` events.
+pub const EVENTS_STREAM: &str = "ROUSE_EVENTS";
+
+/// Subject builder for one prefix.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn wake(&self, service: &str) -> String {
+        format!("{}.wake.{service}", self.prefix)
+    }
+
+    pub fn load(&self, service: &str) -> String {
+        format!("{}.load.{service}", self.prefix)
+    }
+
+    pub fn scaled(&self, service: &str) -> String {
+        format!("{}.scaled.{service}", self.prefix)
+    }
+
+    pub fn all_wakes(&self) -> String {
+        format!("{}.wake.*", self.prefix)
+    }
+
+    pub fn all_loads(&self) -> String {
+        format!("{}.load.*", self.prefix)
+    }
+
+    pub fn all_scaled(&self) -> String {
+        format!("{}.scaled.*", self.prefix)
+    }
+
+    /// The service named by the last token of a wake/load/scaled subject.
+    pub fn service_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        let (_kind, service) = rest.split_once('.')?;
+        (!service.is_empty() && !service.contains('.')).then_some(service)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_parses_subjects() {
+        let s = Subjects::new("rouse");
+        assert_eq!(s.wake("echo"), "rouse.wake.echo");
+        assert_eq!(s.load("echo"), "rouse.load.echo");
+        assert_eq!(s.service_of("rouse.load.echo"), Some("echo"));
+        assert_eq!(s.service_of("other.load.echo"), None);
+        assert_eq!(s.service_of("rouse.load."), None);
+    }
+}
