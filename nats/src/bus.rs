@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::{Client, ConnectOptions, Event};
+use tokio::sync::watch;
 
 use crate::config::NatsConfig;
 use crate::subjects::{ENDPOINTS_BUCKET, EVENTS_STREAM};
@@ -41,20 +42,28 @@ fn reconnect_delay(attempt: usize) -> Duration {
     Duration::from_millis(base + fastrand::u64(0..=base / 5))
 }
 
+/// A NATS client and a counter of its (re)connections.
+///
+/// Subscriptions survive a reconnect, but JetStream consumers (a KV watch)
+/// may not: their owners restart them when `connects` changes.
+#[derive(Clone)]
+pub struct Bus {
+    pub client: Client,
+    pub connects: watch::Receiver<u64>,
+}
+
 /// Connects as `client_name`; returns at once even when NATS is down, and keeps
 /// reconnecting for as long as the process lives.
-pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Client, BusError> {
+pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Bus, BusError> {
+    let (connected_tx, connects) = watch::channel(0u64);
     let mut options = ConnectOptions::new()
         .name(client_name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
-        .event_callback(|event| async move {
-            match event {
-                Event::Connected => tracing::info!("NATS connected"),
-                Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
-                other => tracing::warn!(event = %other, "NATS event"),
-            }
+        .event_callback(move |event| {
+            let connected_tx = connected_tx.clone();
+            async move { on_event(event, &connected_tx) }
         });
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
         options = options.user_and_password(user.clone(), password.clone());
@@ -80,13 +89,25 @@ pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Client, B
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
     }
-    options
+    let client = options
         .connect(config.url.as_str())
         .await
         .map_err(|source| BusError::Connect {
             url: config.url.clone(),
             source,
-        })
+        })?;
+    Ok(Bus { client, connects })
+}
+
+fn on_event(event: Event, connected: &watch::Sender<u64>) {
+    match event {
+        Event::Connected => {
+            tracing::info!("NATS connected");
+            connected.send_modify(|n| *n += 1);
+        }
+        Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+        other => tracing::warn!(event = %other, "NATS event"),
+    }
 }
 
 /// The endpoints bucket, created if missing.

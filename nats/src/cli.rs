@@ -47,7 +47,7 @@ pub fn init_logging(format: LogFormat) {
 /// What `main` should do after reading the config.
 pub enum Loaded {
     /// Run with this config.
-    Run(Config),
+    Run(Box<Config>),
     /// Exit now with this code (a `--check`, or a bad config already reported).
     Exit(ExitCode),
 }
@@ -63,7 +63,7 @@ pub fn load(args: &CommonArgs) -> Loaded {
             );
             Loaded::Exit(ExitCode::SUCCESS)
         }
-        Ok(config) => Loaded::Run(config),
+        Ok(config) => Loaded::Run(Box::new(config)),
         Err(err) => {
             report(&err);
             Loaded::Exit(ExitCode::from(EXIT_BAD_CONFIG))

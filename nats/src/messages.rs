@@ -126,7 +126,9 @@ pub fn decode<T: DeserializeOwned + Versioned>(payload: &[u8]) -> Result<T, Deco
 
 /// Encodes any message; serialising these plain structs cannot fail.
 pub fn encode<T: Serialize>(message: &T) -> bytes::Bytes {
-    serde_json::to_vec(message).map(Into::into).unwrap_or_default()
+    serde_json::to_vec(message)
+        .map(Into::into)
+        .unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch, for `at_ms` fields.

@@ -82,7 +82,10 @@ fn semantic_errors_are_all_reported() {
     let found = issues(&source);
     let keys: Vec<_> = found.iter().map(|i| i.key.as_str()).collect();
     assert!(keys.contains(&"services[0].name"), "{keys:?}");
-    assert!(keys.contains(&"services[0].scaling.max_replicas"), "{keys:?}");
+    assert!(
+        keys.contains(&"services[0].scaling.max_replicas"),
+        "{keys:?}"
+    );
 }
 
 #[test]

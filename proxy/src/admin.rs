@@ -1,0 +1,90 @@
+//! The admin server: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Kept apart from the data path's listener so that scrapes and probes never
+//! compete with traffic, and so it can bind to loopback only.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::metrics::ProxyMetrics;
+use crate::service::Service;
+
+/// What the admin endpoints report on.
+pub struct AdminState {
+    pub metrics: Arc<ProxyMetrics>,
+    pub services: Vec<Arc<Service>>,
+    /// Endpoint sets read at least once.
+    pub synced: Arc<AtomicBool>,
+    /// Cleared on SIGTERM so load balancers stop sending traffic.
+    pub accepting: AtomicBool,
+}
+
+/// Serves admin requests until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&state, &request)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/metrics" => {
+            for service in &state.services {
+                let m = &service.metrics;
+                m.in_flight
+                    .set(service.counters.in_flight.load(Ordering::Relaxed) as i64);
+                m.held.set(service.hold.held() as i64);
+            }
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if !state.accepting.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else if !state.synced.load(Ordering::SeqCst) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "endpoint sets not read yet\n",
+                )
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,112 @@
+//! Stage 4 of the data path: which ready replica gets the request.
+//!
+//! Power of two choices on in-flight count: two random ready endpoints, the
+//! less busy one wins. That needs no shared state beyond the per-endpoint
+//! atomics and keeps load even without a global view. A request counts itself
+//! into the endpoint *before* it re-checks the draining flag, which closes the
+//! race with a load report that tells the controller the endpoint is idle.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::service::{Endpoint, Service};
+
+/// A request's claim on an endpoint: counted in its in-flight until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    pub endpoint: Arc<Endpoint>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Bounds the re-picks when endpoints turn draining under our feet.
+const MAX_ATTEMPTS: usize = 4;
+
+/// Leases a ready endpoint of `service`, skipping those in `tried`.
+pub fn lease(service: &Service, tried: &[Arc<str>]) -> Option<Lease> {
+    for _ in 0..MAX_ATTEMPTS {
+        let snapshot = service.endpoints.load();
+        let endpoint = choose(&snapshot.ready, tried)?;
+        endpoint.in_flight.fetch_add(1, Ordering::SeqCst);
+        let lease = Lease {
+            endpoint: Arc::clone(endpoint),
+        };
+        if !lease.endpoint.draining.load(Ordering::SeqCst) {
+            return Some(lease);
+        }
+    }
+    None
+}
+
+/// Power of two choices among `ready` minus `tried`.
+fn choose<'a>(ready: &'a [Arc<Endpoint>], tried: &[Arc<str>]) -> Option<&'a Arc<Endpoint>> {
+    let usable = |e: &&Arc<Endpoint>| !tried.iter().any(|t| *t == e.id);
+    match ready.len() {
+        0 => None,
+        1 => ready.first().filter(usable),
+        n if tried.is_empty() => {
+            let a = fastrand::usize(..n);
+            let mut b = fastrand::usize(..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ea, eb) = (&ready[a], &ready[b]);
+            if eb.in_flight.load(Ordering::Relaxed) < ea.in_flight.load(Ordering::Relaxed) {
+                Some(eb)
+            } else {
+                Some(ea)
+            }
+        }
+        _ => ready
+            .iter()
+            .filter(usable)
+            .min_by_key(|e| e.in_flight.load(Ordering::Relaxed)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    fn endpoint(id: &str, in_flight: u64) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            id: id.into(),
+            authority: "127.0.0.1:1".parse().expect("authority"),
+            in_flight: AtomicU64::new(in_flight),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    #[test]
+    fn two_choices_never_pick_the_busiest_of_two() {
+        let ready = vec![endpoint("a", 5), endpoint("b", 0)];
+        for _ in 0..100 {
+            assert_eq!(&*choose(&ready, &[]).expect("some").id, "b");
+        }
+    }
+
+    #[test]
+    fn spreads_over_equal_endpoints() {
+        let ready: Vec<_> = (0..4).map(|i| endpoint(&i.to_string(), 0)).collect();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            seen.insert(choose(&ready, &[]).expect("some").id.clone());
+        }
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
+    fn skips_tried_endpoints() {
+        let ready = vec![endpoint("a", 0), endpoint("b", 9)];
+        let tried: Vec<Arc<str>> = vec!["a".into()];
+        assert_eq!(&*choose(&ready, &tried).expect("some").id, "b");
+        let both: Vec<Arc<str>> = vec!["a".into(), "b".into()];
+        assert!(choose(&ready, &both).is_none());
+        assert!(choose(&ready[..1], &tried).is_none());
+    }
+}

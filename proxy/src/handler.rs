@@ -1,0 +1,362 @@
+//! One request through the data path: route → hold → balance → forward.
+//!
+//! Each stage lives in its own module; this one strings them together and
+//! turns every failure into the status code the contract fixes (404, 502,
+//! 503 with Retry-After, 504).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+use crate::balance::{self, Lease};
+use crate::body::{Lent, OutBody, ProxyBody};
+use crate::forward::{self, ForwardError, Forwarder};
+use crate::hold::Admission;
+use crate::metrics::ProxyMetrics;
+use crate::report::Signal;
+use crate::route::Routes;
+use crate::service::Service;
+
+static COLD_START: &str = "x-rouse-cold-start";
+/// Seconds a client should wait after a hold timeout: the replica is still
+/// coming up, so an immediate retry would likely be held again.
+const RETRY_AFTER_TIMEOUT: HeaderValue = HeaderValue::from_static("5");
+/// After a full queue the pressure may pass quickly.
+const RETRY_AFTER_FULL: HeaderValue = HeaderValue::from_static("1");
+
+/// Shared by every connection.
+pub struct Proxy {
+    pub routes: ArcSwap<Routes<Service>>,
+    pub forwarder: Forwarder,
+    pub signals: mpsc::Sender<Signal>,
+    pub metrics: Arc<ProxyMetrics>,
+}
+
+/// Per connection: who the client is, rendered once for X-Forwarded-For.
+pub struct Peer {
+    pub client_ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let client_ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { client_ip }
+    }
+}
+
+/// Counts a forwarded request out when its response ends (or is dropped).
+#[derive(Debug)]
+pub struct Completion {
+    service: Arc<Service>,
+    _lease: Lease,
+    started: Instant,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let counters = &self.service.counters;
+        counters.completed.fetch_add(1, Ordering::Relaxed);
+        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.service
+            .metrics
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("name", &self.name).finish()
+    }
+}
+
+fn local(status: StatusCode, text: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::text(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn unavailable(text: String, retry_after: HeaderValue) -> Response<ProxyBody> {
+    let mut response = local(StatusCode::SERVICE_UNAVAILABLE, text);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, retry_after);
+    response
+}
+
+impl Proxy {
+    /// Serves one request; never fails (errors become responses).
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: Arc<Peer>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let Some(service) = self.route(&request) else {
+            self.metrics.unmatched(404);
+            return Ok(not_found(&request));
+        };
+        let response = self.serve(&service, request, &peer, started).await;
+        service.metrics.count_response(response.status().as_u16());
+        Ok(response)
+    }
+
+    fn route(&self, request: &Request<Incoming>) -> Option<Arc<Service>> {
+        let host = request_host(request)?;
+        self.routes.load().find(host, request.uri().path()).cloned()
+    }
+
+    async fn serve(
+        &self,
+        service: &Arc<Service>,
+        request: Request<Incoming>,
+        peer: &Peer,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        self.note_arrival(service);
+        let (lease, cold) = match self.wait_for_endpoint(service, started).await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
+        let counters = &service.counters;
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let completion = Completion {
+            service: Arc::clone(service),
+            _lease: lease,
+            started,
+        };
+        let mut response = self.forward(service, request, peer, completion).await;
+        if cold {
+            response
+                .headers_mut()
+                .insert(COLD_START, HeaderValue::from_static("true"));
+        }
+        response
+    }
+
+    fn note_arrival(&self, service: &Arc<Service>) {
+        service.counters.arrivals.fetch_add(1, Ordering::Relaxed);
+        if !service.busy.load(Ordering::Relaxed) && !service.busy.swap(true, Ordering::Relaxed) {
+            let _ = self.signals.try_send(Signal::Busy(Arc::clone(service)));
+        }
+    }
+
+    /// A lease on a ready endpoint, holding the request while there is none.
+    /// Returns whether the request had to wait (a cold start).
+    async fn wait_for_endpoint(
+        &self,
+        service: &Arc<Service>,
+        started: Instant,
+    ) -> Result<(Lease, bool), Response<ProxyBody>> {
+        if let Some(lease) = balance::lease(service, &[]) {
+            return Ok((lease, false));
+        }
+        let deadline = started + service.hold_timeout;
+        let mut held = false;
+        loop {
+            match service.hold.admit(|| service.has_ready()) {
+                Admission::Full => {
+                    service.metrics.hold_rejected.inc();
+                    let text = format!(
+                        "service {} is starting and its queue is full\n",
+                        service.name
+                    );
+                    return Err(unavailable(text, RETRY_AFTER_FULL));
+                }
+                Admission::ReadyNow => {}
+                Admission::Held(mut ticket) => {
+                    held = true;
+                    if ticket.first {
+                        let _ = self.signals.try_send(Signal::Wake(Arc::clone(service)));
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if ticket.wait(left).await.is_err() {
+                        service.metrics.hold_timeouts.inc();
+                        let text = format!(
+                            "service {} did not become ready within {:?}\n",
+                            service.name, service.hold_timeout
+                        );
+                        return Err(unavailable(text, RETRY_AFTER_TIMEOUT));
+                    }
+                }
+            }
+            if let Some(lease) = balance::lease(service, &[]) {
+                if held {
+                    service
+                        .metrics
+                        .cold_start_wait
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                return Ok((lease, held));
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        service: &Arc<Service>,
+        mut request: Request<Incoming>,
+        peer: &Peer,
+        mut completion: Completion,
+    ) -> Response<ProxyBody> {
+        let upgrade = forward::is_upgrade(request.headers(), request.version());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        // Only keep what a retry needs when another replica could take it.
+        let retry_possible = service.endpoints.load().ready.len() > 1 && !upgrade;
+        let (lent, mut body) = if retry_possible {
+            let lent = Lent::new(body);
+            (Some(lent.clone()), OutBody::Lent(lent))
+        } else {
+            (None, OutBody::Streamed(body))
+        };
+        let original = retry_possible.then(|| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            )
+        });
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        loop {
+            let endpoint = Arc::clone(&completion._lease.endpoint);
+            if let Err(err) =
+                forward::prepare_head(&mut parts, &endpoint.authority, &peer.client_ip, upgrade)
+            {
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot forward this request: {err}\n"),
+                );
+            }
+            let outbound = Request::from_parts(parts, body);
+            match self
+                .forwarder
+                .send(outbound, service.response_timeout)
+                .await
+            {
+                Ok(response) => {
+                    return finish(response, completion, client_upgrade);
+                }
+                Err(ForwardError::Connect(err)) => {
+                    tried.push(Arc::clone(&endpoint.id));
+                    let retry = lent.as_ref().and_then(Lent::reclaim).zip(original.as_ref());
+                    let next = retry.and_then(|r| balance::lease(service, &tried).map(|l| (r, l)));
+                    match next {
+                        Some(((reclaimed, (method, uri, headers)), lease)) => {
+                            tracing::debug!(service = %service.name, endpoint = %endpoint.id, error = %err, "connect failed; retrying on another replica");
+                            completion._lease = lease;
+                            let mut rebuilt = Request::new(());
+                            *rebuilt.method_mut() = method.clone();
+                            *rebuilt.uri_mut() = uri.clone();
+                            *rebuilt.headers_mut() = headers.clone();
+                            parts = rebuilt.into_parts().0;
+                            body = OutBody::Streamed(reclaimed);
+                        }
+                        None => {
+                            tracing::warn!(service = %service.name, endpoint = %endpoint.id, error = %err, "replica refused the connection");
+                            return local(
+                                StatusCode::BAD_GATEWAY,
+                                format!("no replica of {} accepted the connection\n", service.name),
+                            );
+                        }
+                    }
+                }
+                Err(ForwardError::Timeout(after)) => {
+                    tracing::warn!(service = %service.name, endpoint = %endpoint.id, ?after, "replica response timed out");
+                    return local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("{} did not answer within {after:?}\n", service.name),
+                    );
+                }
+                Err(ForwardError::Failed(err)) => {
+                    tracing::warn!(service = %service.name, endpoint = %endpoint.id, error = %err, "forwarding failed");
+                    return local(
+                        StatusCode::BAD_GATEWAY,
+                        format!("{} failed the request\n", service.name),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn not_found(request: &Request<Incoming>) -> Response<ProxyBody> {
+    let host = request_host(request).unwrap_or("");
+    local(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no service for host {host:?} and path {:?}\n",
+            request.uri().path()
+        ),
+    )
+}
+
+/// The Host header, or for HTTP/2 the `:authority`.
+fn request_host(request: &Request<Incoming>) -> Option<&str> {
+    match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok(),
+        None => request.uri().authority().map(|a| a.as_str()),
+    }
+}
+
+/// Turns the replica's response into the client's; for a protocol switch,
+/// splices the two upgraded connections together.
+fn finish(
+    mut response: Response<Incoming>,
+    completion: Completion,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers, true);
+        tokio::spawn(splice(client_upgrade, upstream_upgrade, completion));
+        return Response::from_parts(parts, ProxyBody::empty());
+    }
+    let (mut parts, body) = response.into_parts();
+    forward::strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(
+        parts,
+        ProxyBody::Upstream {
+            body,
+            completion: Some(completion),
+        },
+    )
+}
+
+/// Copies bytes both ways until either side closes; the request stays in
+/// flight (and its replica undrained) for as long as the tunnel lives.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    completion: Completion,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(err) => {
+            tracing::debug!(error = %err, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %err, "upgraded connection ended with an error");
+    }
+    drop(completion);
+}

@@ -1,0 +1,196 @@
+//! Tells the controller what this proxy sees, off the hot path.
+//!
+//! Requests only bump atomics and, on two edges, drop a `Signal` into a
+//! bounded channel: the first held request of a cold service (→ `wake` at
+//! once) and the first arrival at an idle service (→ a `load` report at once,
+//! so scale-up does not wait for the next tick). Everything else is a periodic
+//! report per service every `report_interval`, and a repeated `wake` every
+//! second while requests are held.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use rouse_nats::messages::{self, Load, Wake, VERSION};
+use rouse_nats::Subjects;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::service::Service;
+
+/// An edge the data path saw.
+#[derive(Debug)]
+pub enum Signal {
+    /// A request was held while none was: wake the service now.
+    Wake(Arc<Service>),
+    /// A request arrived at a service reported idle: report now.
+    Busy(Arc<Service>),
+}
+
+/// How often a `wake` is repeated while requests are held.
+const WAKE_REPEAT: Duration = Duration::from_secs(1);
+
+/// Deltas are computed against the previous report of the same service.
+struct Previous {
+    arrivals: u64,
+    completed: u64,
+    at: Instant,
+}
+
+/// Publishes `wake` and `load` for every service of this proxy.
+pub struct Reporter {
+    client: Client,
+    subjects: Subjects,
+    proxy_id: String,
+    interval: Duration,
+    services: Vec<Arc<Service>>,
+    previous: Vec<Previous>,
+    seq: u64,
+}
+
+impl Reporter {
+    pub fn new(
+        client: Client,
+        subjects: Subjects,
+        proxy_id: String,
+        interval: Duration,
+        services: Vec<Arc<Service>>,
+    ) -> Self {
+        let now = Instant::now();
+        let previous = services
+            .iter()
+            .map(|_| Previous {
+                arrivals: 0,
+                completed: 0,
+                at: now,
+            })
+            .collect();
+        Self {
+            client,
+            subjects,
+            proxy_id,
+            interval,
+            services,
+            previous,
+            seq: 0,
+        }
+    }
+
+    /// Runs until the signal channel closes.
+    pub async fn run(mut self, mut signals: mpsc::Receiver<Signal>) {
+        let mut report_tick = tokio::time::interval(self.interval);
+        report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut wake_tick = tokio::time::interval(WAKE_REPEAT);
+        wake_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = report_tick.tick() => {
+                    for index in 0..self.services.len() {
+                        self.report(index).await;
+                    }
+                }
+                _ = wake_tick.tick() => {
+                    for index in 0..self.services.len() {
+                        if self.services[index].hold.held() > 0 {
+                            self.wake(index).await;
+                        }
+                    }
+                }
+                signal = signals.recv() => match signal {
+                    Some(Signal::Wake(service)) => {
+                        if let Some(index) = self.index_of(&service) {
+                            self.wake(index).await;
+                            self.report(index).await;
+                        }
+                    }
+                    Some(Signal::Busy(service)) => {
+                        if let Some(index) = self.index_of(&service) {
+                            self.report(index).await;
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn index_of(&self, service: &Arc<Service>) -> Option<usize> {
+        self.services.iter().position(|s| Arc::ptr_eq(s, service))
+    }
+
+    async fn wake(&self, index: usize) {
+        let service = &self.services[index];
+        let wake = Wake {
+            v: VERSION,
+            service: service.name.to_string(),
+            proxy: self.proxy_id.clone(),
+            held: service.hold.held() as u64,
+            at_ms: messages::now_ms(),
+        };
+        self.publish(self.subjects.wake(&service.name), messages::encode(&wake))
+            .await;
+    }
+
+    async fn report(&mut self, index: usize) {
+        self.seq += 1;
+        let load = snapshot_load(
+            &self.services[index],
+            &mut self.previous[index],
+            &self.proxy_id,
+            self.seq,
+        );
+        let subject = self.subjects.load(&load.service);
+        self.publish(subject, messages::encode(&load)).await;
+    }
+
+    async fn publish(&self, subject: String, payload: bytes::Bytes) {
+        if let Err(err) = self.client.publish(subject, payload).await {
+            tracing::debug!(error = %err, "report not published");
+        }
+    }
+}
+
+/// Reads one service's counters into a report and marks it idle when quiet.
+///
+/// The endpoint generation is read before the per-endpoint counts; with the
+/// balancer's count-then-check order this guarantees a report claiming zero
+/// in flight on a draining endpoint is never followed by a new request to it.
+fn snapshot_load(service: &Service, previous: &mut Previous, proxy: &str, seq: u64) -> Load {
+    let endpoints = service.endpoints.load();
+    let per_endpoint: BTreeMap<String, u64> = endpoints
+        .all
+        .iter()
+        .map(|e| (e.id.to_string(), e.in_flight.load(Ordering::SeqCst)))
+        .collect();
+    let counters = &service.counters;
+    let arrivals_total = counters.arrivals.load(Ordering::Relaxed);
+    let completed_total = counters.completed.load(Ordering::Relaxed);
+    let in_flight = counters.in_flight.load(Ordering::Relaxed);
+    let held = service.hold.held() as u64;
+    let now = Instant::now();
+    let load = Load {
+        v: VERSION,
+        service: service.name.to_string(),
+        proxy: proxy.to_string(),
+        seq,
+        interval_ms: now.duration_since(previous.at).as_millis() as u64,
+        arrivals: arrivals_total.saturating_sub(previous.arrivals),
+        completed: completed_total.saturating_sub(previous.completed),
+        in_flight,
+        held,
+        per_endpoint,
+        endpoints_generation: endpoints.generation,
+        at_ms: messages::now_ms(),
+    };
+    *previous = Previous {
+        arrivals: arrivals_total,
+        completed: completed_total,
+        at: now,
+    };
+    if load.arrivals == 0 && in_flight == 0 && held == 0 {
+        service.busy.store(false, Ordering::Relaxed);
+    }
+    load
+}

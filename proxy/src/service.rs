@@ -1,0 +1,197 @@
+//! Per-service state shared by every request of that service.
+//!
+//! A request reaches its `Service` through the route table without any global
+//! lock. The endpoint set is an `ArcSwap` snapshot replaced whole by the KV
+//! watcher; the counters the load reports need are plain atomics. Endpoint
+//! objects outlive snapshots (they are carried over by id) so that in-flight
+//! counts survive an update of the set.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use rouse_nats::config::ServiceConfig;
+use rouse_nats::messages::{EndpointSet, EndpointState};
+
+use crate::hold::HoldQueue;
+use crate::metrics::ServiceMetrics;
+
+/// One replica of a service, as this proxy routes to it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub id: Arc<str>,
+    pub authority: Authority,
+    /// Requests this proxy has in flight on it (including streaming bodies and
+    /// upgraded connections).
+    pub in_flight: AtomicU64,
+    /// Set before the snapshot that marks it draining is published; a request
+    /// that picked this endpoint re-checks it after counting itself in.
+    pub draining: AtomicBool,
+}
+
+/// The endpoint set of one KV revision.
+#[derive(Debug, Default)]
+pub struct EndpointSnapshot {
+    pub generation: u64,
+    pub all: Vec<Arc<Endpoint>>,
+    /// The subset that may receive new requests.
+    pub ready: Vec<Arc<Endpoint>>,
+}
+
+/// Counters since start; load reports send their deltas.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub arrivals: AtomicU64,
+    pub completed: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+/// Everything the data path knows about one service.
+pub struct Service {
+    pub name: Arc<str>,
+    pub response_timeout: Duration,
+    pub hold_timeout: Duration,
+    pub endpoints: ArcSwap<EndpointSnapshot>,
+    pub counters: Counters,
+    pub hold: HoldQueue,
+    /// False once a report found the service idle; the next arrival flips it
+    /// and asks the reporter for an immediate report.
+    pub busy: AtomicBool,
+    pub metrics: ServiceMetrics,
+}
+
+/// Why an endpoint set from KV was not applied.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("endpoint {id}: `{addr}` is not a host:port")]
+    BadAddress { id: String, addr: String },
+}
+
+impl Service {
+    pub fn new(
+        config: &ServiceConfig,
+        response_timeout: Duration,
+        metrics: ServiceMetrics,
+    ) -> Self {
+        Self {
+            name: config.name.as_str().into(),
+            response_timeout: config.response_timeout.unwrap_or(response_timeout),
+            hold_timeout: config.hold.timeout,
+            endpoints: ArcSwap::from_pointee(EndpointSnapshot::default()),
+            counters: Counters::default(),
+            hold: HoldQueue::new(config.hold.max_requests),
+            busy: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// Replaces the endpoint set (the KV watcher orders updates by revision)
+    /// and releases held requests when replicas are ready.
+    pub fn apply(&self, set: &EndpointSet) -> Result<(), ApplyError> {
+        let current = self.endpoints.load();
+        let by_id: HashMap<&str, &Arc<Endpoint>> =
+            current.all.iter().map(|e| (&*e.id, e)).collect();
+        let mut all = Vec::with_capacity(set.endpoints.len());
+        let mut ready = Vec::with_capacity(set.endpoints.len());
+        for wanted in &set.endpoints {
+            let authority: Authority = wanted.addr.parse().map_err(|_| ApplyError::BadAddress {
+                id: wanted.id.clone(),
+                addr: wanted.addr.clone(),
+            })?;
+            let endpoint = match by_id.get(wanted.id.as_str()) {
+                Some(existing) if existing.authority == authority => Arc::clone(existing),
+                _ => Arc::new(Endpoint {
+                    id: wanted.id.as_str().into(),
+                    authority,
+                    in_flight: AtomicU64::new(0),
+                    draining: AtomicBool::new(false),
+                }),
+            };
+            let draining = wanted.state == EndpointState::Draining;
+            endpoint.draining.store(draining, Ordering::SeqCst);
+            if !draining {
+                ready.push(Arc::clone(&endpoint));
+            }
+            all.push(endpoint);
+        }
+        let has_ready = !ready.is_empty();
+        self.endpoints.store(Arc::new(EndpointSnapshot {
+            generation: set.generation,
+            all,
+            ready,
+        }));
+        if has_ready {
+            self.hold.release_all();
+        }
+        Ok(())
+    }
+
+    /// Whether any replica can take a request now.
+    pub fn has_ready(&self) -> bool {
+        !self.endpoints.load().ready.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rouse_nats::messages::{Endpoint as WireEndpoint, VERSION};
+
+    fn service() -> Service {
+        let yaml = "name: a\nhosts: [a]\nbackend: {process: {command: [x]}}\n";
+        let config: ServiceConfig = serde_norway::from_str(yaml).expect("config");
+        Service::new(&config, Duration::from_secs(1), ServiceMetrics::detached())
+    }
+
+    fn set(generation: u64, endpoints: &[(&str, &str, EndpointState)]) -> EndpointSet {
+        EndpointSet {
+            v: VERSION,
+            generation,
+            endpoints: endpoints
+                .iter()
+                .map(|(id, addr, state)| WireEndpoint {
+                    id: (*id).into(),
+                    addr: (*addr).into(),
+                    state: *state,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn keeps_endpoint_identity_and_counts_across_updates() {
+        let s = service();
+        let ready = EndpointState::Ready;
+        assert_eq!(s.apply(&set(1, &[("r1", "127.0.0.1:1", ready)])), Ok(()));
+        let first = Arc::clone(&s.endpoints.load().ready[0]);
+        first.in_flight.store(3, Ordering::SeqCst);
+        let draining = EndpointState::Draining;
+        s.apply(&set(
+            2,
+            &[
+                ("r1", "127.0.0.1:1", draining),
+                ("r2", "127.0.0.1:2", ready),
+            ],
+        ))
+        .expect("apply");
+        let snap = s.endpoints.load();
+        assert_eq!(snap.ready.len(), 1);
+        assert_eq!(&*snap.ready[0].id, "r2");
+        assert!(Arc::ptr_eq(&snap.all[0], &first));
+        assert!(first.draining.load(Ordering::SeqCst));
+        assert_eq!(first.in_flight.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn rejects_bad_addresses_and_keeps_the_old_set() {
+        let s = service();
+        let ready = EndpointState::Ready;
+        s.apply(&set(5, &[("r1", "127.0.0.1:1", ready)]))
+            .expect("apply");
+        assert!(s.apply(&set(6, &[("r1", "not an addr", ready)])).is_err());
+        assert!(s.has_ready());
+    }
+}
