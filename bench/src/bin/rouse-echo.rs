@@ -1,0 +1,42 @@
+//! `rouse-echo`: demo HTTP backend for rouse. See [`rouse_bench::echo`].
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use rouse_bench::echo::{self, Args};
+use tracing_subscriber::EnvFilter;
+
+/// How long leftover background work (e.g. a `/cpu` burn that outlived the
+/// shutdown grace period) may delay the exit.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rouse-echo: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(echo::run(args));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rouse-echo: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Benchmark and demo tooling for rouse.
+//!
+//! Each tool lives in its own module; the binaries under `src/bin/` are thin
+//! wrappers around them so that the logic stays testable.
+
+pub mod echo;

@@ -1,0 +1,410 @@
+//! The embedded default backend: replicas are local processes.
+//!
+//! Each replica gets a free port (`{port}` in its argv, `PORT` in its env),
+//! its own process group (so a stop reaches helpers it spawned, and a Ctrl-C
+//! meant for the controller does not kill it mid-request), and a pid file in
+//! the state dir. A controller that crashes leaves its replicas serving; the
+//! next one adopts every replica whose pid file still names the same live
+//! process (pid *and* start time, so a reused pid is never mistaken for a
+//! replica) and forgets the rest. Nothing is leaked and nothing is doubled.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use rouse_nats::config::ProcessBackend as ProcessConfig;
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BackendError, Health, Replica};
+
+/// What survives a controller restart, one file per replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PidFile {
+    id: String,
+    pid: i32,
+    port: u16,
+    /// Kernel start time of the process (clock ticks since boot).
+    start_ticks: u64,
+}
+
+#[derive(Debug)]
+struct Running {
+    file: PidFile,
+    /// Set by the reaper task of a child we spawned; adopted processes are
+    /// checked through /proc instead.
+    exit: Option<Arc<Mutex<Option<String>>>>,
+}
+
+/// Local processes of one service.
+pub struct ProcessBackend {
+    service: String,
+    config: ProcessConfig,
+    dir: PathBuf,
+    replicas: Mutex<HashMap<String, Running>>,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
+    let what = what.into();
+    move |source| BackendError::Io { what, source }
+}
+
+impl ProcessBackend {
+    /// Opens the state dir of `service` and adopts the replicas it lists.
+    pub fn new(
+        service: &str,
+        config: ProcessConfig,
+        state_dir: &Path,
+    ) -> Result<Self, BackendError> {
+        let dir = state_dir.join("process").join(service);
+        fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let backend = Self {
+            service: service.to_string(),
+            config,
+            dir,
+            replicas: Mutex::new(HashMap::new()),
+        };
+        backend.adopt()?;
+        Ok(backend)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.replicas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn adopt(&self) -> Result<(), BackendError> {
+        let entries =
+            fs::read_dir(&self.dir).map_err(io(format!("reading {}", self.dir.display())))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("pid") {
+                continue;
+            }
+            let file: Option<PidFile> = fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            match file {
+                Some(file) if start_ticks(file.pid) == Some(file.start_ticks) => {
+                    tracing::info!(service = %self.service, replica = %file.id, pid = file.pid, "adopted running replica");
+                    self.lock()
+                        .insert(file.id.clone(), Running { file, exit: None });
+                }
+                _ => {
+                    tracing::info!(service = %self.service, file = %path.display(), "forgetting replica whose process is gone");
+                    let _ = fs::remove_file(&path);
+                    let _ = fs::remove_file(path.with_extension("log"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pid_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.pid"))
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    async fn spawn(&self) -> Result<Replica, BackendError> {
+        let port = free_port().map_err(io("finding a free port"))?;
+        let id = format!("{}-{:08x}", self.service, fastrand::u32(..));
+        let argv: Vec<String> = self
+            .config
+            .command
+            .iter()
+            .map(|arg| arg.replace("{port}", &port.to_string()))
+            .collect();
+        let Some((program, args)) = argv.split_first() else {
+            return Err(BackendError::Spawn {
+                command: String::new(),
+                source: std::io::Error::other("empty command"),
+            });
+        };
+        let log_path = self.log_path(&id);
+        let log =
+            fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
+        let log_err = log.try_clone().map_err(io("duplicating the log file"))?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .envs(&self.config.env)
+            .env("PORT", port.to_string())
+            .env("ROUSE_REPLICA_ID", &id)
+            .env("ROUSE_SERVICE", &self.service)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(dir) = &self.config.working_dir {
+            command.current_dir(dir);
+        }
+        let mut child = command.spawn().map_err(|source| {
+            let _ = fs::remove_file(&log_path);
+            BackendError::Spawn {
+                command: argv.join(" "),
+                source,
+            }
+        })?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let file = PidFile {
+            id: id.clone(),
+            pid,
+            port,
+            start_ticks: start_ticks(pid).unwrap_or(0),
+        };
+        let json = serde_json::to_vec(&file).unwrap_or_default();
+        if let Err(source) = fs::write(self.pid_path(&id), json) {
+            let _ = child.start_kill();
+            return Err(BackendError::Io {
+                what: format!("writing the pid file of {id}"),
+                source,
+            });
+        }
+        let exit = Arc::new(Mutex::new(None));
+        let reaped = Arc::clone(&exit);
+        let log_for_reaper = log_path.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let reason = match status {
+                Ok(status) => format!("exited with {status}"),
+                Err(err) => format!("wait failed: {err}"),
+            };
+            let reason = with_log_tail(reason, &log_for_reaper);
+            *reaped.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        });
+        tracing::info!(service = %self.service, replica = %id, pid, port, "started replica");
+        self.lock().insert(
+            id.clone(),
+            Running {
+                file,
+                exit: Some(exit),
+            },
+        );
+        Ok(Replica {
+            id,
+            addr: format!("127.0.0.1:{port}"),
+            health: Health::Running,
+        })
+    }
+
+    fn health(running: &Running) -> Health {
+        match &running.exit {
+            Some(exit) => match &*exit.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(reason) => Health::Exited(reason.clone()),
+                None => Health::Running,
+            },
+            None => {
+                if start_ticks(running.file.pid) == Some(running.file.start_ticks) {
+                    Health::Running
+                } else {
+                    Health::Exited("process is gone".into())
+                }
+            }
+        }
+    }
+
+    /// Stops every replica (controller shutdown with `on_shutdown: stop`).
+    pub async fn stop_all(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        let stops = ids.iter().map(|id| self.stop(id));
+        for result in futures::future::join_all(stops).await {
+            if let Err(err) = result {
+                tracing::warn!(service = %self.service, error = %err, "stopping replica failed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for ProcessBackend {
+    async fn ensure(&self, n: usize) -> Result<Vec<Replica>, BackendError> {
+        let running = self
+            .lock()
+            .values()
+            .filter(|r| Self::health(r) == Health::Running)
+            .count();
+        let mut started = Vec::new();
+        for _ in running..n {
+            started.push(self.spawn().await?);
+        }
+        Ok(started)
+    }
+
+    async fn list(&self) -> Result<Vec<Replica>, BackendError> {
+        Ok(self
+            .lock()
+            .values()
+            .map(|r| Replica {
+                id: r.file.id.clone(),
+                addr: format!("127.0.0.1:{}", r.file.port),
+                health: Self::health(r),
+            })
+            .collect())
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), BackendError> {
+        let Some(running) = self.lock().remove(id) else {
+            return Ok(());
+        };
+        let group = Pid::from_raw(running.file.pid);
+        if Self::health(&running) == Health::Running && running.file.pid > 0 {
+            let _ = killpg(group, Signal::SIGTERM);
+            let deadline = Instant::now() + self.config.grace_period;
+            while Self::health(&running) == Health::Running && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if Self::health(&running) == Health::Running {
+                tracing::warn!(service = %self.service, replica = %id, "replica ignored SIGTERM; sending SIGKILL");
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+        tracing::info!(service = %self.service, replica = %id, "stopped replica");
+        let _ = fs::remove_file(self.pid_path(id));
+        let _ = fs::remove_file(self.log_path(id));
+        Ok(())
+    }
+}
+
+/// A port the kernel just handed out on loopback; released before use, which
+/// leaves a small window for another process to take it (the replica then
+/// fails to bind and is replaced).
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks.
+/// `None` when there is no such process or it is a zombie.
+fn start_ticks(pid: i32) -> Option<u64> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it are plain.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// Appends the last lines the replica wrote, which usually say why it died.
+fn with_log_tail(reason: String, log: &Path) -> String {
+    let Ok(text) = fs::read_to_string(log) else {
+        return reason;
+    };
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    if lines.is_empty() {
+        return reason;
+    }
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    format!("{reason}; last output: {}", tail.join(" | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_start_time() {
+        let me = std::process::id() as i32;
+        assert!(start_ticks(me).is_some());
+        assert_eq!(start_ticks(0), None);
+        assert_eq!(start_ticks(i32::MAX), None);
+    }
+
+    fn config(command: &[&str]) -> ProcessConfig {
+        ProcessConfig {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: Default::default(),
+            working_dir: None,
+            grace_period: Duration::from_secs(5),
+            startup_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_adopts_and_stops_real_processes() {
+        let dir = std::env::temp_dir().join(format!("rouse-process-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let backend = ProcessBackend::new("svc", config(&["sleep", "600"]), &dir).expect("backend");
+        let started = backend.ensure(2).await.expect("ensure");
+        assert_eq!(started.len(), 2);
+        assert!(backend.ensure(2).await.expect("ensure again").is_empty());
+
+        // A second backend on the same state dir (a restarted controller) adopts both.
+        let adopted = ProcessBackend::new("svc", config(&["sleep", "600"]), &dir).expect("adopt");
+        let mut ids: Vec<_> = adopted
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        let mut expected: Vec<_> = started.iter().map(|r| r.id.clone()).collect();
+        expected.sort();
+        assert_eq!(ids, expected);
+
+        let pid = adopted.lock()[&started[0].id].file.pid;
+        adopted.stop(&started[0].id).await.expect("stop");
+        // The reaper in the first backend sees the exit of its child.
+        wait_for("the stopped replica to exit", || start_ticks(pid).is_none()).await;
+        assert!(!backend.pid_path(&started[0].id).exists());
+        adopted.stop_all().await;
+        assert!(adopted.list().await.expect("list").is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_command_that_cannot_start_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("rouse-process-bad-{}", std::process::id()));
+        let backend = ProcessBackend::new("bad", config(&["/nonexistent/binary-xyz"]), &dir)
+            .expect("backend");
+        let err = backend.ensure(1).await.expect_err("must fail");
+        assert!(err.to_string().contains("/nonexistent/binary-xyz"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_exiting_replica_reports_why() {
+        let dir = std::env::temp_dir().join(format!("rouse-process-exit-{}", std::process::id()));
+        let backend = ProcessBackend::new("ex", config(&["sh", "-c", "echo boom; exit 3"]), &dir)
+            .expect("backend");
+        backend.ensure(1).await.expect("ensure");
+        let mut reason = String::new();
+        wait_for("the replica to exit", || {
+            let list = futures::executor::block_on(backend.list()).unwrap_or_default();
+            match list.first().map(|r| r.health.clone()) {
+                Some(Health::Exited(why)) => {
+                    reason = why;
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await;
+        assert!(reason.contains("3"), "{reason}");
+        assert!(reason.contains("boom"), "{reason}");
+        backend.stop_all().await;
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,126 @@
+//! Receives what the proxies publish (`wake`, `load`) and hands each message
+//! to its service's inbox, waking that service's reconcile loop.
+//!
+//! Anything that does not decode, speaks another version, or names a service
+//! this controller does not run is counted in `rouse_bus_rejected_total` and
+//! dropped; it never stops the loop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, Message};
+use futures::StreamExt;
+use rouse_nats::messages::{self, DecodeError, Load, Wake};
+use rouse_nats::Subjects;
+use tokio::sync::Notify;
+
+use crate::metrics::ControllerMetrics;
+use crate::observations::Observations;
+
+/// Where a service's reports land.
+pub struct Inbox {
+    observations: Mutex<Observations>,
+    pub wakeup: Notify,
+}
+
+impl Inbox {
+    pub fn new(report_interval: Duration) -> Self {
+        Self {
+            observations: Mutex::new(Observations::new(report_interval)),
+            wakeup: Notify::new(),
+        }
+    }
+
+    pub fn observations(&self) -> MutexGuard<'_, Observations> {
+        self.observations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub type Inboxes = HashMap<String, Arc<Inbox>>;
+
+/// Subscribes and dispatches until both subscriptions end.
+pub async fn run(
+    client: Client,
+    subjects: Subjects,
+    inboxes: Arc<Inboxes>,
+    metrics: Arc<ControllerMetrics>,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut wakes = client.subscribe(subjects.all_wakes()).await?;
+    let mut loads = client.subscribe(subjects.all_loads()).await?;
+    loop {
+        tokio::select! {
+            Some(message) = wakes.next() => {
+                let outcome = dispatch::<Wake>(&subjects, &inboxes, &message, |inbox, wake| {
+                    inbox.observations().record_wake(&wake, Instant::now());
+                    tracing::info!(service = %wake.service, proxy = %wake.proxy, held = wake.held, "wake");
+                });
+                count_rejection(outcome, &message, &metrics);
+            }
+            Some(message) = loads.next() => {
+                let outcome = dispatch::<Load>(&subjects, &inboxes, &message, |inbox, load| {
+                    inbox.observations().record_load(load, Instant::now());
+                });
+                count_rejection(outcome, &message, &metrics);
+            }
+            else => return Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Rejected {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("no service `{0}` in this controller's config")]
+    UnknownService(String),
+}
+
+trait Addressed {
+    fn service(&self) -> &str;
+}
+
+impl Addressed for Wake {
+    fn service(&self) -> &str {
+        &self.service
+    }
+}
+
+impl Addressed for Load {
+    fn service(&self) -> &str {
+        &self.service
+    }
+}
+
+fn dispatch<T>(
+    subjects: &Subjects,
+    inboxes: &Inboxes,
+    message: &Message,
+    deliver: impl FnOnce(&Inbox, T),
+) -> Result<(), Rejected>
+where
+    T: serde::de::DeserializeOwned + messages::Versioned + Addressed,
+{
+    let decoded: T = messages::decode(&message.payload)?;
+    let subject_service = subjects.service_of(message.subject.as_str()).unwrap_or("");
+    if subject_service != decoded.service() {
+        return Err(DecodeError::ServiceMismatch {
+            subject: subject_service.to_string(),
+            payload: decoded.service().to_string(),
+        }
+        .into());
+    }
+    let inbox = inboxes
+        .get(decoded.service())
+        .ok_or_else(|| Rejected::UnknownService(decoded.service().to_string()))?;
+    deliver(inbox, decoded);
+    inbox.wakeup.notify_one();
+    Ok(())
+}
+
+fn count_rejection(outcome: Result<(), Rejected>, message: &Message, metrics: &ControllerMetrics) {
+    if let Err(err) = outcome {
+        metrics.bus_rejected.inc();
+        tracing::warn!(subject = %message.subject, error = %err, "dropped message");
+    }
+}

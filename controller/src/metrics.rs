@@ -1,0 +1,108 @@
+//! The controller's Prometheus metrics, named by the contract. Labels are
+//! service names only.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabel {
+    pub service: String,
+    /// `up` or `down`.
+    pub direction: &'static str,
+}
+
+type HistogramFamily = Family<ServiceLabel, Histogram, fn() -> Histogram>;
+
+fn start_histogram() -> Histogram {
+    // 10 ms .. ~5 min
+    Histogram::new(exponential_buckets(0.01, 2.0, 15))
+}
+
+pub struct ControllerMetrics {
+    pub registry: Registry,
+    pub desired: Family<ServiceLabel, Gauge>,
+    pub ready: Family<ServiceLabel, Gauge>,
+    pub scale_events: Family<ScaleLabel, Counter>,
+    pub backend_start: HistogramFamily,
+    pub backend_errors: Family<ServiceLabel, Counter>,
+    /// Malformed or misaddressed messages from NATS, dropped.
+    pub bus_rejected: Counter,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ControllerMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Self {
+            desired: Family::default(),
+            ready: Family::default(),
+            scale_events: Family::default(),
+            backend_start: HistogramFamily::new_with_constructor(start_histogram),
+            backend_errors: Family::default(),
+            bus_rejected: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "rouse_replicas_desired",
+            "Replicas the autoscaler wants",
+            metrics.desired.clone(),
+        );
+        registry.register(
+            "rouse_replicas_ready",
+            "Replicas passing readiness and routable",
+            metrics.ready.clone(),
+        );
+        registry.register(
+            "rouse_scale_events",
+            "Scale decisions acted upon",
+            metrics.scale_events.clone(),
+        );
+        registry.register(
+            "rouse_backend_start_seconds",
+            "Time from asking the backend for a replica to its first passing probe",
+            metrics.backend_start.clone(),
+        );
+        registry.register(
+            "rouse_backend_errors",
+            "Backend failures: starts, exits, timeouts",
+            metrics.backend_errors.clone(),
+        );
+        registry.register(
+            "rouse_bus_rejected",
+            "Malformed messages received from NATS and dropped",
+            metrics.bus_rejected.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn label(service: &str) -> ServiceLabel {
+        ServiceLabel {
+            service: service.to_string(),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,216 @@
+//! The sum of what every live proxy reports about one service.
+//!
+//! Each proxy's latest `load` report is kept; a proxy whose reports stop for
+//! three report intervals is dropped from the sum. Like the autoscaler this is
+//! pure: time is passed in, so expiry and drain checks are tested without
+//! waiting.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rouse_nats::messages::{Load, Wake};
+
+use crate::autoscaler::Observation;
+
+/// A proxy is live while its last report is younger than this many intervals.
+const LIVE_INTERVALS: u32 = 3;
+
+#[derive(Debug)]
+struct ProxyReport {
+    load: Load,
+    received: Instant,
+}
+
+/// Reports about one service.
+#[derive(Debug)]
+pub struct Observations {
+    report_interval: Duration,
+    proxies: HashMap<String, ProxyReport>,
+    last_activity: Option<Instant>,
+    woken: bool,
+}
+
+/// Totals over live proxies, for the status API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub proxies: usize,
+    pub in_flight: u64,
+    pub held: u64,
+}
+
+impl Observations {
+    pub fn new(report_interval: Duration) -> Self {
+        Self {
+            report_interval,
+            proxies: HashMap::new(),
+            last_activity: None,
+            woken: false,
+        }
+    }
+
+    /// Records a load report; an older `seq` from the same proxy is ignored.
+    pub fn record_load(&mut self, load: Load, now: Instant) {
+        if load.arrivals > 0 || load.in_flight > 0 || load.held > 0 {
+            self.last_activity = Some(now);
+        }
+        if let Some(previous) = self.proxies.get(&load.proxy) {
+            // A restarted proxy starts again at 1; anything else going
+            // backwards is a reordered, stale report.
+            if load.seq <= previous.load.seq && load.seq > 1 {
+                return;
+            }
+        }
+        self.proxies.insert(
+            load.proxy.clone(),
+            ProxyReport {
+                load,
+                received: now,
+            },
+        );
+    }
+
+    /// Records a wake: requests are held somewhere.
+    pub fn record_wake(&mut self, _wake: &Wake, now: Instant) {
+        self.last_activity = Some(now);
+        self.woken = true;
+    }
+
+    /// Drops proxies that stopped reporting.
+    pub fn expire(&mut self, now: Instant) {
+        let ttl = self.report_interval * LIVE_INTERVALS;
+        self.proxies
+            .retain(|_, report| now.saturating_duration_since(report.received) <= ttl);
+    }
+
+    /// The autoscaler's input; consumes the wake flag.
+    pub fn observe(&mut self, now: Instant) -> Observation {
+        self.expire(now);
+        let mut observation = Observation {
+            last_activity: self.last_activity,
+            woken: std::mem::take(&mut self.woken),
+            ..Default::default()
+        };
+        for report in self.proxies.values() {
+            let load = &report.load;
+            observation.in_flight += load.in_flight;
+            observation.held += load.held;
+            if load.interval_ms > 0 {
+                observation.arrival_rate += load.arrivals as f64 * 1000.0 / load.interval_ms as f64;
+            }
+        }
+        observation
+    }
+
+    pub fn totals(&self, now: Instant) -> Totals {
+        let ttl = self.report_interval * LIVE_INTERVALS;
+        let live = self
+            .proxies
+            .values()
+            .filter(|r| now.saturating_duration_since(r.received) <= ttl);
+        live.fold(Totals::default(), |mut totals, report| {
+            totals.proxies += 1;
+            totals.in_flight += report.load.in_flight;
+            totals.held += report.load.held;
+            totals
+        })
+    }
+
+    /// Whether endpoint `id`, marked draining in `generation`, has nothing in
+    /// flight on any live proxy that has already seen that generation, and no
+    /// live proxy still routes by an older one.
+    pub fn drained(&self, id: &str, generation: u64, now: Instant) -> bool {
+        let ttl = self.report_interval * LIVE_INTERVALS;
+        self.proxies
+            .values()
+            .filter(|r| now.saturating_duration_since(r.received) <= ttl)
+            .all(|r| {
+                r.load.endpoints_generation >= generation
+                    && r.load.per_endpoint.get(id).copied().unwrap_or(0) == 0
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rouse_nats::messages::VERSION;
+    use std::collections::BTreeMap;
+
+    fn load(proxy: &str, seq: u64, in_flight: u64, per: &[(&str, u64)], generation: u64) -> Load {
+        Load {
+            v: VERSION,
+            service: "s".into(),
+            proxy: proxy.into(),
+            seq,
+            interval_ms: 1000,
+            arrivals: in_flight * 2,
+            completed: 0,
+            in_flight,
+            held: 1,
+            per_endpoint: per
+                .iter()
+                .map(|(k, v)| ((*k).into(), *v))
+                .collect::<BTreeMap<_, _>>(),
+            endpoints_generation: generation,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn sums_live_proxies_and_drops_silent_ones() {
+        let t0 = Instant::now();
+        let mut obs = Observations::new(Duration::from_secs(1));
+        obs.record_load(load("a", 1, 3, &[], 1), t0);
+        obs.record_load(load("b", 1, 4, &[], 1), t0 + Duration::from_secs(2));
+        let o = obs.observe(t0 + Duration::from_secs(2));
+        assert_eq!((o.in_flight, o.held), (7, 2));
+        assert!((o.arrival_rate - 14.0).abs() < 1e-9);
+        assert_eq!(obs.totals(t0 + Duration::from_secs(2)).proxies, 2);
+        // "a" has been silent for more than three intervals.
+        let o = obs.observe(t0 + Duration::from_millis(3500));
+        assert_eq!(o.in_flight, 4);
+    }
+
+    #[test]
+    fn stale_reports_do_not_overwrite_newer_ones() {
+        let t0 = Instant::now();
+        let mut obs = Observations::new(Duration::from_secs(1));
+        obs.record_load(load("a", 5, 3, &[], 1), t0);
+        obs.record_load(load("a", 4, 9, &[], 1), t0);
+        assert_eq!(obs.observe(t0).in_flight, 3);
+        // A restarted proxy (seq 1) replaces its predecessor's report.
+        obs.record_load(load("a", 1, 0, &[], 1), t0);
+        assert_eq!(obs.observe(t0).in_flight, 0);
+    }
+
+    #[test]
+    fn wake_is_reported_once() {
+        let t0 = Instant::now();
+        let mut obs = Observations::new(Duration::from_secs(1));
+        let wake = Wake {
+            v: VERSION,
+            service: "s".into(),
+            proxy: "a".into(),
+            held: 1,
+            at_ms: 0,
+        };
+        obs.record_wake(&wake, t0);
+        assert!(obs.observe(t0).woken);
+        assert!(!obs.observe(t0).woken);
+    }
+
+    #[test]
+    fn drained_needs_every_live_proxy_on_the_new_generation_with_zero_in_flight() {
+        let t0 = Instant::now();
+        let mut obs = Observations::new(Duration::from_secs(1));
+        obs.record_load(load("a", 1, 0, &[("r1", 0)], 7), t0);
+        obs.record_load(load("b", 1, 1, &[("r1", 1)], 7), t0);
+        assert!(!obs.drained("r1", 7, t0), "b still has one in flight");
+        obs.record_load(load("b", 2, 0, &[("r1", 0)], 6), t0);
+        assert!(!obs.drained("r1", 7, t0), "b has not seen generation 7");
+        obs.record_load(load("b", 3, 0, &[], 7), t0);
+        assert!(obs.drained("r1", 7, t0));
+        // With no live proxy at all nothing can be in flight.
+        assert!(obs.drained("r1", 7, t0 + Duration::from_secs(10)));
+    }
+}

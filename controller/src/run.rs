@@ -1,0 +1,161 @@
+//! Assembles a running controller: one backend and one reconcile loop per
+//! service, the NATS intake, the admin server, and the SIGTERM sequence
+//! (stop loops → stop or keep replicas per `controller.on_shutdown` → exit).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use rouse_nats::config::Backend as BackendSpec;
+use rouse_nats::{bus, Config, Subjects};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::backend::process::ProcessBackend;
+use crate::backend::{Backend, BackendError};
+use crate::intake::{self, Inbox};
+use crate::metrics::ControllerMetrics;
+use crate::reconcile::{ServiceLoop, Wiring};
+use crate::status::StatusBoard;
+
+/// How long stopping replicas may take on SIGTERM before the process exits anyway.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(ControllerMetrics::new());
+    let status = Arc::new(StatusBoard::new());
+    let subjects = Subjects::new(config.nats.prefix.clone());
+
+    let mut backends: Vec<(Arc<dyn Backend>, &'static str)> = Vec::new();
+    for service in &config.services {
+        backends.push(
+            build_backend(service, &config).with_context(|| format!("service {}", service.name))?,
+        );
+    }
+
+    let admin_listener = TcpListener::bind(config.controller.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding controller.admin_listen {}",
+                config.controller.admin_listen
+            )
+        })?;
+    let bus = bus::connect(&config.nats, "rouse-controller").await?;
+    let js = jetstream::new(bus.client.clone());
+    tokio::spawn({
+        let prefix = config.nats.prefix.clone();
+        async move {
+            // Best effort: if NATS is down now, events are still published
+            // (core NATS) and the stream is created on the next start.
+            if let Err(err) = bus::events_stream(&js, &prefix).await {
+                tracing::warn!(error = %err, "cannot set up the events stream");
+            }
+        }
+    });
+
+    let inboxes: HashMap<String, Arc<Inbox>> = config
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                Arc::new(Inbox::new(config.proxy.report_interval)),
+            )
+        })
+        .collect();
+    let inboxes = Arc::new(inboxes);
+    tokio::spawn({
+        let (client, subjects, inboxes, metrics) = (
+            bus.client.clone(),
+            subjects.clone(),
+            Arc::clone(&inboxes),
+            Arc::clone(&metrics),
+        );
+        async move {
+            if let Err(err) = intake::run(client, subjects, inboxes, metrics).await {
+                tracing::error!(error = %err, "cannot subscribe to proxy reports");
+            }
+        }
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut loops = Vec::new();
+    for (service, (backend, kind)) in config.services.iter().zip(backends) {
+        let inbox = Arc::clone(&inboxes[&service.name]);
+        let wiring = Wiring {
+            client: bus.client.clone(),
+            subjects: subjects.clone(),
+            status: Arc::clone(&status),
+            metrics: Arc::clone(&metrics),
+            tick: config.controller.tick,
+            shutdown: shutdown_rx.clone(),
+            on_shutdown: config.controller.on_shutdown,
+        };
+        let service_loop = ServiceLoop::new(service.clone(), kind, backend, inbox, wiring);
+        loops.push(tokio::spawn(service_loop.run()));
+    }
+
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(AdminState {
+            metrics: Arc::clone(&metrics),
+            status: Arc::clone(&status),
+        }),
+    ));
+    tracing::info!(
+        admin = %config.controller.admin_listen,
+        services = config.services.len(),
+        state_dir = %config.controller.state_dir.display(),
+        "rouse-controller started"
+    );
+
+    terminated().await;
+    tracing::info!(policy = ?config.controller.on_shutdown, "shutting down");
+    let _ = shutdown_tx.send(true);
+    if tokio::time::timeout(SHUTDOWN_LIMIT, futures::future::join_all(loops))
+        .await
+        .is_err()
+    {
+        tracing::warn!("replicas did not stop in time; exiting anyway");
+    }
+    if let Err(err) = bus.client.flush().await {
+        tracing::debug!(error = %err, "flush on exit failed");
+    }
+    Ok(())
+}
+
+fn build_backend(
+    service: &rouse_nats::config::ServiceConfig,
+    config: &Config,
+) -> Result<(Arc<dyn Backend>, &'static str), BackendError> {
+    match service.backend.selected() {
+        Some(BackendSpec::Process(process)) => {
+            let backend =
+                ProcessBackend::new(&service.name, process.clone(), &config.controller.state_dir)?;
+            Ok((Arc::new(backend), "process"))
+        }
+        Some(BackendSpec::Docker(_)) => Err(BackendError::Unsupported("docker")),
+        Some(BackendSpec::Kubernetes(_)) => Err(BackendError::Unsupported("kubernetes")),
+        None => Err(BackendError::Unsupported("unconfigured")),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

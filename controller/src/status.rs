@@ -1,0 +1,56 @@
+//! The per-service status served at `/api/v1/services`.
+//!
+//! Each service loop writes its own entry after every reconcile; the admin
+//! server only reads. A `DashMap` keeps writers of different services from
+//! contending with each other or with readers.
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub id: String,
+    pub addr: String,
+    /// `starting`, `ready`, `draining` or `stopping`.
+    pub state: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ScaleEvent {
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub backend: &'static str,
+    pub desired: u32,
+    pub ready: u32,
+    pub replicas: Vec<ReplicaStatus>,
+    pub held: u64,
+    pub in_flight: u64,
+    /// Proxies whose reports are live.
+    pub proxies: usize,
+    pub last_scale: Option<ScaleEvent>,
+    /// The latest backend error, cleared when a replica next becomes ready.
+    pub last_error: Option<String>,
+}
+
+/// All services' status, by name.
+pub type StatusBoard = DashMap<String, ServiceStatus>;
+
+#[derive(Serialize)]
+struct Listing<'a> {
+    services: Vec<&'a ServiceStatus>,
+}
+
+/// `{"services": [...]}` sorted by name.
+pub fn render(board: &StatusBoard) -> String {
+    let entries: Vec<ServiceStatus> = board.iter().map(|e| e.value().clone()).collect();
+    let mut services: Vec<&ServiceStatus> = entries.iter().collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    serde_json::to_string_pretty(&Listing { services }).unwrap_or_else(|_| "{}".into())
+}
