@@ -142,13 +142,21 @@ impl Autoscaler {
         if now.saturating_duration_since(self.started) < self.config.stable_window {
             // Too little history to trust a scale-down (e.g. just restarted).
             return Decision {
-                replicas: current.max(1),
+                replicas: current,
                 reason: Reason::Stable,
             };
         }
-        let stable = self.needs.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+        // Traffic that is not idle yet keeps at least one replica up.
+        let floor = u32::from(current > 0);
+        let stable = self
+            .needs
+            .iter()
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0)
+            .max(floor);
         Decision {
-            replicas: stable.min(current.max(1)),
+            replicas: stable.min(current),
             reason: Reason::Stable,
         }
     }
@@ -361,6 +369,24 @@ mod tests {
         let unknown = Observation::default();
         assert_eq!(scaler.decide(clock.at(110), &unknown, 2).replicas, 2);
         assert_eq!(scaler.decide(clock.at(131), &unknown, 2).replicas, 0);
+    }
+
+    #[test]
+    fn nothing_starts_without_traffic() {
+        let clock = Clock(Instant::now());
+        let mut scaler = Autoscaler::new(config(), clock.at(0));
+        assert_eq!(
+            scaler
+                .decide(clock.at(1), &Observation::default(), 0)
+                .replicas,
+            0
+        );
+        assert_eq!(
+            scaler
+                .decide(clock.at(100), &Observation::default(), 0)
+                .replicas,
+            0
+        );
     }
 
     #[test]
