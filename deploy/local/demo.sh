@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The one-command local demo of rouse.
+#
+# Installs what is missing (nats-server, a load generator, curl), builds
+# release binaries, starts nats-server with JetStream, rouse-controller and
+# rouse-proxy with a demo service at zero replicas, then:
+#   1. sends one request: it is held, wakes the service, and is answered by a
+#      freshly started replica (x-rouse-cold-start: true);
+#   2. sends a burst of load and prints the replica count as it rises;
+#   3. waits, printing the count as the service drains back to zero.
+# Everything it started is stopped on exit or Ctrl-C.
+#
+# Ports (override through the environment): ROUSE_DEMO_NATS_PORT (14222),
+# ROUSE_DEMO_PORT (18080), ROUSE_DEMO_ADMIN_PORT (19090),
+# ROUSE_DEMO_CONTROLLER_PORT (19091). ROUSE_DEMO_LOAD_SECONDS (15).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+
+NATS_PORT=${ROUSE_DEMO_NATS_PORT:-14222}
+PROXY_PORT=${ROUSE_DEMO_PORT:-18080}
+ADMIN_PORT=${ROUSE_DEMO_ADMIN_PORT:-19090}
+CONTROLLER_PORT=${ROUSE_DEMO_CONTROLLER_PORT:-19091}
+LOAD_SECONDS=${ROUSE_DEMO_LOAD_SECONDS:-15}
+HOST=echo.localhost
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- install what is missing ------------------------------------------------
+missing=()
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if ! command -v bombardier >/dev/null 2>&1 && ! command -v oha >/dev/null 2>&1 \
+    && ! command -v hey >/dev/null 2>&1; then
+    missing+=(hey)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
+
+say "building release binaries"
+cargo build --release --bins -p rouse-proxy -p rouse-controller -p rouse-bench
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+
+# --- start everything -------------------------------------------------------
+WORK=$(mktemp -d -t rouse-demo-XXXXXX)
+PIDS=()
+cleanup() {
+    trap - EXIT INT TERM
+    say "stopping everything the demo started"
+    # Controller first: on SIGTERM it stops its replicas.
+    for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cat > "$WORK/rouse.yaml" <<YAML
+nats:
+  url: nats://127.0.0.1:$NATS_PORT
+proxy:
+  listen: 127.0.0.1:$PROXY_PORT
+  admin_listen: 127.0.0.1:$ADMIN_PORT
+  report_interval: 500ms
+controller:
+  admin_listen: 127.0.0.1:$CONTROLLER_PORT
+  state_dir: $WORK/state
+services:
+  - name: echo
+    hosts: [$HOST]
+    backend:
+      process:
+        command: [$BIN/rouse-echo, --port, "{port}"]
+    readiness: {http_get: /healthz}
+    scaling:
+      min_replicas: 0
+      max_replicas: 5
+      target_concurrency: 10
+      scale_to_zero_after: 10s
+      stable_window: 10s
+      drain_timeout: 10s
+    hold:
+      timeout: 30s
+      max_requests: 10000
+YAML
+
+wait_http() {
+    for _ in $(seq 1 100); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for $1" >&2
+    return 1
+}
+
+say "starting nats-server (JetStream) on 127.0.0.1:$NATS_PORT"
+"$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
+PIDS+=($!)
+say "starting rouse-controller (admin 127.0.0.1:$CONTROLLER_PORT)"
+"$BIN/rouse-controller" --config "$WORK/rouse.yaml" >"$WORK/controller.log" 2>&1 &
+PIDS+=($!)
+say "starting rouse-proxy on 127.0.0.1:$PROXY_PORT (admin 127.0.0.1:$ADMIN_PORT)"
+"$BIN/rouse-proxy" --config "$WORK/rouse.yaml" >"$WORK/proxy.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$CONTROLLER_PORT/healthz"
+wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
+
+replicas() {
+    local json ready desired
+    json=$(curl -fsS "http://127.0.0.1:$CONTROLLER_PORT/api/v1/services" 2>/dev/null || echo '{}')
+    ready=$(grep -o '"ready": [0-9]*' <<<"$json" | grep -o '[0-9]*$' || echo '?')
+    desired=$(grep -o '"desired": [0-9]*' <<<"$json" | grep -o '[0-9]*$' || echo '?')
+    echo "${ready:-?} ${desired:-?}"
+}
+show() { read -r ready desired <<<"$(replicas)"; printf '  %s  replicas ready: %s  desired: %s\n' "$(date +%T)" "$ready" "$desired"; }
+
+say "service 'echo' starts at zero replicas"
+show
+
+say "one request to the cold service (held until a replica is ready)"
+curl -sS -D - -H "Host: $HOST" -w '  (answered in %{time_total}s)\n' "http://127.0.0.1:$PROXY_PORT/"
+show
+
+say "a second request is warm (no x-rouse-cold-start header)"
+curl -sS -D - -H "Host: $HOST" "http://127.0.0.1:$PROXY_PORT/"
+
+say "load: 50 concurrent clients for ${LOAD_SECONDS}s on /sleep/100 (target 10 in flight per replica)"
+URL="http://127.0.0.1:$PROXY_PORT/sleep/100"
+if command -v bombardier >/dev/null 2>&1; then
+    bombardier -c 50 -d "${LOAD_SECONDS}s" -H "Host: $HOST" -p result "$URL" >"$WORK/load.txt" 2>&1 &
+elif command -v oha >/dev/null 2>&1; then
+    oha --no-tui -c 50 -z "${LOAD_SECONDS}s" -H "Host: $HOST" "$URL" >"$WORK/load.txt" 2>&1 &
+else
+    hey -c 50 -z "${LOAD_SECONDS}s" -host "$HOST" "$URL" >"$WORK/load.txt" 2>&1 &
+fi
+LOAD=$!
+while kill -0 "$LOAD" 2>/dev/null; do show; sleep 1; done
+wait "$LOAD" || true
+say "load generator summary"
+grep -E -i "requests/sec|reqs/sec|success rate|status code|\[[0-9]{3}\]|responses|Error" "$WORK/load.txt" | head -12 || cat "$WORK/load.txt"
+
+say "traffic stopped: replicas drain and return to zero (scale_to_zero_after: 10s)"
+for _ in $(seq 1 90); do
+    show
+    read -r ready _ <<<"$(replicas)"
+    if [ "$ready" = "0" ]; then break; fi
+    sleep 1
+done
+say "proxy metrics (excerpt)"
+curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -E '^rouse_(requests_total|cold_start_wait_seconds_count|hold_timeouts_total)' || true
+say "done"
