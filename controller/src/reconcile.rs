@@ -63,6 +63,9 @@ struct Tracked {
     addr: String,
     phase: Phase,
     since: Instant,
+    /// Wall-clock microseconds: asked of the backend, and first passing probe.
+    started_at_us: u64,
+    ready_at_us: Option<u64>,
     probe: Option<JoinHandle<()>>,
 }
 
@@ -233,6 +236,8 @@ impl ServiceLoop {
                 addr,
                 phase,
                 since: now,
+                started_at_us: now_us(),
+                ready_at_us: None,
                 probe,
             },
         );
@@ -266,6 +271,7 @@ impl ServiceLoop {
         }
         replica.phase = Phase::Ready;
         replica.probe = None;
+        replica.ready_at_us = Some(now_us());
         let took = replica.since.elapsed();
         self.wiring
             .metrics
@@ -637,6 +643,8 @@ impl ServiceLoop {
                     id: id.clone(),
                     addr: r.addr.clone(),
                     state: r.phase.name(),
+                    started_at_us: r.started_at_us,
+                    ready_at_us: r.ready_at_us,
                 })
                 .collect(),
             held: totals.held,
@@ -667,4 +675,12 @@ impl ServiceLoop {
         }
         tracing::info!(service = %self.name, stopped = ids.len(), "replicas stopped");
     }
+}
+
+/// Microseconds since the Unix epoch, for the status API's timestamps.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }

@@ -13,6 +13,11 @@ pub struct ReplicaStatus {
     pub addr: String,
     /// `starting`, `ready`, `draining` or `stopping`.
     pub state: &'static str,
+    /// When the controller asked for it (or adopted it), µs since the epoch.
+    pub started_at_us: u64,
+    /// When its readiness probe first passed; `null` while starting and for
+    /// adopted replicas that were already ready.
+    pub ready_at_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
