@@ -3,4 +3,5 @@
 //! Each tool lives in its own module; the binaries under `src/bin/` are thin
 //! wrappers around them so that the logic stays testable.
 
+pub mod coldstart;
 pub mod echo;

@@ -163,7 +163,7 @@ impl Autoscaler {
 
     /// Replicas the current load needs, before the window.
     fn need(&self, observation: &Observation) -> u32 {
-        let concurrency = (observation.in_flight + observation.held) as f64;
+        let concurrency = observation.in_flight.saturating_add(observation.held) as f64;
         let by_concurrency = (concurrency / self.config.target_concurrency).ceil();
         let by_rate = match self.config.target_rps {
             Some(target) => (observation.arrival_rate / target).ceil(),

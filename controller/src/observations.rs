@@ -48,17 +48,12 @@ impl Observations {
         }
     }
 
-    /// Records a load report; an older `seq` from the same proxy is ignored.
+    /// Records a load report, replacing the proxy's previous one. Core NATS
+    /// keeps one publisher's messages in order, and a restarted proxy that
+    /// reuses its id starts a new `seq`, so the latest message always wins.
     pub fn record_load(&mut self, load: Load, now: Instant) {
         if load.arrivals > 0 || load.in_flight > 0 || load.held > 0 {
             self.last_activity = Some(now);
-        }
-        if let Some(previous) = self.proxies.get(&load.proxy) {
-            // A restarted proxy starts again at 1; anything else going
-            // backwards is a reordered, stale report.
-            if load.seq <= previous.load.seq && load.seq > 1 {
-                return;
-            }
         }
         self.proxies.insert(
             load.proxy.clone(),
@@ -92,8 +87,8 @@ impl Observations {
         };
         for report in self.proxies.values() {
             let load = &report.load;
-            observation.in_flight += load.in_flight;
-            observation.held += load.held;
+            observation.in_flight = observation.in_flight.saturating_add(load.in_flight);
+            observation.held = observation.held.saturating_add(load.held);
             if load.interval_ms > 0 {
                 observation.arrival_rate += load.arrivals as f64 * 1000.0 / load.interval_ms as f64;
             }
@@ -109,24 +104,31 @@ impl Observations {
             .filter(|r| now.saturating_duration_since(r.received) <= ttl);
         live.fold(Totals::default(), |mut totals, report| {
             totals.proxies += 1;
-            totals.in_flight += report.load.in_flight;
-            totals.held += report.load.held;
+            totals.in_flight = totals.in_flight.saturating_add(report.load.in_flight);
+            totals.held = totals.held.saturating_add(report.load.held);
             totals
         })
     }
 
-    /// Whether endpoint `id`, marked draining in `generation`, has nothing in
-    /// flight on any live proxy that has already seen that generation, and no
-    /// live proxy still routes by an older one.
-    pub fn drained(&self, id: &str, generation: u64, now: Instant) -> bool {
+    /// Whether endpoint `id`, marked draining in `generation` (written to KV
+    /// at `published`), has nothing in flight on any live proxy that has
+    /// already seen that generation, and no live proxy still routes by an
+    /// older one. With no live proxy at all, a full liveness period after the
+    /// write must pass first: a proxy that was about to report is not missed.
+    pub fn drained(&self, id: &str, generation: u64, published: Instant, now: Instant) -> bool {
         let ttl = self.report_interval * LIVE_INTERVALS;
-        self.proxies
+        let mut live = self
+            .proxies
             .values()
             .filter(|r| now.saturating_duration_since(r.received) <= ttl)
-            .all(|r| {
-                r.load.endpoints_generation >= generation
-                    && r.load.per_endpoint.get(id).copied().unwrap_or(0) == 0
-            })
+            .peekable();
+        if live.peek().is_none() {
+            return now.saturating_duration_since(published) > ttl;
+        }
+        live.all(|r| {
+            r.load.endpoints_generation >= generation
+                && r.load.per_endpoint.get(id).copied().unwrap_or(0) == 0
+        })
     }
 }
 
@@ -172,14 +174,11 @@ mod tests {
     }
 
     #[test]
-    fn stale_reports_do_not_overwrite_newer_ones() {
+    fn a_restarted_proxy_replaces_its_predecessor() {
         let t0 = Instant::now();
         let mut obs = Observations::new(Duration::from_secs(1));
-        obs.record_load(load("a", 5, 3, &[], 1), t0);
-        obs.record_load(load("a", 4, 9, &[], 1), t0);
-        assert_eq!(obs.observe(t0).in_flight, 3);
-        // A restarted proxy (seq 1) replaces its predecessor's report.
-        obs.record_load(load("a", 1, 0, &[], 1), t0);
+        obs.record_load(load("a", 500, 3, &[], 1), t0);
+        obs.record_load(load("a", 7, 0, &[], 1), t0);
         assert_eq!(obs.observe(t0).in_flight, 0);
     }
 
@@ -205,12 +204,18 @@ mod tests {
         let mut obs = Observations::new(Duration::from_secs(1));
         obs.record_load(load("a", 1, 0, &[("r1", 0)], 7), t0);
         obs.record_load(load("b", 1, 1, &[("r1", 1)], 7), t0);
-        assert!(!obs.drained("r1", 7, t0), "b still has one in flight");
+        assert!(!obs.drained("r1", 7, t0, t0), "b still has one in flight");
         obs.record_load(load("b", 2, 0, &[("r1", 0)], 6), t0);
-        assert!(!obs.drained("r1", 7, t0), "b has not seen generation 7");
+        assert!(!obs.drained("r1", 7, t0, t0), "b has not seen generation 7");
         obs.record_load(load("b", 3, 0, &[], 7), t0);
-        assert!(obs.drained("r1", 7, t0));
-        // With no live proxy at all nothing can be in flight.
-        assert!(obs.drained("r1", 7, t0 + Duration::from_secs(10)));
+        assert!(obs.drained("r1", 7, t0, t0));
+    }
+
+    #[test]
+    fn without_live_proxies_a_drain_waits_a_liveness_period_after_publishing() {
+        let t0 = Instant::now();
+        let obs = Observations::new(Duration::from_secs(1));
+        assert!(!obs.drained("r1", 1, t0, t0 + Duration::from_secs(2)));
+        assert!(obs.drained("r1", 1, t0, t0 + Duration::from_secs(4)));
     }
 }

@@ -111,6 +111,9 @@ pub struct ServiceLoop {
     dirty: bool,
     /// The current KV value has been read, so `generation` continues it.
     kv_read: bool,
+    /// The generation last written to KV, and when.
+    published_generation: u64,
+    published_at: Instant,
     store: Option<kv::Store>,
     ready_tx: mpsc::UnboundedSender<Ready>,
     ready_rx: mpsc::UnboundedReceiver<Ready>,
@@ -143,6 +146,8 @@ impl ServiceLoop {
             generation: 0,
             dirty: false,
             kv_read: false,
+            published_generation: 0,
+            published_at: Instant::now(),
             store: None,
             ready_tx,
             ready_rx,
@@ -187,12 +192,21 @@ impl ServiceLoop {
                 let _ = self.backend.stop(&replica.id).await;
                 continue;
             }
-            let ready = listed.as_ref().is_some_and(|set| {
+            let listed_state = listed.as_ref().and_then(|set| {
                 set.endpoints
                     .iter()
-                    .any(|e| e.id == replica.id && e.addr == replica.addr)
+                    .find(|e| e.id == replica.id && e.addr == replica.addr)
+                    .map(|e| e.state)
             });
-            let phase = if ready { Phase::Ready } else { Phase::Starting };
+            let phase = match listed_state {
+                Some(EndpointState::Ready) => Phase::Ready,
+                // Finish the drain the previous controller began.
+                Some(EndpointState::Draining) => Phase::Draining {
+                    generation: self.generation + 1,
+                    since: now,
+                },
+                None => Phase::Starting,
+            };
             self.track(replica.id, replica.addr, phase, now);
         }
         // Write the set even if unchanged, replacing entries of dead replicas.
@@ -206,7 +220,11 @@ impl ServiceLoop {
         self.sync_backend(now).await;
         let observation = self.inbox.observations().observe(now);
         let active = self.count(Phase::active);
-        let decision = self.autoscaler.decide(now, &observation, active);
+        let mut decision = self.autoscaler.decide(now, &observation, active);
+        if decision.replicas < active && !self.connected() {
+            // Without reports, "idle" only means "cut off": keep what serves.
+            decision.replicas = active;
+        }
         self.desired = decision.replicas;
         if decision.replicas > active {
             self.scale_up(decision, active, now).await;
@@ -218,6 +236,10 @@ impl ServiceLoop {
         self.update_status(now);
     }
 
+    fn connected(&self) -> bool {
+        self.wiring.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     fn count(&self, predicate: impl Fn(Phase) -> bool) -> u32 {
         self.replicas
             .values()
@@ -227,7 +249,7 @@ impl ServiceLoop {
 
     fn track(&mut self, id: String, addr: String, phase: Phase, now: Instant) {
         let probe = (phase == Phase::Starting).then(|| self.spawn_probe(&id, &addr));
-        if phase == Phase::Ready {
+        if phase != Phase::Starting {
             self.changed();
         }
         self.replicas.insert(
@@ -298,6 +320,18 @@ impl ServiceLoop {
                 return;
             }
         };
+        // Replicas the backend runs that this loop lost track of (a partly
+        // failed start): probe them like new ones rather than leak them.
+        for replica in &listed {
+            if replica.health == Health::Running && !self.replicas.contains_key(&replica.id) {
+                self.track(
+                    replica.id.clone(),
+                    replica.addr.clone(),
+                    Phase::Starting,
+                    now,
+                );
+            }
+        }
         let present: BTreeMap<&str, &Health> =
             listed.iter().map(|r| (r.id.as_str(), &r.health)).collect();
         let mut gone = Vec::new();
@@ -370,10 +404,13 @@ impl ServiceLoop {
         let from = active;
         match self.backend.ensure(wanted).await {
             Ok(started) => {
+                let any = !started.is_empty();
                 for replica in started {
                     self.track(replica.id, replica.addr, Phase::Starting, now);
                 }
-                self.record_scale(from, decision.replicas, decision.reason.as_str());
+                if any {
+                    self.record_scale(from, decision.replicas, decision.reason.as_str());
+                }
             }
             Err(err) => {
                 self.backend_error(err.to_string());
@@ -423,15 +460,18 @@ impl ServiceLoop {
 
     fn progress_drains(&mut self, now: Instant) {
         let drain_timeout = self.spec.scaling.drain_timeout;
+        let (published, published_at) = (self.published_generation, self.published_at);
         let observations = self.inbox.observations();
         let finished: Vec<(String, bool)> = self
             .replicas
             .iter()
             .filter_map(|(id, r)| match r.phase {
+                // Until the proxies can have seen it draining, it is not.
+                Phase::Draining { generation, .. } if generation > published => None,
                 Phase::Draining { generation, since } => {
                     let timed_out = now.duration_since(since) >= drain_timeout;
-                    (timed_out || observations.drained(id, generation, now))
-                        .then(|| (id.clone(), timed_out))
+                    let drained = observations.drained(id, generation, published_at, now);
+                    (timed_out || drained).then(|| (id.clone(), timed_out))
                 }
                 _ => None,
             })
@@ -452,7 +492,9 @@ impl ServiceLoop {
     fn stop_replica(&mut self, id: &str) {
         if let Some(replica) = self.replicas.get_mut(id) {
             replica.phase = Phase::Stopping;
-            replica.probe = None;
+            if let Some(probe) = replica.probe.take() {
+                probe.abort();
+            }
         }
         let backend = Arc::clone(&self.backend);
         let id = id.to_string();
@@ -596,6 +638,8 @@ impl ServiceLoop {
         match store.put(self.name.as_str(), messages::encode(&set)).await {
             Ok(_) => {
                 self.dirty = false;
+                self.published_generation = set.generation;
+                self.published_at = Instant::now();
                 tracing::debug!(service = %self.name, generation = set.generation, endpoints = set.endpoints.len(), "endpoint set published");
             }
             Err(err) => {

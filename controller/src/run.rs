@@ -69,19 +69,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .collect();
     let inboxes = Arc::new(inboxes);
-    tokio::spawn({
-        let (client, subjects, inboxes, metrics) = (
-            bus.client.clone(),
-            subjects.clone(),
-            Arc::clone(&inboxes),
-            Arc::clone(&metrics),
-        );
-        async move {
-            if let Err(err) = intake::run(client, subjects, inboxes, metrics).await {
-                tracing::error!(error = %err, "cannot subscribe to proxy reports");
-            }
-        }
-    });
+    tokio::spawn(intake_forever(
+        bus.client.clone(),
+        subjects.clone(),
+        Arc::clone(&inboxes),
+        Arc::clone(&metrics),
+    ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut loops = Vec::new();
@@ -127,6 +120,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::debug!(error = %err, "flush on exit failed");
     }
     Ok(())
+}
+
+/// Keeps the report subscriptions alive: a controller without them would
+/// scale blind.
+async fn intake_forever(
+    client: async_nats::Client,
+    subjects: Subjects,
+    inboxes: Arc<HashMap<String, Arc<Inbox>>>,
+    metrics: Arc<ControllerMetrics>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let result = intake::run(
+            client.clone(),
+            subjects.clone(),
+            Arc::clone(&inboxes),
+            Arc::clone(&metrics),
+        )
+        .await;
+        match result {
+            Ok(()) => tracing::warn!("report subscriptions ended; resubscribing"),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot subscribe to proxy reports; retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 fn build_backend(

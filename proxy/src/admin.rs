@@ -33,6 +33,8 @@ pub struct AdminState {
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors and the like: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let state = Arc::clone(&state);

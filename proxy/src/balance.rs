@@ -44,7 +44,9 @@ pub fn lease(service: &Service, tried: &[Arc<str>]) -> Option<Lease> {
 
 /// Power of two choices among `ready` minus `tried`.
 fn choose<'a>(ready: &'a [Arc<Endpoint>], tried: &[Arc<str>]) -> Option<&'a Arc<Endpoint>> {
-    let usable = |e: &&Arc<Endpoint>| !tried.iter().any(|t| *t == e.id);
+    let usable = |e: &&Arc<Endpoint>| {
+        !e.draining.load(Ordering::Relaxed) && !tried.iter().any(|t| *t == e.id)
+    };
     match ready.len() {
         0 => None,
         1 => ready.first().filter(usable),
@@ -55,11 +57,20 @@ fn choose<'a>(ready: &'a [Arc<Endpoint>], tried: &[Arc<str>]) -> Option<&'a Arc<
                 b += 1;
             }
             let (ea, eb) = (&ready[a], &ready[b]);
-            if eb.in_flight.load(Ordering::Relaxed) < ea.in_flight.load(Ordering::Relaxed) {
-                Some(eb)
-            } else {
-                Some(ea)
+            let pick =
+                if eb.in_flight.load(Ordering::Relaxed) < ea.in_flight.load(Ordering::Relaxed) {
+                    eb
+                } else {
+                    ea
+                };
+            // A draining flag set ahead of its snapshot: fall back to a scan.
+            if pick.draining.load(Ordering::Relaxed) {
+                return ready
+                    .iter()
+                    .filter(usable)
+                    .min_by_key(|e| e.in_flight.load(Ordering::Relaxed));
             }
+            Some(pick)
         }
         _ => ready
             .iter()

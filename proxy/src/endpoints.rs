@@ -126,17 +126,15 @@ impl EndpointWatcher {
                 endpoints: Vec::new(),
             },
         };
-        match service.apply(&set) {
-            Ok(()) => tracing::debug!(
-                service = %entry.key,
-                generation = set.generation,
-                endpoints = set.endpoints.len(),
-                "endpoint set applied"
-            ),
-            Err(err) => {
-                self.metrics.bus_rejected.inc();
-                tracing::warn!(service = %entry.key, error = %err, "dropped invalid endpoint set");
-            }
+        for problem in service.apply(&set) {
+            self.metrics.bus_rejected.inc();
+            tracing::warn!(service = %entry.key, error = %problem, "skipped an unusable endpoint");
         }
+        tracing::debug!(
+            service = %entry.key,
+            generation = set.generation,
+            endpoints = set.endpoints.len(),
+            "endpoint set applied"
+        );
     }
 }

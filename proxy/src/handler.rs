@@ -58,7 +58,7 @@ impl Peer {
 #[derive(Debug)]
 pub struct Completion {
     service: Arc<Service>,
-    _lease: Lease,
+    lease: Lease,
     started: Instant,
 }
 
@@ -136,7 +136,7 @@ impl Proxy {
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let completion = Completion {
             service: Arc::clone(service),
-            _lease: lease,
+            lease,
             started,
         };
         let mut response = self.forward(service, request, peer, completion).await;
@@ -177,7 +177,16 @@ impl Proxy {
                     );
                     return Err(unavailable(text, RETRY_AFTER_FULL));
                 }
-                Admission::ReadyNow => {}
+                Admission::ReadyNow => {
+                    // Replicas are listed ready, yet none could be leased
+                    // (a set being swapped): let the swap finish.
+                    if Instant::now() >= deadline {
+                        service.metrics.hold_timeouts.inc();
+                        let text = format!("service {} has no usable replica\n", service.name);
+                        return Err(unavailable(text, RETRY_AFTER_TIMEOUT));
+                    }
+                    tokio::task::yield_now().await;
+                }
                 Admission::Held(mut ticket) => {
                     held = true;
                     if ticket.first {
@@ -217,80 +226,93 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         // Only keep what a retry needs when another replica could take it.
-        let retry_possible = service.endpoints.load().ready.len() > 1 && !upgrade;
-        let (lent, mut body) = if retry_possible {
-            let lent = Lent::new(body);
-            (Some(lent.clone()), OutBody::Lent(lent))
+        let retry_possible = !upgrade && service.endpoints.load().ready.len() > 1;
+        let (mut replay, mut body) = if retry_possible {
+            let (replay, body) = Replay::capture(&parts, body);
+            (Some(replay), body)
         } else {
             (None, OutBody::Streamed(body))
         };
-        let original = retry_possible.then(|| {
-            (
-                parts.method.clone(),
-                parts.uri.clone(),
-                parts.headers.clone(),
-            )
-        });
         let mut tried: Vec<Arc<str>> = Vec::new();
         loop {
-            let endpoint = Arc::clone(&completion._lease.endpoint);
-            if let Err(err) =
-                forward::prepare_head(&mut parts, &endpoint.authority, &peer.client_ip, upgrade)
+            let endpoint = Arc::clone(&completion.lease.endpoint);
+            let authority = &endpoint.authority;
+            if let Err(err) = forward::prepare_head(&mut parts, authority, &peer.client_ip, upgrade)
             {
-                return local(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot forward this request: {err}\n"),
-                );
+                let text = format!("cannot forward this request: {err}\n");
+                return local(StatusCode::BAD_REQUEST, text);
             }
             let outbound = Request::from_parts(parts, body);
-            match self
+            let error = match self
                 .forwarder
                 .send(outbound, service.response_timeout)
                 .await
             {
-                Ok(response) => {
-                    return finish(response, completion, client_upgrade);
-                }
-                Err(ForwardError::Connect(err)) => {
+                Ok(response) => return finish(response, completion, client_upgrade),
+                Err(error) => error,
+            };
+            let name = &service.name;
+            match error {
+                ForwardError::Connect(err) => {
                     tried.push(Arc::clone(&endpoint.id));
-                    let retry = lent.as_ref().and_then(Lent::reclaim).zip(original.as_ref());
-                    let next = retry.and_then(|r| balance::lease(service, &tried).map(|l| (r, l)));
-                    match next {
-                        Some(((reclaimed, (method, uri, headers)), lease)) => {
-                            tracing::debug!(service = %service.name, endpoint = %endpoint.id, error = %err, "connect failed; retrying on another replica");
-                            completion._lease = lease;
-                            let mut rebuilt = Request::new(());
-                            *rebuilt.method_mut() = method.clone();
-                            *rebuilt.uri_mut() = uri.clone();
-                            *rebuilt.headers_mut() = headers.clone();
-                            parts = rebuilt.into_parts().0;
-                            body = OutBody::Streamed(reclaimed);
-                        }
-                        None => {
-                            tracing::warn!(service = %service.name, endpoint = %endpoint.id, error = %err, "replica refused the connection");
-                            return local(
-                                StatusCode::BAD_GATEWAY,
-                                format!("no replica of {} accepted the connection\n", service.name),
-                            );
-                        }
-                    }
+                    let again = balance::lease(service, &tried)
+                        .and_then(|lease| Some((lease, replay.as_mut()?.again()?)));
+                    let Some((lease, (next_parts, next_body))) = again else {
+                        tracing::warn!(service = %name, endpoint = %endpoint.id, error = %err, "replica refused the connection");
+                        let text = format!("no replica of {name} accepted the connection\n");
+                        return local(StatusCode::BAD_GATEWAY, text);
+                    };
+                    tracing::debug!(service = %name, endpoint = %endpoint.id, error = %err, "connect failed; retrying on another replica");
+                    completion.lease = lease;
+                    (parts, body) = (next_parts, next_body);
                 }
-                Err(ForwardError::Timeout(after)) => {
-                    tracing::warn!(service = %service.name, endpoint = %endpoint.id, ?after, "replica response timed out");
-                    return local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!("{} did not answer within {after:?}\n", service.name),
-                    );
+                ForwardError::Timeout(after) => {
+                    tracing::warn!(service = %name, endpoint = %endpoint.id, ?after, "replica response timed out");
+                    let text = format!("{name} did not answer within {after:?}\n");
+                    return local(StatusCode::GATEWAY_TIMEOUT, text);
                 }
-                Err(ForwardError::Failed(err)) => {
-                    tracing::warn!(service = %service.name, endpoint = %endpoint.id, error = %err, "forwarding failed");
+                ForwardError::Failed(err) => {
+                    tracing::warn!(service = %name, endpoint = %endpoint.id, error = %err, "forwarding failed");
                     return local(
                         StatusCode::BAD_GATEWAY,
-                        format!("{} failed the request\n", service.name),
+                        format!("{name} failed the request\n"),
                     );
                 }
             }
         }
+    }
+}
+
+/// What a retry on another replica needs: the request head as received and
+/// the body, lent to each attempt so a refused connection hands it back.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    lent: Lent,
+}
+
+impl Replay {
+    fn capture(parts: &http::request::Parts, body: Incoming) -> (Self, OutBody) {
+        let lent = Lent::new(body);
+        let replay = Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            lent: lent.clone(),
+        };
+        (replay, OutBody::Lent(lent))
+    }
+
+    /// The request once more, if the failed attempt never read its body.
+    fn again(&mut self) -> Option<(http::request::Parts, OutBody)> {
+        let body = self.lent.reclaim()?;
+        self.lent = Lent::new(body);
+        let mut head = Request::new(());
+        *head.method_mut() = self.method.clone();
+        *head.uri_mut() = self.uri.clone();
+        *head.headers_mut() = self.headers.clone();
+        Some((head.into_parts().0, OutBody::Lent(self.lent.clone())))
     }
 }
 

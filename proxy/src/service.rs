@@ -68,6 +68,8 @@ pub struct Service {
 pub enum ApplyError {
     #[error("endpoint {id}: `{addr}` is not a host:port")]
     BadAddress { id: String, addr: String },
+    #[error("endpoint {id} is listed twice")]
+    Duplicate { id: String },
 }
 
 impl Service {
@@ -89,18 +91,30 @@ impl Service {
     }
 
     /// Replaces the endpoint set (the KV watcher orders updates by revision)
-    /// and releases held requests when replicas are ready.
-    pub fn apply(&self, set: &EndpointSet) -> Result<(), ApplyError> {
+    /// and releases held requests when replicas are ready. Endpoints that
+    /// cannot be used are skipped, the rest applied; the skipped ones are
+    /// returned for the caller to count and log.
+    pub fn apply(&self, set: &EndpointSet) -> Vec<ApplyError> {
         let current = self.endpoints.load();
         let by_id: HashMap<&str, &Arc<Endpoint>> =
             current.all.iter().map(|e| (&*e.id, e)).collect();
-        let mut all = Vec::with_capacity(set.endpoints.len());
+        let mut all: Vec<Arc<Endpoint>> = Vec::with_capacity(set.endpoints.len());
         let mut ready = Vec::with_capacity(set.endpoints.len());
+        let mut skipped = Vec::new();
         for wanted in &set.endpoints {
-            let authority: Authority = wanted.addr.parse().map_err(|_| ApplyError::BadAddress {
-                id: wanted.id.clone(),
-                addr: wanted.addr.clone(),
-            })?;
+            if all.iter().any(|e| *e.id == *wanted.id) {
+                skipped.push(ApplyError::Duplicate {
+                    id: wanted.id.clone(),
+                });
+                continue;
+            }
+            let Ok(authority) = wanted.addr.parse::<Authority>() else {
+                skipped.push(ApplyError::BadAddress {
+                    id: wanted.id.clone(),
+                    addr: wanted.addr.clone(),
+                });
+                continue;
+            };
             let endpoint = match by_id.get(wanted.id.as_str()) {
                 Some(existing) if existing.authority == authority => Arc::clone(existing),
                 _ => Arc::new(Endpoint {
@@ -126,7 +140,7 @@ impl Service {
         if has_ready {
             self.hold.release_all();
         }
-        Ok(())
+        skipped
     }
 
     /// Whether any replica can take a request now.
@@ -165,18 +179,18 @@ mod tests {
     fn keeps_endpoint_identity_and_counts_across_updates() {
         let s = service();
         let ready = EndpointState::Ready;
-        assert_eq!(s.apply(&set(1, &[("r1", "127.0.0.1:1", ready)])), Ok(()));
+        assert!(s.apply(&set(1, &[("r1", "127.0.0.1:1", ready)])).is_empty());
         let first = Arc::clone(&s.endpoints.load().ready[0]);
         first.in_flight.store(3, Ordering::SeqCst);
         let draining = EndpointState::Draining;
-        s.apply(&set(
+        let skipped = s.apply(&set(
             2,
             &[
                 ("r1", "127.0.0.1:1", draining),
                 ("r2", "127.0.0.1:2", ready),
             ],
-        ))
-        .expect("apply");
+        ));
+        assert!(skipped.is_empty());
         let snap = s.endpoints.load();
         assert_eq!(snap.ready.len(), 1);
         assert_eq!(&*snap.ready[0].id, "r2");
@@ -186,12 +200,22 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_addresses_and_keeps_the_old_set() {
+    fn skips_bad_and_duplicate_endpoints_and_applies_the_rest() {
         let s = service();
         let ready = EndpointState::Ready;
-        s.apply(&set(5, &[("r1", "127.0.0.1:1", ready)]))
-            .expect("apply");
-        assert!(s.apply(&set(6, &[("r1", "not an addr", ready)])).is_err());
-        assert!(s.has_ready());
+        let draining = EndpointState::Draining;
+        let skipped = s.apply(&set(
+            6,
+            &[
+                ("r1", "not an addr", ready),
+                ("r2", "127.0.0.1:2", ready),
+                ("r2", "127.0.0.1:2", draining),
+            ],
+        ));
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        let snap = s.endpoints.load();
+        assert_eq!(snap.all.len(), 1);
+        assert_eq!(&*snap.ready[0].id, "r2");
+        assert!(!snap.ready[0].draining.load(Ordering::SeqCst));
     }
 }

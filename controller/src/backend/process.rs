@@ -233,7 +233,16 @@ impl Backend for ProcessBackend {
             .count();
         let mut started = Vec::new();
         for _ in running..n {
-            started.push(self.spawn().await?);
+            match self.spawn().await {
+                Ok(replica) => started.push(replica),
+                // Report what did start; the next call fails at once and
+                // surfaces the error.
+                Err(err) if !started.is_empty() => {
+                    tracing::warn!(service = %self.service, error = %err, started = started.len(), "start failed part way");
+                    break;
+                }
+                Err(err) => return Err(err),
+            }
         }
         Ok(started)
     }

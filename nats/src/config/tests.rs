@@ -103,3 +103,17 @@ fn unreadable_file_is_a_read_error() {
     let err = Config::load(Path::new("/nonexistent/rouse.yaml")).expect_err("missing");
     assert!(matches!(err, ConfigError::Read { .. }));
 }
+
+#[test]
+fn absurd_values_are_rejected() {
+    let source = VALID
+        .replace("timeout: 5s", "timeout: 5s\n      max_requests: 0")
+        .replace("scale_to_zero_after: 2s", "scale_to_zero_after: 400days");
+    let found = issues(&source);
+    let keys: Vec<_> = found.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"services[0].hold.max_requests"), "{keys:?}");
+    assert!(
+        keys.contains(&"services[0].scaling.scale_to_zero_after"),
+        "{keys:?}"
+    );
+}

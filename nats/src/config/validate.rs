@@ -3,6 +3,7 @@
 //! the file and line.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::{Backend, BackendConfig, Config, ServiceConfig};
 
@@ -31,7 +32,38 @@ pub fn check(config: &Config) -> Problems {
     problems
 }
 
+/// Longest duration accepted anywhere: far beyond any sensible setting, and
+/// small enough that adding it to a clock reading cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn check_durations(durations: &[(String, Duration)], problems: &mut Problems) {
+    for (key, value) in durations {
+        if *value > MAX_DURATION {
+            problems.push((key.clone(), "must be at most 30 days".into()));
+        }
+    }
+}
+
 fn check_globals(config: &Config, problems: &mut Problems) {
+    let proxy = &config.proxy;
+    check_durations(
+        &[
+            ("proxy.report_interval".into(), proxy.report_interval),
+            ("proxy.response_timeout".into(), proxy.response_timeout),
+            ("proxy.connect_timeout".into(), proxy.connect_timeout),
+            ("proxy.pool_idle_timeout".into(), proxy.pool_idle_timeout),
+            (
+                "proxy.header_read_timeout".into(),
+                proxy.header_read_timeout,
+            ),
+            ("proxy.shutdown_timeout".into(), proxy.shutdown_timeout),
+            ("controller.tick".into(), config.controller.tick),
+        ],
+        problems,
+    );
+    if proxy.worker_threads == Some(0) {
+        problems.push(("proxy.worker_threads".into(), "must be at least 1".into()));
+    }
     if config.proxy.report_interval.is_zero() {
         problems.push(("proxy.report_interval".into(), "must be above 0".into()));
     }
@@ -97,6 +129,37 @@ fn check_service(at: &str, service: &ServiceConfig, problems: &mut Problems) {
     if service.hold.timeout.is_zero() {
         problems.push((format!("{at}.hold.timeout"), "must be above 0".into()));
     }
+    if service.hold.max_requests == 0 {
+        problems.push((
+            format!("{at}.hold.max_requests"),
+            "must be at least 1: the first held request is what wakes the service".into(),
+        ));
+    }
+    let scaling = &service.scaling;
+    let mut durations = vec![
+        (
+            format!("{at}.scaling.scale_to_zero_after"),
+            scaling.scale_to_zero_after,
+        ),
+        (format!("{at}.scaling.drain_timeout"), scaling.drain_timeout),
+        (format!("{at}.scaling.stable_window"), scaling.stable_window),
+        (format!("{at}.hold.timeout"), service.hold.timeout),
+        (format!("{at}.readiness.period"), service.readiness.period),
+    ];
+    if let Some(timeout) = service.response_timeout {
+        durations.push((format!("{at}.response_timeout"), timeout));
+    }
+    if let Some(process) = &service.backend.process {
+        durations.push((
+            format!("{at}.backend.process.grace_period"),
+            process.grace_period,
+        ));
+        durations.push((
+            format!("{at}.backend.process.startup_timeout"),
+            process.startup_timeout,
+        ));
+    }
+    check_durations(&durations, problems);
 }
 
 fn check_host(host: &str) -> Result<(), String> {
