@@ -207,7 +207,7 @@ impl ServiceLoop {
                 },
                 None => Phase::Starting,
             };
-            self.track(replica.id, replica.addr, phase, now);
+            self.track(replica.id, replica.addr, phase, now, now_us());
         }
         // Write the set even if unchanged, replacing entries of dead replicas.
         self.dirty = true;
@@ -247,7 +247,7 @@ impl ServiceLoop {
             .count() as u32
     }
 
-    fn track(&mut self, id: String, addr: String, phase: Phase, now: Instant) {
+    fn track(&mut self, id: String, addr: String, phase: Phase, now: Instant, started_at_us: u64) {
         let probe = (phase == Phase::Starting).then(|| self.spawn_probe(&id, &addr));
         if phase != Phase::Starting {
             self.changed();
@@ -258,7 +258,7 @@ impl ServiceLoop {
                 addr,
                 phase,
                 since: now,
-                started_at_us: now_us(),
+                started_at_us,
                 ready_at_us: None,
                 probe,
             },
@@ -324,12 +324,8 @@ impl ServiceLoop {
         // failed start): probe them like new ones rather than leak them.
         for replica in &listed {
             if replica.health == Health::Running && !self.replicas.contains_key(&replica.id) {
-                self.track(
-                    replica.id.clone(),
-                    replica.addr.clone(),
-                    Phase::Starting,
-                    now,
-                );
+                let (id, addr) = (replica.id.clone(), replica.addr.clone());
+                self.track(id, addr, Phase::Starting, now, now_us());
             }
         }
         let present: BTreeMap<&str, &Health> =
@@ -402,11 +398,12 @@ impl ServiceLoop {
         let existing = self.count(|p| p != Phase::Stopping) as usize;
         let wanted = existing + (decision.replicas - active) as usize;
         let from = active;
+        let asked_at_us = now_us();
         match self.backend.ensure(wanted).await {
             Ok(started) => {
                 let any = !started.is_empty();
                 for replica in started {
-                    self.track(replica.id, replica.addr, Phase::Starting, now);
+                    self.track(replica.id, replica.addr, Phase::Starting, now, asked_at_us);
                 }
                 if any {
                     self.record_scale(from, decision.replicas, decision.reason.as_str());

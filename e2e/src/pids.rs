@@ -70,7 +70,13 @@ mod tests {
             .env(crate::MARKER_ENV, &marker)
             .spawn()
             .expect("spawn sleep");
-        let found = replica_pids(&marker);
+        // Between fork and exec /proc shows the parent's environment: poll.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = replica_pids(&marker);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            found = replica_pids(&marker);
+        }
         assert_eq!(found, vec![child.id()]);
         child.kill().unwrap();
         child.wait().unwrap();

@@ -1,0 +1,239 @@
+//! The forwarding stage against real sockets, without NATS: endpoint sets are
+//! applied directly, the way the KV watcher applies them.
+//!
+//! Proves the contract's error table for replicas: a refused connection is
+//! retried on another ready replica with the request body intact (never sent
+//! twice), 502 when no replica accepts, 504 when a replica is slow past the
+//! response timeout, 404 for an unknown host, 503 + Retry-After when a cold
+//! service's hold times out.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rouse_nats::config::{Config, ServiceConfig};
+use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
+use rouse_proxy::forward::Forwarder;
+use rouse_proxy::handler::Proxy;
+use rouse_proxy::metrics::ProxyMetrics;
+use rouse_proxy::route::Routes;
+use rouse_proxy::server;
+use rouse_proxy::service::Service;
+use tokio::net::TcpListener;
+
+/// A replica that echoes POST bodies, sleeps on `/slow`, and counts requests.
+async fn replica() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let counter = Arc::clone(&counter);
+                    async move {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        if request.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        Ok::<_, Infallible>(Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// A port with nothing listening on it.
+fn refusing_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+const CONFIG: &str = "
+proxy:
+  response_timeout: 1s
+services:
+  - name: app
+    hosts: [app.test]
+    backend: {process: {command: [x]}}
+    hold: {timeout: 2s}
+";
+
+struct Harness {
+    addr: SocketAddr,
+    service: Arc<Service>,
+}
+
+async fn start_proxy() -> Harness {
+    let config = Config::parse(std::path::Path::new("test.yaml"), CONFIG).expect("config");
+    let metrics = Arc::new(ProxyMetrics::new());
+    let spec: &ServiceConfig = &config.services[0];
+    let service = Arc::new(Service::new(
+        spec,
+        config.proxy.response_timeout,
+        metrics.for_service("app"),
+    ));
+    let mut routes = Routes::default();
+    routes.insert("app.test", "/", Arc::clone(&service));
+    let (signals, mut signal_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move { while signal_rx.recv().await.is_some() {} });
+    let proxy = Arc::new(Proxy {
+        routes: ArcSwap::from_pointee(routes),
+        forwarder: Forwarder::new(&config.proxy),
+        signals,
+        metrics,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let proxy_config = config.proxy.clone();
+    tokio::spawn(async move {
+        server::serve(listener, proxy, &proxy_config, std::future::pending()).await;
+    });
+    Harness { addr, service }
+}
+
+fn set_endpoints(service: &Service, generation: u64, addrs: &[SocketAddr]) {
+    let set = EndpointSet {
+        v: VERSION,
+        generation,
+        endpoints: addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| Endpoint {
+                id: format!("r{i}"),
+                addr: addr.to_string(),
+                state: EndpointState::Ready,
+            })
+            .collect(),
+    };
+    assert!(service.apply(&set).is_empty());
+}
+
+async fn send(
+    proxy: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: &'static str,
+) -> (StatusCode, http::HeaderMap, Bytes) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("request");
+    let response = client.request(request).await.expect("proxy answers");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+#[tokio::test]
+async fn refused_connection_is_retried_on_another_replica_with_its_body() {
+    let harness = start_proxy().await;
+    let (good, hits) = replica().await;
+    // Three refusing replicas and one good one: whichever is tried first,
+    // every request must end on the good one, once.
+    let dead = [refusing_addr(), refusing_addr(), refusing_addr()];
+    set_endpoints(&harness.service, 1, &[dead[0], dead[1], good, dead[2]]);
+    for i in 0..20 {
+        let (status, _, body) = send(
+            harness.addr,
+            "app.test",
+            "POST",
+            "/echo",
+            "payload-that-must-survive",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+        assert_eq!(body, "payload-that-must-survive", "request {i}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        20,
+        "each request reached the replica exactly once"
+    );
+}
+
+#[tokio::test]
+async fn no_replica_accepting_is_502() {
+    let harness = start_proxy().await;
+    set_endpoints(&harness.service, 1, &[refusing_addr(), refusing_addr()]);
+    let (status, _, _) = send(harness.addr, "app.test", "POST", "/", "x").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn slow_replica_is_504() {
+    let harness = start_proxy().await;
+    let (good, _) = replica().await;
+    set_endpoints(&harness.service, 1, &[good]);
+    let (status, _, _) = send(harness.addr, "app.test", "GET", "/slow", "").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test]
+async fn unknown_host_is_404_and_cold_hold_times_out_with_retry_after() {
+    let harness = start_proxy().await;
+    let (status, _, body) = send(harness.addr, "other.test", "GET", "/", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("other.test"));
+
+    let (status, headers, _) = send(harness.addr, "app.test", "GET", "/", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        harness.service.hold.held(),
+        0,
+        "the timed-out request left the queue"
+    );
+}
+
+#[tokio::test]
+async fn held_request_is_released_when_a_replica_turns_ready() {
+    let harness = start_proxy().await;
+    let (good, hits) = replica().await;
+    let proxy = harness.addr;
+    let pending =
+        tokio::spawn(async move { send(proxy, "app.test", "POST", "/", "held-body").await });
+    // Wait (bounded) until the request is actually held, then publish.
+    let mut waited = 0;
+    while harness.service.hold.held() == 0 {
+        assert!(waited < 1000, "request never held");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waited += 1;
+    }
+    set_endpoints(&harness.service, 1, &[good]);
+    let (status, headers, body) = pending.await.expect("task");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers.get("x-rouse-cold-start").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(body, "held-body");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
