@@ -500,10 +500,13 @@ impl Config {
                 let line = inner.location().map(|l| l.line());
                 let key = if key == "." { String::new() } else { key };
                 let reason = strip_location(&inner.to_string());
-                let reason = reason
-                    .strip_prefix(&format!("{key}: "))
-                    .map(str::to_string)
-                    .unwrap_or(reason);
+                // serde_norway prefixes the message with the path it knows.
+                let reason = match reason.split_once(": ") {
+                    Some((path, rest)) if !path.is_empty() && key.starts_with(path) => {
+                        rest.to_string()
+                    }
+                    _ => reason,
+                };
                 return Err(ConfigError::Invalid(vec![issue(key, reason, line)]));
             }
         };

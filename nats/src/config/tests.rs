@@ -50,6 +50,7 @@ fn typo_names_file_line_and_key() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].line, Some(14));
     assert!(found[0].reason.contains("max_replica"), "{}", found[0]);
+    assert!(found[0].reason.starts_with("unknown field"), "{}", found[0]);
     let text = found[0].to_string();
     assert!(text.starts_with("rouse.yaml:14: "), "{text}");
 }
