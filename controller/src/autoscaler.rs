@@ -2,18 +2,27 @@
 //! reported and of the time, with no I/O, so every rule is tested with a fake
 //! clock.
 //!
-//! The rules:
-//! - need = ceil((in flight + held) / target_concurrency), max'ed with
-//!   ceil(arrival rate / target_rps) when that target is set;
-//! - a wake, or anything held, while no replica exists asks for
-//!   max(1, min_replicas) at once;
-//! - scale up to the need at once; scale down only to the largest need seen
-//!   over the stable window, and never below 1 while there is any traffic;
-//! - no scale-down at all during the first stable window after start (a
-//!   restarted controller has no history to justify one);
+//! Modelled on Knative's KPA, but built for a system that is *told* about
+//! load (proxies push reports and wakes) instead of scraping it:
+//! - concurrency (in flight + held) is averaged, time-weighted, over a stable
+//!   window (60 s) and a panic window (6 s); need = ceil(average /
+//!   `target_concurrency`), max'ed with ceil(rate / `target_rps`);
+//! - scale-up follows the larger of the two needs at once, and requests
+//!   waiting in a proxy's queue count at once (a queue means too few replicas);
+//! - panic: when the panic-window need reaches `panic_threshold` × current
+//!   replicas, scale up at once; no scale-down while the burst still needs
+//!   every replica, nor for a panic window after (KPA holds a whole stable
+//!   window; rouse hears of the next burst within one report, so it need not);
+//! - scale-down follows the stable-window need, at most one step per
+//!   `scale_down_step`, each dividing the count by at most
+//!   `max_scale_down_rate`, and never below 1 while there is any traffic;
 //! - zero only after `scale_to_zero_after` with no arrival, nothing in flight
 //!   and nothing held;
-//! - always within min/max.
+//! - a wake (or anything held) at zero asks for max(1, `min_replicas`, need)
+//!   at once;
+//! - a restarted controller does not scale down until it has a full stable
+//!   window of reports;
+//! - always within `min_replicas` and `max_replicas`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -48,12 +57,16 @@ pub enum Reason {
     Wake,
     /// Concurrency or rate above what the current replicas should carry.
     Load,
-    /// The largest need over the stable window.
+    /// A burst: scaled up at once, scale-down suspended.
+    Panic,
+    /// Following the stable-window average (down, or unchanged).
     Stable,
     /// No traffic for `scale_to_zero_after`.
     Idle,
     /// Held up by `min_replicas`.
     Minimum,
+    /// Capped by `max_replicas`.
+    Maximum,
 }
 
 impl Reason {
@@ -61,30 +74,59 @@ impl Reason {
         match self {
             Reason::Wake => "wake",
             Reason::Load => "load",
+            Reason::Panic => "panic",
             Reason::Stable => "stable",
             Reason::Idle => "idle",
             Reason::Minimum => "min_replicas",
+            Reason::Maximum => "max_replicas",
         }
     }
+}
+
+/// The span the oldest kept sample stands for (about one report interval).
+const FIRST_SAMPLE_SPAN: Duration = Duration::from_secs(1);
+
+/// More than a stable window of decisions at 10 per second.
+const MAX_SAMPLES: usize = 4096;
+
+/// One observation, kept for the window averages.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    concurrency: f64,
+    rate: f64,
+}
+
+/// Needs derived from the windows at one instant.
+#[derive(Debug, Clone, Copy)]
+struct Needs {
+    stable: u32,
+    panic: u32,
+    /// From the instantaneous queue: replicas needed for what is waiting now.
+    queued: u32,
 }
 
 /// Decision state of one service.
 #[derive(Debug)]
 pub struct Autoscaler {
     config: ScalingConfig,
-    /// Needs over the stable window, oldest first.
-    needs: VecDeque<(Instant, u32)>,
-    /// When this autoscaler started: until then, it counts as the last activity,
-    /// so a restarted controller never scales to zero before a full idle period.
+    samples: VecDeque<Sample>,
+    /// When this autoscaler started; also the earliest "last activity", so a
+    /// restarted controller never scales to zero before a full idle period.
     started: Instant,
+    /// Panic lasts until this instant (extended while the condition holds).
+    panic_until: Option<Instant>,
+    last_scale_down: Option<Instant>,
 }
 
 impl Autoscaler {
     pub fn new(config: ScalingConfig, now: Instant) -> Self {
         Self {
             config,
-            needs: VecDeque::new(),
+            samples: VecDeque::new(),
             started: now,
+            panic_until: None,
+            last_scale_down: None,
         }
     }
 
@@ -92,96 +134,203 @@ impl Autoscaler {
         &self.config
     }
 
+    /// Whether the last decision found the service in panic mode.
+    pub fn panicking(&self, now: Instant) -> bool {
+        self.panic_until.is_some_and(|until| now < until)
+    }
+
     /// The replica count to aim for now, given `current` replicas (ready or starting).
     pub fn decide(&mut self, now: Instant, observation: &Observation, current: u32) -> Decision {
-        let need = self.need(observation);
-        self.remember(now, need);
+        self.remember(now, observation);
+        let needs = self.needs(now, observation);
+        let decision = self.unclamped(now, observation, needs, current);
+        self.clamp(decision)
+    }
+
+    fn clamp(&self, decision: Decision) -> Decision {
         let min = self.config.min_replicas;
         let max = self.config.max_replicas.max(1);
-        let decision = self.unclamped(now, observation, need, current);
-        let replicas = decision.replicas.clamp(min, max);
-        if replicas > decision.replicas {
+        if decision.replicas < min {
             Decision {
-                replicas,
+                replicas: min,
                 reason: Reason::Minimum,
             }
-        } else {
+        } else if decision.replicas > max {
             Decision {
-                replicas,
-                reason: decision.reason,
+                replicas: max,
+                reason: Reason::Maximum,
             }
+        } else {
+            decision
         }
     }
 
     fn unclamped(
-        &self,
+        &mut self,
         now: Instant,
         observation: &Observation,
-        need: u32,
+        needs: Needs,
         current: u32,
     ) -> Decision {
         let waiting = observation.woken || observation.held > 0;
-        if current == 0 && waiting {
-            return Decision {
-                replicas: need.max(1),
-                reason: Reason::Wake,
-            };
-        }
-        if self.idle_for(now, observation) >= self.config.scale_to_zero_after {
+        if current == 0 {
+            if waiting {
+                let replicas = needs.queued.max(needs.panic).max(1);
+                return Decision {
+                    replicas,
+                    reason: Reason::Wake,
+                };
+            }
+            if self.idle_for(now, observation) >= self.config.scale_to_zero_after {
+                return Decision {
+                    replicas: 0,
+                    reason: Reason::Idle,
+                };
+            }
+        } else if self.idle_for(now, observation) >= self.config.scale_to_zero_after {
             return Decision {
                 replicas: 0,
                 reason: Reason::Idle,
             };
         }
-        if need > current {
+        self.update_panic(now, needs.panic, current);
+        let up = needs.stable.max(needs.panic).max(needs.queued);
+        if self.panicking(now) {
             return Decision {
-                replicas: need,
+                replicas: up.max(current),
+                reason: Reason::Panic,
+            };
+        }
+        if up > current {
+            return Decision {
+                replicas: up,
                 reason: Reason::Load,
             };
         }
+        self.scale_down_target(now, needs, current)
+    }
+
+    /// Enters panic when the burst needs `panic_threshold` × current, stays
+    /// in it while the burst still needs every current replica, and leaves a
+    /// panic window after that stopped being true.
+    fn update_panic(&mut self, now: Instant, panic_need: u32, current: u32) {
+        let current_f = f64::from(current.max(1));
+        let triggered = f64::from(panic_need) >= self.config.panic_threshold * current_f;
+        let sustained = self.panicking(now) && panic_need >= current;
+        if current > 0 && (triggered || sustained) {
+            self.panic_until = Some(now + self.config.panic_window);
+        } else if self.panic_until.is_some_and(|until| now >= until) {
+            self.panic_until = None;
+        }
+    }
+
+    fn scale_down_target(&mut self, now: Instant, needs: Needs, current: u32) -> Decision {
+        let unchanged = Decision {
+            replicas: current,
+            reason: Reason::Stable,
+        };
         if now.saturating_duration_since(self.started) < self.config.stable_window {
             // Too little history to trust a scale-down (e.g. just restarted).
-            return Decision {
-                replicas: current,
-                reason: Reason::Stable,
-            };
+            return unchanged;
         }
-        // Traffic that is not idle yet keeps at least one replica up.
-        let floor = u32::from(current > 0);
-        let stable = self
-            .needs
-            .iter()
-            .map(|(_, n)| *n)
-            .max()
-            .unwrap_or(0)
-            .max(floor);
+        if self
+            .last_scale_down
+            .is_some_and(|at| now.saturating_duration_since(at) < self.config.scale_down_step)
+        {
+            return unchanged;
+        }
+        // Not idle yet (checked before), so at least one replica stays.
+        let floor = (f64::from(current) / self.config.max_scale_down_rate).ceil() as u32;
+        let target = needs.stable.max(floor).max(1).min(current);
+        if target < current {
+            self.last_scale_down = Some(now);
+        }
         Decision {
-            replicas: stable.min(current),
+            replicas: target,
             reason: Reason::Stable,
         }
     }
 
-    /// Replicas the current load needs, before the window.
-    fn need(&self, observation: &Observation) -> u32 {
-        let concurrency = observation.in_flight.saturating_add(observation.held) as f64;
-        let by_concurrency = (concurrency / self.config.target_concurrency).ceil();
-        let by_rate = match self.config.target_rps {
-            Some(target) => (observation.arrival_rate / target).ceil(),
-            None => 0.0,
-        };
-        by_concurrency.max(by_rate).min(u32::MAX as f64) as u32
+    fn needs(&self, now: Instant, observation: &Observation) -> Needs {
+        let (stable_concurrency, stable_rate) = self.average(now, self.config.stable_window);
+        let (panic_concurrency, panic_rate) = self.average(now, self.config.panic_window);
+        Needs {
+            stable: self.need(stable_concurrency, stable_rate),
+            panic: self.need(panic_concurrency, panic_rate),
+            queued: if observation.held > 0 {
+                let concurrency = observation.in_flight.saturating_add(observation.held) as f64;
+                self.need(concurrency, 0.0)
+            } else {
+                0
+            },
+        }
     }
 
-    fn remember(&mut self, now: Instant, need: u32) {
-        self.needs.push_back((now, need));
+    /// Replicas for a concurrency and a request rate.
+    fn need(&self, concurrency: f64, rate: f64) -> u32 {
+        let by_concurrency = (concurrency / self.config.target_concurrency).ceil();
+        let by_rate = match self.config.target_rps {
+            Some(target) => (rate / target).ceil(),
+            None => 0.0,
+        };
+        by_concurrency.max(by_rate).clamp(0.0, f64::from(u32::MAX)) as u32
+    }
+
+    fn remember(&mut self, now: Instant, observation: &Observation) {
+        self.samples.push_back(Sample {
+            at: now,
+            concurrency: observation.in_flight.saturating_add(observation.held) as f64,
+            rate: observation.arrival_rate,
+        });
         let window = self.config.stable_window;
-        while let Some((at, _)) = self.needs.front() {
-            if now.duration_since(*at) > window {
-                self.needs.pop_front();
-            } else {
-                break;
-            }
+        // Keep one sample from before the window: it marks where the next
+        // one's span starts.
+        while self.samples.len() > 1
+            && self
+                .samples
+                .get(1)
+                .is_some_and(|s| now.saturating_duration_since(s.at) >= window)
+        {
+            self.samples.pop_front();
         }
+        // Bounded even if decisions come faster than expected.
+        while self.samples.len() > MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Time-weighted averages of concurrency and rate over `window`.
+    ///
+    /// A sample stands for the time since the previous one (a report says
+    /// what the last interval looked like), so a burst counts from the
+    /// moment it is reported. Time before the first sample counts as zero:
+    /// a controller with little history does not overestimate.
+    fn average(&self, now: Instant, window: Duration) -> (f64, f64) {
+        let total = window.as_secs_f64();
+        if total <= 0.0 {
+            return (0.0, 0.0);
+        }
+        let start = now.checked_sub(window).unwrap_or(self.started);
+        let mut previous: Option<Instant> = None;
+        let (mut concurrency, mut rate) = (0.0, 0.0);
+        for sample in &self.samples {
+            let from = previous
+                .unwrap_or_else(|| {
+                    sample
+                        .at
+                        .checked_sub(FIRST_SAMPLE_SPAN)
+                        .unwrap_or(sample.at)
+                })
+                .max(start);
+            previous = Some(sample.at);
+            if sample.at <= from {
+                continue;
+            }
+            let weight = sample.at.saturating_duration_since(from).as_secs_f64();
+            concurrency += sample.concurrency * weight;
+            rate += sample.rate * weight;
+        }
+        (concurrency / total, rate / total)
     }
 
     fn idle_for(&self, now: Instant, observation: &Observation) -> Duration {
@@ -196,212 +345,4 @@ impl Autoscaler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config() -> ScalingConfig {
-        ScalingConfig {
-            min_replicas: 0,
-            max_replicas: 10,
-            target_concurrency: 10.0,
-            target_rps: None,
-            scale_to_zero_after: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(30),
-            stable_window: Duration::from_secs(60),
-        }
-    }
-
-    /// A fake clock: instants derived from one origin.
-    struct Clock(Instant);
-    impl Clock {
-        fn at(&self, secs: u64) -> Instant {
-            self.0 + Duration::from_secs(secs)
-        }
-    }
-
-    fn busy(in_flight: u64, at: Instant) -> Observation {
-        Observation {
-            in_flight,
-            last_activity: Some(at),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn wake_at_zero_asks_for_one_at_once() {
-        let clock = Clock(Instant::now());
-        let mut scaler = Autoscaler::new(config(), clock.at(0));
-        let woken = Observation {
-            woken: true,
-            held: 1,
-            last_activity: Some(clock.at(0)),
-            ..Default::default()
-        };
-        let decision = scaler.decide(clock.at(0), &woken, 0);
-        assert_eq!(
-            decision,
-            Decision {
-                replicas: 1,
-                reason: Reason::Wake
-            }
-        );
-    }
-
-    #[test]
-    fn wake_honours_min_replicas() {
-        let clock = Clock(Instant::now());
-        let mut cfg = config();
-        cfg.min_replicas = 2;
-        let mut scaler = Autoscaler::new(cfg, clock.at(0));
-        let woken = Observation {
-            woken: true,
-            ..Default::default()
-        };
-        assert_eq!(scaler.decide(clock.at(0), &woken, 0).replicas, 2);
-    }
-
-    #[test]
-    fn a_big_held_burst_asks_for_its_whole_need() {
-        let clock = Clock(Instant::now());
-        let mut scaler = Autoscaler::new(config(), clock.at(0));
-        let burst = Observation {
-            held: 45,
-            woken: true,
-            ..Default::default()
-        };
-        assert_eq!(scaler.decide(clock.at(0), &burst, 0).replicas, 5);
-    }
-
-    #[test]
-    fn scales_up_to_concurrency_need_within_max() {
-        let clock = Clock(Instant::now());
-        let mut scaler = Autoscaler::new(config(), clock.at(0));
-        let d = scaler.decide(clock.at(1), &busy(35, clock.at(1)), 1);
-        assert_eq!(
-            d,
-            Decision {
-                replicas: 4,
-                reason: Reason::Load
-            }
-        );
-        let d = scaler.decide(clock.at(2), &busy(500, clock.at(2)), 4);
-        assert_eq!(d.replicas, 10);
-    }
-
-    #[test]
-    fn rate_target_wins_when_larger() {
-        let clock = Clock(Instant::now());
-        let mut cfg = config();
-        cfg.target_rps = Some(100.0);
-        let mut scaler = Autoscaler::new(cfg, clock.at(0));
-        let obs = Observation {
-            in_flight: 5,
-            arrival_rate: 450.0,
-            last_activity: Some(clock.at(0)),
-            ..Default::default()
-        };
-        assert_eq!(scaler.decide(clock.at(0), &obs, 1).replicas, 5);
-    }
-
-    #[test]
-    fn scale_down_waits_for_the_stable_window() {
-        let clock = Clock(Instant::now());
-        let mut scaler = Autoscaler::new(config(), clock.at(0));
-        scaler.decide(clock.at(0), &busy(0, clock.at(0)), 0);
-        scaler.decide(clock.at(61), &busy(40, clock.at(61)), 1);
-        // Load falls but traffic continues: hold 4 while the peak is in the window.
-        let light = |t| busy(5, clock.at(t));
-        assert_eq!(scaler.decide(clock.at(90), &light(90), 4).replicas, 4);
-        assert_eq!(scaler.decide(clock.at(120), &light(120), 4).replicas, 4);
-        // Past the window the peak is forgotten.
-        assert_eq!(scaler.decide(clock.at(122), &light(122), 4).replicas, 1);
-    }
-
-    #[test]
-    fn stays_at_one_while_traffic_trickles() {
-        let clock = Clock(Instant::now());
-        let mut scaler = Autoscaler::new(config(), clock.at(0));
-        let trickle = Observation {
-            arrival_rate: 0.5,
-            last_activity: Some(clock.at(100)),
-            ..Default::default()
-        };
-        assert_eq!(scaler.decide(clock.at(100), &trickle, 1).replicas, 1);
-    }
-
-    #[test]
-    fn zero_only_after_idle_period_with_nothing_in_flight_or_held() {
-        let clock = Clock(Instant::now());
-        let mut scaler = Autoscaler::new(config(), clock.at(0));
-        let quiet_since_10 = Observation {
-            last_activity: Some(clock.at(10)),
-            ..Default::default()
-        };
-        assert_eq!(scaler.decide(clock.at(39), &quiet_since_10, 1).replicas, 1);
-        let d = scaler.decide(clock.at(40), &quiet_since_10, 1);
-        assert_eq!(
-            d,
-            Decision {
-                replicas: 0,
-                reason: Reason::Idle
-            }
-        );
-        // A long request still in flight keeps it up, however old the last arrival.
-        let long_request = Observation {
-            in_flight: 1,
-            last_activity: Some(clock.at(10)),
-            ..Default::default()
-        };
-        assert_eq!(scaler.decide(clock.at(100), &long_request, 1).replicas, 1);
-        let held = Observation {
-            held: 1,
-            last_activity: Some(clock.at(10)),
-            ..Default::default()
-        };
-        assert_eq!(scaler.decide(clock.at(100), &held, 1).replicas, 1);
-    }
-
-    #[test]
-    fn restarted_controller_waits_a_full_idle_period() {
-        let clock = Clock(Instant::now());
-        let mut scaler = Autoscaler::new(config(), clock.at(100));
-        // Nothing seen since start (the old activity is unknown): keep replicas.
-        let unknown = Observation::default();
-        assert_eq!(scaler.decide(clock.at(110), &unknown, 2).replicas, 2);
-        assert_eq!(scaler.decide(clock.at(131), &unknown, 2).replicas, 0);
-    }
-
-    #[test]
-    fn nothing_starts_without_traffic() {
-        let clock = Clock(Instant::now());
-        let mut scaler = Autoscaler::new(config(), clock.at(0));
-        assert_eq!(
-            scaler
-                .decide(clock.at(1), &Observation::default(), 0)
-                .replicas,
-            0
-        );
-        assert_eq!(
-            scaler
-                .decide(clock.at(100), &Observation::default(), 0)
-                .replicas,
-            0
-        );
-    }
-
-    #[test]
-    fn min_replicas_floor_and_reason() {
-        let clock = Clock(Instant::now());
-        let mut cfg = config();
-        cfg.min_replicas = 1;
-        let mut scaler = Autoscaler::new(cfg, clock.at(0));
-        let d = scaler.decide(clock.at(1000), &Observation::default(), 1);
-        assert_eq!(
-            d,
-            Decision {
-                replicas: 1,
-                reason: Reason::Minimum
-            }
-        );
-    }
-}
+mod tests;

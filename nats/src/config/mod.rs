@@ -286,9 +286,26 @@ pub struct ScalingConfig {
     pub scale_to_zero_after: Duration,
     #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// Scale-down uses the largest need seen over this window.
+    /// Concurrency is averaged over this window to decide scale-down.
     #[serde(default = "defaults::stable_window", with = "humantime_serde")]
     pub stable_window: Duration,
+    /// Concurrency is averaged over this shorter window to react to bursts.
+    #[serde(default = "defaults::panic_window", with = "humantime_serde")]
+    pub panic_window: Duration,
+    /// Panic (scale up at once, no scale-down) when the panic-window need
+    /// reaches this multiple of the current replicas.
+    #[serde(default = "defaults::panic_threshold")]
+    pub panic_threshold: f64,
+    /// One scale-down step divides the replica count by at most this.
+    #[serde(default = "defaults::max_scale_down_rate")]
+    pub max_scale_down_rate: f64,
+    /// Minimum time between two scale-down steps.
+    #[serde(default = "defaults::scale_down_step", with = "humantime_serde")]
+    pub scale_down_step: Duration,
+    /// Most requests a proxy sends one replica at once; 0 = no limit. The rest
+    /// wait in the service's queue and count as held.
+    #[serde(default)]
+    pub container_concurrency: u32,
 }
 
 impl Default for ScalingConfig {
@@ -301,6 +318,11 @@ impl Default for ScalingConfig {
             scale_to_zero_after: defaults::scale_to_zero_after(),
             drain_timeout: defaults::drain_timeout(),
             stable_window: defaults::stable_window(),
+            panic_window: defaults::panic_window(),
+            panic_threshold: defaults::panic_threshold(),
+            max_scale_down_rate: defaults::max_scale_down_rate(),
+            scale_down_step: defaults::scale_down_step(),
+            container_concurrency: 0,
         }
     }
 }
@@ -419,6 +441,18 @@ mod defaults {
     }
     pub fn stable_window() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn panic_window() -> Duration {
+        Duration::from_secs(6)
+    }
+    pub fn panic_threshold() -> f64 {
+        2.0
+    }
+    pub fn max_scale_down_rate() -> f64 {
+        2.0
+    }
+    pub fn scale_down_step() -> Duration {
+        Duration::from_secs(2)
     }
     pub fn hold_timeout() -> Duration {
         Duration::from_secs(30)

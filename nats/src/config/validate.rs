@@ -143,6 +143,11 @@ fn check_service(at: &str, service: &ServiceConfig, problems: &mut Problems) {
         ),
         (format!("{at}.scaling.drain_timeout"), scaling.drain_timeout),
         (format!("{at}.scaling.stable_window"), scaling.stable_window),
+        (format!("{at}.scaling.panic_window"), scaling.panic_window),
+        (
+            format!("{at}.scaling.scale_down_step"),
+            scaling.scale_down_step,
+        ),
         (format!("{at}.hold.timeout"), service.hold.timeout),
         (format!("{at}.readiness.period"), service.readiness.period),
     ];
@@ -287,6 +292,24 @@ fn check_scaling(at: &str, service: &ServiceConfig, problems: &mut Problems) {
         problems.push((
             format!("{at}.scaling.target_concurrency"),
             "must be a number above 0".into(),
+        ));
+    }
+    if !(scaling.panic_threshold.is_finite() && scaling.panic_threshold >= 1.0) {
+        problems.push((
+            format!("{at}.scaling.panic_threshold"),
+            "must be a number of at least 1".into(),
+        ));
+    }
+    if !(scaling.max_scale_down_rate.is_finite() && scaling.max_scale_down_rate > 1.0) {
+        problems.push((
+            format!("{at}.scaling.max_scale_down_rate"),
+            "must be a number above 1".into(),
+        ));
+    }
+    if scaling.panic_window.is_zero() || scaling.panic_window > scaling.stable_window {
+        problems.push((
+            format!("{at}.scaling.panic_window"),
+            "must be above 0 and at most stable_window".into(),
         ));
     }
     if let Some(rps) = scaling.target_rps {
