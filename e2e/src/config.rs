@@ -47,6 +47,8 @@ pub struct Service {
     pub drain_timeout: String,
     pub hold_timeout: String,
     pub hold_max_requests: u32,
+    /// More `scaling:` keys, written as given (e.g. `container_concurrency: 4`).
+    pub scaling_extra: Vec<(String, String)>,
 }
 
 impl Service {
@@ -68,7 +70,15 @@ impl Service {
             drain_timeout: "5s".to_string(),
             hold_timeout: "30s".to_string(),
             hold_max_requests: 1000,
+            scaling_extra: Vec::new(),
         }
+    }
+
+    /// Any other `scaling:` key (`stable_window`, `container_concurrency`, ...).
+    pub fn scaling(mut self, key: &str, value: &str) -> Self {
+        self.scaling_extra
+            .push((key.to_string(), value.to_string()));
+        self
     }
 
     pub fn hosts(mut self, hosts: &[&str]) -> Self {
@@ -176,6 +186,9 @@ impl Service {
             q(&self.scale_to_zero_after)
         );
         let _ = writeln!(out, "      drain_timeout: {}", q(&self.drain_timeout));
+        for (key, value) in &self.scaling_extra {
+            let _ = writeln!(out, "      {key}: {value}");
+        }
         out.push_str("    hold:\n");
         let _ = writeln!(out, "      timeout: {}", q(&self.hold_timeout));
         let _ = writeln!(out, "      max_requests: {}", self.hold_max_requests);

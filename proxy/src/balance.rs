@@ -26,20 +26,43 @@ impl Drop for Lease {
 /// Bounds the re-picks when endpoints turn draining under our feet.
 const MAX_ATTEMPTS: usize = 4;
 
-/// Leases a ready endpoint of `service`, skipping those in `tried`.
+/// Leases a ready endpoint of `service`, skipping those in `tried` and, when
+/// the service has a per-replica cap, those at it.
 pub fn lease(service: &Service, tried: &[Arc<str>]) -> Option<Lease> {
+    let cap = service.container_concurrency;
     for _ in 0..MAX_ATTEMPTS {
         let snapshot = service.endpoints.load();
-        let endpoint = choose(&snapshot.ready, tried)?;
-        endpoint.in_flight.fetch_add(1, Ordering::SeqCst);
+        let endpoint = match cap {
+            0 => choose(&snapshot.ready, tried)?,
+            cap => choose_below(&snapshot.ready, tried, cap)?,
+        };
+        let before = endpoint.in_flight.fetch_add(1, Ordering::SeqCst);
         let lease = Lease {
             endpoint: Arc::clone(endpoint),
         };
-        if !lease.endpoint.draining.load(Ordering::SeqCst) {
+        // Count in first, then check: a concurrent lease may have taken the
+        // last slot, and a drain may have begun.
+        let over_cap = cap > 0 && before >= cap;
+        if !over_cap && !lease.endpoint.draining.load(Ordering::SeqCst) {
             return Some(lease);
         }
     }
     None
+}
+
+/// The least busy ready endpoint with a free slot under `cap`.
+fn choose_below<'a>(
+    ready: &'a [Arc<Endpoint>],
+    tried: &[Arc<str>],
+    cap: u64,
+) -> Option<&'a Arc<Endpoint>> {
+    ready
+        .iter()
+        .filter(|e| !e.draining.load(Ordering::Relaxed) && !tried.iter().any(|t| *t == e.id))
+        .map(|e| (e.in_flight.load(Ordering::Relaxed), e))
+        .filter(|(in_flight, _)| *in_flight < cap)
+        .min_by_key(|(in_flight, _)| *in_flight)
+        .map(|(_, e)| e)
 }
 
 /// Power of two choices among `ready` minus `tried`.

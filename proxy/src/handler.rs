@@ -27,6 +27,8 @@ use crate::route::Routes;
 use crate::service::Service;
 
 static COLD_START: &str = "x-rouse-cold-start";
+/// Concurrency below which a surge is not worth an extra report.
+const SURGE_MIN: u64 = 4;
 /// Seconds a client should wait after a hold timeout: the replica is still
 /// coming up, so an immediate retry would likely be held again.
 const RETRY_AFTER_TIMEOUT: HeaderValue = HeaderValue::from_static("5");
@@ -58,16 +60,27 @@ impl Peer {
 #[derive(Debug)]
 pub struct Completion {
     service: Arc<Service>,
-    lease: Lease,
+    /// Always `Some` until dropped; an `Option` so the slot is given back
+    /// before a waiting request is released to take it.
+    lease: Option<Lease>,
     started: Instant,
+}
+
+impl Completion {
+    fn endpoint(&self) -> Option<&Arc<crate::service::Endpoint>> {
+        self.lease.as_ref().map(|l| &l.endpoint)
+    }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        let counters = &self.service.counters;
+        drop(self.lease.take());
+        let service = &self.service;
+        let counters = &service.counters;
         counters.completed.fetch_add(1, Ordering::Relaxed);
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.service
+        service.slot_freed();
+        service
             .metrics
             .duration
             .observe(self.started.elapsed().as_secs_f64());
@@ -136,7 +149,7 @@ impl Proxy {
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let completion = Completion {
             service: Arc::clone(service),
-            lease,
+            lease: Some(lease),
             started,
         };
         let mut response = self.forward(service, request, peer, completion).await;
@@ -148,9 +161,23 @@ impl Proxy {
         response
     }
 
+    /// Counts the arrival; asks for an immediate report when the service
+    /// was idle, or when its concurrency has surged to twice what the last
+    /// report said (so a load step is acted on within milliseconds, not at
+    /// the next report).
     fn note_arrival(&self, service: &Arc<Service>) {
         service.counters.arrivals.fetch_add(1, Ordering::Relaxed);
         if !service.busy.load(Ordering::Relaxed) && !service.busy.swap(true, Ordering::Relaxed) {
+            let _ = self.signals.try_send(Signal::Busy(Arc::clone(service)));
+            return;
+        }
+        let now = service.counters.in_flight.load(Ordering::Relaxed) + service.hold.held() as u64;
+        let reported = service.reported_in_flight.load(Ordering::Relaxed);
+        if now >= SURGE_MIN
+            && now >= 2 * reported
+            && !service.surge_signalled.load(Ordering::Relaxed)
+            && !service.surge_signalled.swap(true, Ordering::Relaxed)
+        {
             let _ = self.signals.try_send(Signal::Busy(Arc::clone(service)));
         }
     }
@@ -168,7 +195,12 @@ impl Proxy {
         let deadline = started + service.hold_timeout;
         let mut held = false;
         loop {
-            match service.hold.admit(|| service.has_ready()) {
+            let admission = if held {
+                service.hold.readmit(|| service.has_ready())
+            } else {
+                service.hold.admit(|| service.has_ready())
+            };
+            match admission {
                 Admission::Full => {
                     service.metrics.hold_rejected.inc();
                     let text = format!(
@@ -235,7 +267,9 @@ impl Proxy {
         };
         let mut tried: Vec<Arc<str>> = Vec::new();
         loop {
-            let endpoint = Arc::clone(&completion.lease.endpoint);
+            let Some(endpoint) = completion.endpoint().cloned() else {
+                return local(StatusCode::BAD_GATEWAY, "no replica\n".to_string());
+            };
             let authority = &endpoint.authority;
             if let Err(err) = forward::prepare_head(&mut parts, authority, &peer.client_ip, upgrade)
             {
@@ -263,7 +297,7 @@ impl Proxy {
                         return local(StatusCode::BAD_GATEWAY, text);
                     };
                     tracing::debug!(service = %name, endpoint = %endpoint.id, error = %err, "connect failed; retrying on another replica");
-                    completion.lease = lease;
+                    completion.lease = Some(lease);
                     (parts, body) = (next_parts, next_body);
                 }
                 ForwardError::Timeout(after) => {

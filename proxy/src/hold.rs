@@ -61,9 +61,20 @@ impl HoldQueue {
         self.held.load(Ordering::Relaxed)
     }
 
-    /// Joins the queue unless it is full or `is_ready` turns true under the
-    /// queue lock (which the releaser also takes, so no wake-up is lost).
+    /// Joins the back of the queue unless it is full or `is_ready` turns true
+    /// under the queue lock (which the releaser also takes, so no wake-up is
+    /// lost).
     pub fn admit(&self, is_ready: impl Fn() -> bool) -> Admission<'_> {
+        self.join(is_ready, false)
+    }
+
+    /// Like [`admit`](Self::admit), but at the front: for a released request
+    /// that lost its slot to a newcomer, so it keeps its place in line.
+    pub fn readmit(&self, is_ready: impl Fn() -> bool) -> Admission<'_> {
+        self.join(is_ready, true)
+    }
+
+    fn join(&self, is_ready: impl Fn() -> bool, front: bool) -> Admission<'_> {
         let before = self.held.fetch_add(1, Ordering::SeqCst);
         if before >= self.max {
             self.held.fetch_sub(1, Ordering::SeqCst);
@@ -81,7 +92,11 @@ impl HoldQueue {
             waiters.retain(|tx| !tx.is_closed());
         }
         let (tx, rx) = oneshot::channel();
-        waiters.push_back(tx);
+        if front {
+            waiters.push_front(tx);
+        } else {
+            waiters.push_back(tx);
+        }
         Admission::Held(Ticket {
             queue: self,
             released: rx,
@@ -91,9 +106,19 @@ impl HoldQueue {
 
     /// Releases every waiting request, oldest first.
     pub fn release_all(&self) {
-        let drained: Vec<_> = self.lock().drain(..).collect();
-        for tx in drained {
-            let _ = tx.send(());
+        self.release(usize::MAX);
+    }
+
+    /// Releases up to `n` waiting requests, oldest first (skipping those
+    /// whose requester already gave up).
+    pub fn release(&self, n: usize) {
+        let mut woken = 0;
+        let mut waiters = self.lock();
+        while woken < n {
+            let Some(tx) = waiters.pop_front() else { break };
+            if tx.send(()).is_ok() {
+                woken += 1;
+            }
         }
     }
 
@@ -141,6 +166,34 @@ mod tests {
         assert_eq!(second.wait(Duration::from_secs(5)).await, Ok(()));
         drop((first, second));
         assert_eq!(queue.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn release_n_wakes_the_oldest_and_readmit_keeps_the_place() {
+        let queue = HoldQueue::new(10);
+        let mut tickets: Vec<_> = (0..3)
+            .map(|_| match queue.admit(|| false) {
+                Admission::Held(t) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        queue.release(1);
+        assert_eq!(tickets[0].wait(Duration::from_secs(5)).await, Ok(()));
+        // The released request lost its slot: back to the front, ahead of #1.
+        let mut again = match queue.readmit(|| false) {
+            Admission::Held(t) => t,
+            other => panic!("{other:?}"),
+        };
+        queue.release(1);
+        assert_eq!(again.wait(Duration::from_secs(5)).await, Ok(()));
+        assert_eq!(
+            tickets[1].wait(Duration::from_millis(50)).await,
+            Err(HoldTimeout),
+            "only one was released"
+        );
+        drop(tickets.remove(0));
+        drop(again);
+        assert_eq!(queue.held(), 2);
     }
 
     #[tokio::test]

@@ -189,6 +189,10 @@ fn snapshot_load(service: &Service, previous: &mut Previous, proxy: &str, seq: u
         completed: completed_total,
         at: now,
     };
+    service
+        .reported_in_flight
+        .store(in_flight + held, Ordering::Relaxed);
+    service.surge_signalled.store(false, Ordering::Relaxed);
     if load.arrivals == 0 && in_flight == 0 && held == 0 {
         service.busy.store(false, Ordering::Relaxed);
     }

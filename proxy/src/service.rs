@@ -57,9 +57,15 @@ pub struct Service {
     pub endpoints: ArcSwap<EndpointSnapshot>,
     pub counters: Counters,
     pub hold: HoldQueue,
+    /// Most requests one replica gets at once from this proxy; 0 = no limit.
+    pub container_concurrency: u64,
     /// False once a report found the service idle; the next arrival flips it
     /// and asks the reporter for an immediate report.
     pub busy: AtomicBool,
+    /// In flight at the last report; a surge well above it asks for an
+    /// immediate report (`surge_signalled` keeps that to one per interval).
+    pub reported_in_flight: AtomicU64,
+    pub surge_signalled: AtomicBool,
     pub metrics: ServiceMetrics,
 }
 
@@ -85,7 +91,10 @@ impl Service {
             endpoints: ArcSwap::from_pointee(EndpointSnapshot::default()),
             counters: Counters::default(),
             hold: HoldQueue::new(config.hold.max_requests),
+            container_concurrency: u64::from(config.scaling.container_concurrency),
             busy: AtomicBool::new(false),
+            reported_in_flight: AtomicU64::new(0),
+            surge_signalled: AtomicBool::new(false),
             metrics,
         }
     }
@@ -138,14 +147,44 @@ impl Service {
             ready,
         }));
         if has_ready {
-            self.hold.release_all();
+            self.hold.release(self.free_slots());
         }
         skipped
     }
 
-    /// Whether any replica can take a request now.
+    /// Whether any replica can take a request now (ready, and under the
+    /// per-replica cap when there is one).
     pub fn has_ready(&self) -> bool {
-        !self.endpoints.load().ready.is_empty()
+        let snapshot = self.endpoints.load();
+        match self.container_concurrency {
+            0 => !snapshot.ready.is_empty(),
+            cap => snapshot
+                .ready
+                .iter()
+                .any(|e| e.in_flight.load(Ordering::SeqCst) < cap),
+        }
+    }
+
+    /// How many more requests the ready replicas can take now.
+    pub fn free_slots(&self) -> usize {
+        match self.container_concurrency {
+            0 => usize::MAX,
+            cap => self
+                .endpoints
+                .load()
+                .ready
+                .iter()
+                .map(|e| cap.saturating_sub(e.in_flight.load(Ordering::SeqCst)) as usize)
+                .sum(),
+        }
+    }
+
+    /// A request on a capped replica finished: its slot goes to the oldest
+    /// waiting request, if any.
+    pub fn slot_freed(&self) {
+        if self.container_concurrency > 0 && self.hold.held() > 0 {
+            self.hold.release(1);
+        }
     }
 }
 

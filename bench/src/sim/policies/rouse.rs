@@ -1,0 +1,165 @@
+//! rouse: the real autoscaler (`rouse_controller::autoscaler`), fed the way
+//! the real proxy and controller feed it.
+//!
+//! Modelled on rouse's own code (proxy `report.rs`, controller
+//! `observations.rs` and `reconcile.rs`):
+//! - the proxy reports every `report_interval` (1 s): arrivals since its last
+//!   report, in flight (here: in service), held (here: queued);
+//! - the first arrival at a service whose last report was idle triggers a
+//!   report at once ("busy" edge);
+//! - the first request held while nothing was held publishes `wake` at once,
+//!   followed by a report; `wake` repeats every second while requests are held;
+//! - the controller keeps the latest report, sets `last_activity` to the time
+//!   of any report with arrivals, in-flight or held requests and of any wake,
+//!   and decides on every report, every wake, and on its own tick (500 ms),
+//!   with `current` = replicas ready or starting.
+//!
+//! Messages travel with no delay: NATS on one host takes well under a step.
+
+use std::time::{Duration, Instant};
+
+use rouse_controller::autoscaler::{Autoscaler, Observation};
+use rouse_nats::config::ScalingConfig;
+
+use super::{Common, Every, Policy};
+use crate::sim::model::View;
+
+/// The proxy's report and wake-repeat periods, and the controller's tick.
+#[derive(Debug, Clone)]
+pub struct RouseTiming {
+    pub report_interval: Duration,
+    pub wake_repeat: Duration,
+    pub controller_tick: Duration,
+}
+
+impl Default for RouseTiming {
+    fn default() -> Self {
+        Self {
+            report_interval: Duration::from_secs(1),
+            wake_repeat: Duration::from_secs(1),
+            controller_tick: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One load report as the controller keeps it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Report {
+    in_flight: u64,
+    held: u64,
+    arrival_rate: f64,
+}
+
+pub struct Rouse {
+    step_ms: u64,
+    base: Instant,
+    scaler: Autoscaler,
+    // Proxy side.
+    arrivals_since_report: u64,
+    last_report_ms: u64,
+    /// The last report showed no arrival, nothing in flight and nothing held.
+    idle: bool,
+    report: Every,
+    wake_repeat: Every,
+    // Controller side.
+    tick: Every,
+    latest: Report,
+    last_activity: Option<Instant>,
+    woken: bool,
+}
+
+impl Rouse {
+    /// `scaling` is used as given; `common` only sets the clock.
+    pub fn new(scaling: ScalingConfig, timing: RouseTiming, common: &Common) -> Self {
+        let base = Instant::now();
+        let ms = |d: Duration| d.as_millis() as u64;
+        Self {
+            step_ms: common.step_ms,
+            base,
+            scaler: Autoscaler::new(scaling, base),
+            arrivals_since_report: 0,
+            last_report_ms: 0,
+            idle: true,
+            report: Every::new(ms(timing.report_interval), ms(timing.report_interval)),
+            wake_repeat: Every::new(ms(timing.wake_repeat), ms(timing.wake_repeat)),
+            tick: Every::new(ms(timing.controller_tick), 0),
+            latest: Report::default(),
+            last_activity: None,
+            woken: false,
+        }
+    }
+
+    fn at(&self, now_ms: u64) -> Instant {
+        self.base + Duration::from_millis(now_ms)
+    }
+
+    /// The proxy publishes a load report; the controller records it.
+    fn send_report(&mut self, now_ms: u64, view: &View) {
+        let interval_ms = now_ms - self.last_report_ms;
+        let arrivals = std::mem::take(&mut self.arrivals_since_report);
+        self.last_report_ms = now_ms;
+        let report = Report {
+            in_flight: view.in_service,
+            held: view.queued,
+            arrival_rate: if interval_ms > 0 {
+                arrivals as f64 * 1000.0 / interval_ms as f64
+            } else {
+                0.0
+            },
+        };
+        self.idle = arrivals == 0 && report.in_flight == 0 && report.held == 0;
+        if !self.idle {
+            self.last_activity = Some(self.at(now_ms));
+        }
+        self.latest = report;
+    }
+
+    /// The proxy publishes `wake`; the controller records it.
+    fn send_wake(&mut self, now_ms: u64) {
+        self.last_activity = Some(self.at(now_ms));
+        self.woken = true;
+    }
+}
+
+impl Policy for Rouse {
+    fn name(&self) -> &'static str {
+        "rouse"
+    }
+
+    fn on_step(&mut self, view: &View) -> Option<u32> {
+        let now_ms = view.step * self.step_ms;
+        let mut heard = false;
+        let was_idle = self.idle;
+        self.arrivals_since_report += u64::from(view.arrivals);
+        if view.newly_held {
+            self.send_wake(now_ms);
+            self.send_report(now_ms, view);
+            heard = true;
+        } else if view.arrivals > 0 && was_idle {
+            self.send_report(now_ms, view);
+            heard = true;
+        }
+        if self.report.due(now_ms) {
+            self.send_report(now_ms, view);
+            heard = true;
+        }
+        if self.wake_repeat.due(now_ms) && view.queued > 0 {
+            self.send_wake(now_ms);
+            heard = true;
+        }
+        if !(self.tick.due(now_ms) || heard) {
+            return None;
+        }
+        let observation = Observation {
+            in_flight: self.latest.in_flight,
+            held: self.latest.held,
+            arrival_rate: self.latest.arrival_rate,
+            last_activity: self.last_activity,
+            woken: std::mem::take(&mut self.woken),
+        };
+        let decision = self
+            .scaler
+            .decide(self.at(now_ms), &observation, view.active());
+        Some(decision.replicas)
+    }
+}

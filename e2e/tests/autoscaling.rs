@@ -1,0 +1,212 @@
+//! Autoscaling against real nats-server and real replica processes:
+//! repeated zero → burst → zero cycles lose nothing, a per-replica
+//! concurrency cap is never exceeded, and scale-down under continuous load
+//! drains replicas without failing a request.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use rouse_e2e::{request, Cluster, Service};
+use serde_json::Value;
+
+/// Sends `n` concurrent GETs and returns the count per status (errors as 0).
+async fn burst(cluster: &Cluster, host: &str, path: &str, n: usize) -> BTreeMap<u16, usize> {
+    let addr = cluster.proxy_addr(0);
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = cluster.client.clone();
+            let (host, path) = (host.to_string(), path.to_string());
+            tokio::spawn(
+                async move { request(&client, Method::GET, addr, &host, &path, None).await },
+            )
+        })
+        .collect();
+    let mut statuses = BTreeMap::new();
+    for task in futures::future::join_all(tasks).await {
+        let status = match task {
+            Ok(Ok(resp)) => resp.status,
+            _ => 0,
+        };
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    statuses
+}
+
+/// rouse-echo's own `/stats` of one replica.
+async fn replica_stats(cluster: &Cluster, addr: &str) -> Value {
+    let url = format!("http://{addr}/stats");
+    match cluster.client.get(&url).send().await {
+        Ok(resp) => resp.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// 20 cycles of zero → 200 concurrent requests → idle → zero: every response
+/// is 200 and the service is back at zero replicas (no process left) each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_cycles_of_burst_and_back_to_zero_lose_nothing() {
+    const HOST: &str = "cycles.localhost";
+    let cluster = Cluster::start(vec![Service::new("cycles", HOST)
+        .max_replicas(4)
+        .target_concurrency(50)
+        .scale_to_zero_after("1s")
+        .drain_timeout("10s")
+        .hold_timeout("60s")
+        .hold_max_requests(10_000)
+        .scaling("stable_window", "2s")
+        .scaling("panic_window", "1s")])
+    .await;
+    for cycle in 1..=20 {
+        let statuses = burst(&cluster, HOST, "/sleep/20", 200).await;
+        if statuses.get(&200) != Some(&200) {
+            cluster
+                .fail(&format!("cycle {cycle}: statuses {statuses:?}"))
+                .await;
+        }
+        cluster
+            .wait_status(
+                "cycles",
+                &format!("cycle {cycle}: back to zero"),
+                Duration::from_secs(60),
+                |s| s.ready == 0 && s.desired == 0 && s.replicas.is_empty(),
+            )
+            .await;
+        cluster
+            .wait_until(
+                &format!("cycle {cycle}: no replica process left"),
+                Duration::from_secs(30),
+                || async { cluster.replica_pids().is_empty() },
+            )
+            .await;
+    }
+}
+
+/// `container_concurrency: 4`, 100 requests of 200 ms sent at zero: all
+/// succeed, no replica ever has more than 4 in flight (its own peak counter),
+/// and the burst is spread over several replicas as they become ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_concurrency_is_never_exceeded() {
+    const HOST: &str = "capped.localhost";
+    let cluster = Cluster::start(vec![Service::new("capped", HOST)
+        .max_replicas(10)
+        .target_concurrency(4)
+        .hold_timeout("60s")
+        .scale_to_zero_after("300s")
+        .scaling("container_concurrency", "4")])
+    .await;
+    let statuses = burst(&cluster, HOST, "/sleep/200", 100).await;
+    if statuses.get(&200) != Some(&100) {
+        cluster.fail(&format!("statuses {statuses:?}")).await;
+    }
+    let status = cluster
+        .wait_status("capped", "replicas listed", Duration::from_secs(30), |s| {
+            s.ready >= 1
+        })
+        .await;
+    let mut total = 0;
+    let mut used = 0;
+    for replica in &status.replicas {
+        let stats = replica_stats(&cluster, &replica.addr).await;
+        let peak = stats.get("peak_in_flight").and_then(Value::as_u64);
+        let requests = stats.get("requests").and_then(Value::as_u64).unwrap_or(0);
+        match peak {
+            Some(peak) if peak <= 4 => {}
+            _ => {
+                cluster
+                    .fail(&format!("replica {} over the cap: {stats}", replica.id))
+                    .await
+            }
+        }
+        total += requests;
+        used += usize::from(requests > 0);
+    }
+    assert_eq!(total, 100, "every request reached a replica exactly once");
+    assert!(
+        used >= 2,
+        "the burst was spread over replicas ({used} used)"
+    );
+}
+
+/// Scale-down under continuous load: high load scales the service up, then
+/// lighter load continues while replicas are drained and stopped. Not one
+/// request fails, and the service did scale down during the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_under_continuous_load_loses_nothing() {
+    const HOST: &str = "drain.localhost";
+    let cluster = Cluster::start(vec![Service::new("drain", HOST)
+        .max_replicas(4)
+        .target_concurrency(5)
+        .scale_to_zero_after("300s")
+        .drain_timeout("20s")
+        .hold_timeout("60s")
+        .scaling("stable_window", "4s")
+        .scaling("panic_window", "2s")
+        .scaling("scale_down_step", "1s")])
+    .await;
+    let addr = cluster.proxy_addr(0);
+    let run = |clients: usize, seconds: u64| {
+        let client = cluster.client.clone();
+        async move {
+            let until = Instant::now() + Duration::from_secs(seconds);
+            let workers: Vec<_> = (0..clients)
+                .map(|_| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+                        // Bounded by time and by count.
+                        for _ in 0..10_000 {
+                            if Instant::now() >= until {
+                                break;
+                            }
+                            let status =
+                                match request(&client, Method::GET, addr, HOST, "/sleep/50", None)
+                                    .await
+                                {
+                                    Ok(resp) => resp.status,
+                                    Err(_) => 0,
+                                };
+                            *statuses.entry(status).or_insert(0) += 1;
+                        }
+                        statuses
+                    })
+                })
+                .collect();
+            let mut total: BTreeMap<u16, usize> = BTreeMap::new();
+            for worker in futures::future::join_all(workers).await {
+                for (status, count) in worker.unwrap_or_default() {
+                    *total.entry(status).or_insert(0) += count;
+                }
+            }
+            total
+        }
+    };
+    let high = run(40, 8).await;
+    let peak = cluster
+        .service_status("drain")
+        .await
+        .map(|s| s.desired)
+        .unwrap_or(0);
+    let low = run(4, 15).await;
+    // Read right after the light phase: the scale-down happened under load.
+    let after = cluster.service_status("drain").await;
+    let scaled_down = after.as_ref().is_some_and(|s| s.desired < peak);
+    let failures: usize = high
+        .iter()
+        .chain(low.iter())
+        .filter(|(status, _)| **status != 200)
+        .map(|(_, count)| count)
+        .sum();
+    if failures > 0 || peak < 2 || !scaled_down {
+        cluster
+            .fail(&format!(
+                "peak {peak}, after {after:?}; high load {high:?}, low load {low:?}"
+            ))
+            .await;
+    }
+    let metrics = cluster.proxy_metrics(0).await.unwrap_or_default();
+    assert!(
+        !metrics.contains("code=\"502\"") && !metrics.contains("code=\"503\""),
+        "the proxy answered errors:\n{metrics}"
+    );
+}
