@@ -110,6 +110,25 @@ pub struct ServiceStatus {
     pub ready: u32,
     #[serde(default)]
     pub replicas: Vec<ReplicaStatus>,
+    /// Requests held by the live proxies, summed (controller's view).
+    #[serde(default)]
+    pub held: u64,
+    /// Requests in flight at the live proxies, summed (controller's view).
+    #[serde(default)]
+    pub in_flight: u64,
+    /// The latest change of the replica count.
+    #[serde(default)]
+    pub last_scale: Option<ScaleEvent>,
+}
+
+/// A change of a service's replica count, as the status API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ScaleEvent {
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+    /// When the controller recorded it, ms since the epoch.
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -131,7 +150,8 @@ impl Listing {
         self.services.iter().find(|s| s.name == name)
     }
 
-    fn names(&self) -> String {
+    /// The service names, comma-separated (`none` when there is none).
+    pub fn names(&self) -> String {
         let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
         if names.is_empty() {
             "none".into()
@@ -247,7 +267,7 @@ impl Cycle {
 }
 
 /// `to − from` in milliseconds, negative when `to` is earlier.
-fn micros_between(from: u64, to: u64) -> f64 {
+pub fn micros_between(from: u64, to: u64) -> f64 {
     (i128::from(to) - i128::from(from)) as f64 / 1000.0
 }
 
@@ -651,7 +671,8 @@ pub struct Output<'a> {
     pub cycles: &'a [Cycle],
 }
 
-fn write_json(path: &Path, output: &Output<'_>) -> anyhow::Result<()> {
+/// Writes `output` as pretty JSON to `path`, creating its directory.
+pub fn write_json(path: &Path, output: &impl Serialize) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -5,3 +5,4 @@
 
 pub mod coldstart;
 pub mod echo;
+pub mod sim;

@@ -77,11 +77,17 @@ impl Drop for Tracked {
     }
 }
 
-/// A starting replica passed its readiness probe.
+/// A probe result that changes a replica's phase.
 #[derive(Debug)]
-struct Ready {
-    id: String,
+enum ProbeEvent {
+    /// A starting replica passed its readiness probe.
+    Ready(String),
+    /// A ready replica failed `LIVENESS_FAILURES` probes in a row.
+    Unready(String),
 }
+
+/// Consecutive failed probes that take a ready replica out of rotation.
+const LIVENESS_FAILURES: u32 = 3;
 
 /// Everything one service loop talks to.
 pub struct Wiring {
@@ -115,8 +121,8 @@ pub struct ServiceLoop {
     published_generation: u64,
     published_at: Instant,
     store: Option<kv::Store>,
-    ready_tx: mpsc::UnboundedSender<Ready>,
-    ready_rx: mpsc::UnboundedReceiver<Ready>,
+    ready_tx: mpsc::UnboundedSender<ProbeEvent>,
+    ready_rx: mpsc::UnboundedReceiver<ProbeEvent>,
     desired: u32,
     last_scale: Option<ScaleEvent>,
     last_error: Option<String>,
@@ -169,7 +175,7 @@ impl ServiceLoop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                Some(ready) = self.ready_rx.recv() => self.on_ready(ready),
+                Some(event) = self.ready_rx.recv() => self.on_probe(event),
                 _ = self.inbox.wakeup.notified() => {}
                 _ = tick.tick() => {}
             }
@@ -248,7 +254,11 @@ impl ServiceLoop {
     }
 
     fn track(&mut self, id: String, addr: String, phase: Phase, now: Instant, started_at_us: u64) {
-        let probe = (phase == Phase::Starting).then(|| self.spawn_probe(&id, &addr));
+        let probe = match phase {
+            Phase::Starting => Some(self.spawn_probe(&id, &addr)),
+            Phase::Ready => Some(self.spawn_liveness(&id, &addr)),
+            _ => None,
+        };
         if phase != Phase::Starting {
             self.changed();
         }
@@ -276,7 +286,7 @@ impl ServiceLoop {
             let started = Instant::now();
             loop {
                 if probe::probe(&kind, &addr).await {
-                    let _ = tx.send(Ready { id });
+                    let _ = tx.send(ProbeEvent::Ready(id));
                     return;
                 }
                 tokio::time::sleep(probe::starting_interval(started.elapsed())).await;
@@ -284,15 +294,30 @@ impl ServiceLoop {
         })
     }
 
-    fn on_ready(&mut self, ready: Ready) {
-        let Some(replica) = self.replicas.get_mut(&ready.id) else {
+    fn on_probe(&mut self, event: ProbeEvent) {
+        match event {
+            ProbeEvent::Ready(id) => self.on_ready(&id),
+            ProbeEvent::Unready(id) => self.on_unready(&id),
+        }
+    }
+
+    fn on_ready(&mut self, id: &str) {
+        let Some(addr) = self
+            .replicas
+            .get(id)
+            .filter(|r| r.phase == Phase::Starting)
+            .map(|r| r.addr.clone())
+        else {
             return;
         };
-        if replica.phase != Phase::Starting {
+        let liveness = self.spawn_liveness(id, &addr);
+        let Some(replica) = self.replicas.get_mut(id) else {
             return;
-        }
+        };
         replica.phase = Phase::Ready;
-        replica.probe = None;
+        if let Some(old) = replica.probe.replace(liveness) {
+            old.abort();
+        }
         replica.ready_at_us = Some(now_us());
         let took = replica.since.elapsed();
         self.wiring
@@ -300,10 +325,61 @@ impl ServiceLoop {
             .backend_start
             .get_or_create(&ControllerMetrics::label(&self.name))
             .observe(took.as_secs_f64());
-        tracing::info!(service = %self.name, replica = %ready.id, ?took, "replica ready");
+        tracing::info!(service = %self.name, replica = %id, ?took, "replica ready");
         self.start_failures = 0;
         self.last_error = None;
         self.changed();
+    }
+
+    /// A ready replica stopped answering its probe: out of rotation, and
+    /// probed like a starting one (replaced if it does not recover within
+    /// the startup timeout).
+    fn on_unready(&mut self, id: &str) {
+        let Some(replica) = self.replicas.get(id) else {
+            return;
+        };
+        if replica.phase != Phase::Ready {
+            return;
+        }
+        let addr = replica.addr.clone();
+        let probe = self.spawn_probe(id, &addr);
+        if let Some(replica) = self.replicas.get_mut(id) {
+            replica.phase = Phase::Starting;
+            replica.since = Instant::now();
+            if let Some(old) = replica.probe.replace(probe) {
+                old.abort();
+            }
+        }
+        self.backend_error(format!(
+            "replica {id} failed {LIVENESS_FAILURES} readiness probes in a row"
+        ));
+        self.changed();
+    }
+
+    /// Re-probes a ready replica every `readiness.period`.
+    fn spawn_liveness(&self, id: &str, addr: &str) -> JoinHandle<()> {
+        let (id, addr, kind, tx, period) = (
+            id.to_string(),
+            addr.to_string(),
+            self.probe.clone(),
+            self.ready_tx.clone(),
+            self.spec.readiness.period,
+        );
+        tokio::spawn(async move {
+            let mut failures = 0;
+            loop {
+                tokio::time::sleep(period).await;
+                if probe::probe(&kind, &addr).await {
+                    failures = 0;
+                    continue;
+                }
+                failures += 1;
+                if failures >= LIVENESS_FAILURES {
+                    let _ = tx.send(ProbeEvent::Unready(id));
+                    return;
+                }
+            }
+        })
     }
 
     fn changed(&mut self) {

@@ -40,6 +40,8 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
     /// `readiness.http_get`.
     pub readiness_http_get: String,
+    /// `readiness.period`, when set.
+    pub readiness_period: Option<String>,
     pub min_replicas: u32,
     pub max_replicas: u32,
     pub target_concurrency: u32,
@@ -63,6 +65,7 @@ impl Service {
             extra_args: Vec::new(),
             env: BTreeMap::new(),
             readiness_http_get: "/healthz".to_string(),
+            readiness_period: None,
             min_replicas: 0,
             max_replicas: 2,
             target_concurrency: 10,
@@ -72,6 +75,12 @@ impl Service {
             hold_max_requests: 1000,
             scaling_extra: Vec::new(),
         }
+    }
+
+    /// How often ready replicas are re-probed.
+    pub fn readiness_period(mut self, period: &str) -> Self {
+        self.readiness_period = Some(period.to_string());
+        self
     }
 
     /// Any other `scaling:` key (`stable_window`, `container_concurrency`, ...).
@@ -176,6 +185,9 @@ impl Service {
         }
         out.push_str("    readiness:\n");
         let _ = writeln!(out, "      http_get: {}", q(&self.readiness_http_get));
+        if let Some(period) = &self.readiness_period {
+            let _ = writeln!(out, "      period: {}", q(period));
+        }
         out.push_str("    scaling:\n");
         let _ = writeln!(out, "      min_replicas: {}", self.min_replicas);
         let _ = writeln!(out, "      max_replicas: {}", self.max_replicas);

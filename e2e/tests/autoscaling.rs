@@ -210,3 +210,80 @@ async fn drain_under_continuous_load_loses_nothing() {
         "the proxy answered errors:\n{metrics}"
     );
 }
+
+/// A replica that stops answering (frozen with SIGSTOP) is taken out of
+/// rotation after three failed probes: traffic goes only to the healthy one.
+/// Thawed, it passes its probe and is routed to again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_leaves_rotation_and_comes_back() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    const HOST: &str = "frozen.localhost";
+    let cluster = Cluster::start(vec![Service::new("frozen", HOST)
+        .min_replicas(2)
+        .max_replicas(2)
+        .readiness_period("300ms")
+        .scale_to_zero_after("300s")])
+    .await;
+    let status = cluster
+        .wait_status(
+            "frozen",
+            "two ready replicas",
+            Duration::from_secs(30),
+            |s| s.ready == 2,
+        )
+        .await;
+    let victim = status.replicas[0].clone();
+    let port = victim
+        .addr
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    // The replica process listening on that port, among the marked ones.
+    let pid = cluster
+        .replica_pids()
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| String::from_utf8_lossy(&env).contains(&format!("PORT={port}\0")))
+                .unwrap_or(false)
+        })
+        .unwrap_or_else(|| panic!("no process for replica {}", victim.id));
+    let pid = Pid::from_raw(pid as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let unready = cluster
+        .wait_status(
+            "frozen",
+            "the frozen replica out of rotation",
+            Duration::from_secs(30),
+            |s| {
+                s.replicas
+                    .iter()
+                    .any(|r| r.id == victim.id && r.state == "starting")
+                    && s.ready == 1
+            },
+        )
+        .await;
+    for _ in 0..20 {
+        let resp = cluster.get_ok(HOST, "/").await;
+        assert!(
+            !resp.text().contains(&victim.id),
+            "a request went to the frozen replica: {resp}; status {unready:?}"
+        );
+    }
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    cluster
+        .wait_status(
+            "frozen",
+            "both replicas ready again",
+            Duration::from_secs(30),
+            |s| {
+                s.ready == 2
+                    && s.replicas
+                        .iter()
+                        .any(|r| r.id == victim.id && r.state == "ready")
+            },
+        )
+        .await;
+}
