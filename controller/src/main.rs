@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rouse_nats::cli::{self, CommonArgs, Loaded};
+use rouse_nats::process;
 
 #[derive(Parser)]
 #[command(
@@ -23,22 +24,10 @@ fn main() -> ExitCode {
         Loaded::Exit(code) => return code,
     };
     cli::init_logging(args.common.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rouse-controller: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(rouse_controller::run::run(*config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("rouse-controller: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let threads = None;
+    process::run_main(
+        "rouse-controller",
+        threads,
+        rouse_controller::run::run(*config),
+    )
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream;
 use rouse_nats::config::Backend as BackendSpec;
-use rouse_nats::{bus, Config, Subjects};
+use rouse_nats::{bus, process, Config, Subjects};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -107,7 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "rouse-controller started"
     );
 
-    terminated().await;
+    process::terminated().await;
     tracing::info!(policy = ?config.controller.on_shutdown, "shutting down");
     let _ = shutdown_tx.send(true);
     if tokio::time::timeout(SHUTDOWN_LIMIT, futures::future::join_all(loops))
@@ -163,20 +163,5 @@ fn build_backend(
         Some(BackendSpec::Docker(_)) => Err(BackendError::Unsupported("docker")),
         Some(BackendSpec::Kubernetes(_)) => Err(BackendError::Unsupported("kubernetes")),
         None => Err(BackendError::Unsupported("unconfigured")),
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn terminated() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

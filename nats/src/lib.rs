@@ -6,6 +6,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod messages;
+pub mod process;
 pub mod subjects;
 
 pub use config::Config;

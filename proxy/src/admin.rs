@@ -3,7 +3,6 @@
 //! Kept apart from the data path's listener so that scrapes and probes never
 //! compete with traffic, and so it can bind to loopback only.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -11,9 +10,7 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use rouse_nats::process;
 use tokio::net::TcpListener;
 
 use crate::metrics::ProxyMetrics;
@@ -31,23 +28,11 @@ pub struct AdminState {
 
 /// Serves admin requests until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            // Out of file descriptors and the like: do not spin.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, &request)) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    process::serve_admin(
+        listener,
+        Arc::new(move |request: &Request<Incoming>| route(&state, request)),
+    )
+    .await;
 }
 
 fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rouse_nats::cli::{self, CommonArgs, Loaded};
+use rouse_nats::process;
 
 #[derive(Parser)]
 #[command(
@@ -23,24 +24,6 @@ fn main() -> ExitCode {
         Loaded::Exit(code) => return code,
     };
     cli::init_logging(args.common.log_format);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(threads) = config.proxy.worker_threads {
-        runtime.worker_threads(threads);
-    }
-    let runtime = match runtime.build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rouse-proxy: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(rouse_proxy::run::run(*config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("rouse-proxy: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let threads = config.proxy.worker_threads;
+    process::run_main("rouse-proxy", threads, rouse_proxy::run::run(*config))
 }

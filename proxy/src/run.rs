@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use rouse_nats::{bus, Config, Subjects};
+use rouse_nats::{bus, process, Config, Subjects};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -94,7 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "rouse-proxy started"
     );
     let shutdown = async {
-        terminated().await;
+        process::terminated().await;
         admin_state.accepting.store(false, Ordering::SeqCst);
         tracing::info!("shutting down");
     };
@@ -109,21 +109,4 @@ fn default_proxy_id() -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "proxy".into());
     format!("{host}-{}", std::process::id())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn terminated() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process can still be killed; never
-        // resolving keeps it serving.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
