@@ -4,17 +4,19 @@
 //!
 //! Modelled on Knative's KPA, but built for a system that is *told* about
 //! load (proxies push reports and wakes) instead of scraping it:
-//! - concurrency (in flight + held) is averaged, time-weighted, over a stable
-//!   window (60 s) and a panic window (6 s); need = ceil(average /
+//! - concurrency in flight is averaged, time-weighted, over a stable window
+//!   (60 s) and a panic window (6 s); need = ceil(average /
 //!   `target_concurrency`), max'ed with ceil(rate / `target_rps`);
-//! - scale-up follows the larger of the two needs at once, and requests
-//!   waiting in a proxy's queue count at once (a queue means too few replicas);
+//! - held requests are a backlog, not load: a queue that lasts (1 s) asks for
+//!   ceil((in flight + held) / target) at once, but never enters the averages;
+//! - scale-up follows the stable and queued needs at once;
 //! - panic: when the panic-window need reaches `panic_threshold` × current
-//!   replicas, scale up at once; no scale-down while the burst still needs
-//!   every replica, nor for a panic window after (KPA holds a whole stable
-//!   window; rouse hears of the next burst within one report, so it need not);
-//! - scale-down follows the stable-window need, at most one step per
-//!   `scale_down_step`, each dividing the count by at most
+//!   replicas, scale up to it at once and do not scale down for a panic
+//!   window (KPA holds a whole stable window; rouse hears of the next burst
+//!   within one report, so it need not);
+//! - scale-down follows the stable-window need but never below the panic or
+//!   queued needs, at most one step per `scale_down_step` (and not within one
+//!   of a scale-up), each dividing the count by at most
 //!   `max_scale_down_rate`, and never below 1 while there is any traffic;
 //! - zero only after `scale_to_zero_after` with no arrival, nothing in flight
 //!   and nothing held;
@@ -86,6 +88,10 @@ impl Reason {
 /// The span the oldest kept sample stands for (about one report interval).
 const FIRST_SAMPLE_SPAN: Duration = Duration::from_secs(1);
 
+/// A queue must last this long to count as missing capacity: a request held
+/// for an instant while a slot frees is not a reason to start a replica.
+const QUEUE_PERSISTENCE: Duration = Duration::from_secs(1);
+
 /// More than a stable window of decisions at 10 per second.
 const MAX_SAMPLES: usize = 4096;
 
@@ -102,7 +108,7 @@ struct Sample {
 struct Needs {
     stable: u32,
     panic: u32,
-    /// From the instantaneous queue: replicas needed for what is waiting now.
+    /// From a persisting queue: replicas for what is in flight and waiting now.
     queued: u32,
 }
 
@@ -117,6 +123,9 @@ pub struct Autoscaler {
     /// Panic lasts until this instant (extended while the condition holds).
     panic_until: Option<Instant>,
     last_scale_down: Option<Instant>,
+    last_scale_up: Option<Instant>,
+    /// Since when requests have been waiting without a break.
+    queue_since: Option<Instant>,
 }
 
 impl Autoscaler {
@@ -127,6 +136,8 @@ impl Autoscaler {
             started: now,
             panic_until: None,
             last_scale_down: None,
+            last_scale_up: None,
+            queue_since: None,
         }
     }
 
@@ -173,51 +184,55 @@ impl Autoscaler {
         current: u32,
     ) -> Decision {
         let waiting = observation.woken || observation.held > 0;
-        if current == 0 {
-            if waiting {
-                let replicas = needs.queued.max(needs.panic).max(1);
-                return Decision {
-                    replicas,
-                    reason: Reason::Wake,
-                };
-            }
-            if self.idle_for(now, observation) >= self.config.scale_to_zero_after {
-                return Decision {
-                    replicas: 0,
-                    reason: Reason::Idle,
-                };
-            }
-        } else if self.idle_for(now, observation) >= self.config.scale_to_zero_after {
+        if current == 0 && waiting {
+            // Nothing runs: whatever waits needs capacity now.
+            let backlog = observation.in_flight.saturating_add(observation.held) as f64;
+            let replicas = self.need(backlog, 0.0).max(needs.panic).max(1);
+            self.last_scale_up = Some(now);
+            return Decision {
+                replicas,
+                reason: Reason::Wake,
+            };
+        }
+        if self.idle_for(now, observation) >= self.config.scale_to_zero_after {
             return Decision {
                 replicas: 0,
                 reason: Reason::Idle,
             };
         }
         self.update_panic(now, needs.panic, current);
-        let up = needs.stable.max(needs.panic).max(needs.queued);
-        if self.panicking(now) {
-            return Decision {
-                replicas: up.max(current),
-                reason: Reason::Panic,
-            };
-        }
+        let panicking = self.panicking(now);
+        let up = if panicking {
+            needs.stable.max(needs.panic).max(needs.queued)
+        } else {
+            needs.stable.max(needs.queued)
+        };
         if up > current {
+            self.last_scale_up = Some(now);
+            let reason = if panicking {
+                Reason::Panic
+            } else {
+                Reason::Load
+            };
             return Decision {
                 replicas: up,
-                reason: Reason::Load,
+                reason,
+            };
+        }
+        if panicking {
+            return Decision {
+                replicas: current,
+                reason: Reason::Panic,
             };
         }
         self.scale_down_target(now, needs, current)
     }
 
-    /// Enters panic when the burst needs `panic_threshold` × current, stays
-    /// in it while the burst still needs every current replica, and leaves a
-    /// panic window after that stopped being true.
+    /// Enters panic when the panic-window need reaches `panic_threshold` ×
+    /// current replicas; leaves a panic window after that was last true.
     fn update_panic(&mut self, now: Instant, panic_need: u32, current: u32) {
-        let current_f = f64::from(current.max(1));
-        let triggered = f64::from(panic_need) >= self.config.panic_threshold * current_f;
-        let sustained = self.panicking(now) && panic_need >= current;
-        if current > 0 && (triggered || sustained) {
+        let threshold = self.config.panic_threshold * f64::from(current.max(1));
+        if current > 0 && f64::from(panic_need) >= threshold {
             self.panic_until = Some(now + self.config.panic_window);
         } else if self.panic_until.is_some_and(|until| now >= until) {
             self.panic_until = None;
@@ -233,15 +248,23 @@ impl Autoscaler {
             // Too little history to trust a scale-down (e.g. just restarted).
             return unchanged;
         }
-        if self
-            .last_scale_down
-            .is_some_and(|at| now.saturating_duration_since(at) < self.config.scale_down_step)
-        {
+        let step = self.config.scale_down_step;
+        let recent =
+            |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) < step);
+        // A scale-up is never taken back before its replicas could help.
+        if recent(self.last_scale_down) || recent(self.last_scale_up) {
             return unchanged;
         }
-        // Not idle yet (checked before), so at least one replica stays.
+        // Not idle yet (checked before), so at least one replica stays; and
+        // never below what the last few seconds or the queue still need.
         let floor = (f64::from(current) / self.config.max_scale_down_rate).ceil() as u32;
-        let target = needs.stable.max(floor).max(1).min(current);
+        let target = needs
+            .stable
+            .max(needs.panic)
+            .max(needs.queued)
+            .max(floor)
+            .max(1)
+            .min(current);
         if target < current {
             self.last_scale_down = Some(now);
         }
@@ -257,13 +280,25 @@ impl Autoscaler {
         Needs {
             stable: self.need(stable_concurrency, stable_rate),
             panic: self.need(panic_concurrency, panic_rate),
-            queued: if observation.held > 0 {
-                let concurrency = observation.in_flight.saturating_add(observation.held) as f64;
-                self.need(concurrency, 0.0)
-            } else {
-                0
+            queued: match self.queue_since {
+                Some(since) if now.saturating_duration_since(since) >= QUEUE_PERSISTENCE => {
+                    self.queue_need(observation)
+                }
+                _ => 0,
             },
         }
+    }
+
+    /// Replicas for everything in flight and waiting. With a per-replica cap
+    /// the queue formed because replicas are full, and each new replica
+    /// takes up to the cap, not just the target.
+    fn queue_need(&self, observation: &Observation) -> u32 {
+        let waiting = observation.in_flight.saturating_add(observation.held) as f64;
+        let per_replica = self
+            .config
+            .target_concurrency
+            .max(f64::from(self.config.container_concurrency));
+        (waiting / per_replica).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
     }
 
     /// Replicas for a concurrency and a request rate.
@@ -277,11 +312,19 @@ impl Autoscaler {
     }
 
     fn remember(&mut self, now: Instant, observation: &Observation) {
+        // Held requests are a backlog, not load: averaged in, a cold start's
+        // queue would be paid for long after it drained. They act through
+        // the queued need instead.
         self.samples.push_back(Sample {
             at: now,
-            concurrency: observation.in_flight.saturating_add(observation.held) as f64,
+            concurrency: observation.in_flight as f64,
             rate: observation.arrival_rate,
         });
+        if observation.held == 0 {
+            self.queue_since = None;
+        } else if self.queue_since.is_none() {
+            self.queue_since = Some(now);
+        }
         let window = self.config.stable_window;
         // Keep one sample from before the window: it marks where the next
         // one's span starts.
