@@ -6,3 +6,4 @@
 pub mod coldstart;
 pub mod echo;
 pub mod sim;
+pub mod step;

@@ -2,10 +2,13 @@
 //!
 //! Each run waits (polling the controller's `/api/v1/services`) until the
 //! service is quiet at one replica (`ready == desired == 1`, nothing starting
-//! or draining, nothing in flight or held), stamps `t0` and starts `--clients`
-//! concurrent clients, each sending `GET --path` through the proxy in a loop on
-//! its own keep-alive connection. In-flight requests jump from 0 to about
-//! `--clients` at `t0`. The status API is then polled every 10 ms:
+//! or draining, nothing in flight or held), waits a random `--jitter` (so the
+//! step lands at a random phase of the proxy's reports and the controller's
+//! tick; settling right after a report would otherwise lock it to one phase),
+//! stamps `t0` and starts `--clients` concurrent clients, each sending
+//! `GET --path` through the proxy in a loop on its own keep-alive connection.
+//! In-flight requests jump from 0 to about `--clients` at `t0`. The status API
+//! is then polled every 10 ms:
 //!
 //! ```text
 //! t0 ──decision──▶ last_scale.at_ms ──▶ ready ≥ last_scale.to ──▶ ready ≥ peak desired
@@ -103,6 +106,12 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub scale_timeout: Duration,
 
+    /// Once settled, wait a random time below this before the step, so the
+    /// step does not land at the same phase of the proxy's periodic report
+    /// and the controller's tick every run (0 turns it off).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub jitter: Duration,
+
     /// Longest wait, each run, for the service to settle at one replica.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub settle_timeout: Duration,
@@ -155,22 +164,21 @@ pub fn first_new_start(status: &ServiceStatus, t0_us: u64) -> Option<u64> {
 }
 
 /// When `ready` first reached `target`, if it has: replicas that were ready
-/// before `t0_us` count from the start; of those started since, the one
-/// that completed the count gives the time (its `ready_at_us`). Falls back
-/// to `now_us` when the timestamps do not explain the count.
+/// and started before `t0_us` count from `t0_us`; of those started since,
+/// the one that completed the count gives the time (its `ready_at_us`).
+/// Falls back to `now_us` when the timestamps do not explain the count.
 pub fn ready_reached(status: &ServiceStatus, target: u32, t0_us: u64, now_us: u64) -> Option<u64> {
     if status.ready < target {
         return None;
     }
-    let mut new_ready: Vec<u64> = status
-        .replicas
-        .iter()
-        .filter(|r| r.state == "ready" && r.started_at_us >= t0_us)
+    let ready = status.replicas.iter().filter(|r| r.state == "ready");
+    let old_ready = ready.clone().filter(|r| r.started_at_us < t0_us).count();
+    let mut new_ready: Vec<u64> = ready
+        .filter(|r| r.started_at_us >= t0_us)
         .filter_map(|r| r.ready_at_us)
         .collect();
     new_ready.sort_unstable();
-    let old_ready = status.ready.saturating_sub(new_ready.len() as u32);
-    let needed = target.saturating_sub(old_ready) as usize;
+    let needed = (target as usize).saturating_sub(old_ready);
     if needed == 0 {
         return Some(t0_us);
     }
@@ -391,8 +399,11 @@ pub struct Decision {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Run {
     pub run: u32,
-    /// How long this run waited for the service to settle at one replica.
+    /// How long this run waited for the service to settle at one replica
+    /// (the jitter included).
     pub settle_wait_ms: f64,
+    /// The random wait between settling and the step.
+    pub jitter_ms: f64,
     pub t0_us: u64,
     pub decision: Option<Decision>,
     /// `at_ms − t0` (at_ms has millisecond resolution).
@@ -468,6 +479,15 @@ async fn wait_settled(
     }
 }
 
+/// A uniformly random duration in `[0, limit)` (zero when `limit` is zero).
+pub fn random_below(limit: Duration) -> Duration {
+    let micros = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX);
+    if micros == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_micros(fastrand::u64(..micros))
+}
+
 fn describe(status: &ServiceStatus) -> String {
     format!(
         "ready={} desired={} in_flight={} held={} replicas=[{}]",
@@ -487,12 +507,21 @@ fn describe(status: &ServiceStatus) -> String {
 /// Measures one load step. Only a failure to settle is an `Err`; everything
 /// else is recorded in the run's `error`.
 pub async fn run_step(args: &Args, controller: &Controller, n: u32) -> anyhow::Result<Run> {
-    let settle = wait_settled(controller, &args.service, args.settle_timeout)
+    let mut settle = wait_settled(controller, &args.service, args.settle_timeout)
         .await
         .with_context(|| format!("run {n}"))?;
+    let jitter = random_below(args.jitter);
+    if !jitter.is_zero() {
+        tokio::time::sleep(jitter).await;
+        settle += jitter
+            + wait_settled(controller, &args.service, args.settle_timeout)
+                .await
+                .with_context(|| format!("run {n}"))?;
+    }
     let mut run = Run {
         run: n,
         settle_wait_ms: settle.as_secs_f64() * 1000.0,
+        jitter_ms: jitter.as_secs_f64() * 1000.0,
         ..Run::default()
     };
 
@@ -512,7 +541,7 @@ pub async fn run_step(args: &Args, controller: &Controller, n: u32) -> anyhow::R
         .collect();
 
     let mut progress = Progress::new(t0_us);
-    let mut last_error = None;
+    let mut last_error: Option<String>;
     loop {
         match controller.service(&args.service).await {
             Ok(status) => {
@@ -674,10 +703,10 @@ pub fn table_header() -> String {
 /// One row of the per-run table (durations in ms).
 pub fn table_row(r: &Run) -> String {
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
-    let step = r.decision.as_ref().map_or_else(
-        || "-".to_string(),
-        |d| format!("{}→{}", d.from, d.to),
-    );
+    let step = r
+        .decision
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |d| format!("{}→{}", d.from, d.to));
     format!(
         "{:>3} {:>7} {:>9} {:>9} {:>8} {:>9} {:>9} {:>6} {:>7} {:>6}  {}",
         r.run,
@@ -705,6 +734,7 @@ pub struct Setup {
     pub runs: u32,
     pub clients: u32,
     pub load_for: String,
+    pub jitter: String,
     pub scale_timeout: String,
     pub settle_timeout: String,
 }
@@ -775,6 +805,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 runs: args.runs,
                 clients: args.clients,
                 load_for: humantime::format_duration(args.load_for).to_string(),
+                jitter: humantime::format_duration(args.jitter).to_string(),
                 scale_timeout: humantime::format_duration(args.scale_timeout).to_string(),
                 settle_timeout: humantime::format_duration(args.settle_timeout).to_string(),
             },
@@ -851,6 +882,13 @@ mod tests {
         s.ready = 1;
         s.in_flight = 0;
         s.replicas.truncate(1);
+        // The previous run's last scale-down.
+        s.last_scale = Some(ScaleEvent {
+            from: 2,
+            to: 1,
+            reason: "stable".into(),
+            at_ms: 1_699_999_995_000,
+        });
         s
     }
 
@@ -859,7 +897,10 @@ mod tests {
         let s = sample();
         assert_eq!((s.in_flight, s.held), (97, 0));
         let event = s.last_scale.as_ref().expect("last_scale");
-        assert_eq!((event.from, event.to, event.at_ms), (1, 3, 1_700_000_000_187));
+        assert_eq!(
+            (event.from, event.to, event.at_ms),
+            (1, 3, 1_700_000_000_187)
+        );
         assert_eq!(event.reason, "panic");
         let json = r#"{"services":[{"name":"x","desired":1,"ready":1}]}"#;
         let bare = parse_status(json.as_bytes()).expect("optional fields");
@@ -934,9 +975,10 @@ mod tests {
         // A count the timestamps do not explain: the poll's time.
         let mut odd = s.clone();
         odd.ready = 3;
-        assert_eq!(ready_reached(&odd, 3, T0_US, now), Some(T0_US + 193_000));
-        odd.replicas[1].ready_at_us = None;
         assert_eq!(ready_reached(&odd, 3, T0_US, now), Some(now));
+        odd.ready = 2;
+        odd.replicas[1].ready_at_us = None;
+        assert_eq!(ready_reached(&odd, 2, T0_US, now), Some(now));
     }
 
     #[test]
@@ -1021,7 +1063,19 @@ mod tests {
         assert_eq!(report.requests.requests, 112);
         assert_eq!(report.requests.failed(), 3);
         let text = report.render();
-        assert!(text.contains("decision_ms") && text.contains("503"), "{text}");
+        assert!(
+            text.contains("decision_ms") && text.contains("503"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn jitter_stays_below_its_limit() {
+        assert_eq!(random_below(Duration::ZERO), Duration::ZERO);
+        let limit = Duration::from_millis(3);
+        for _ in 0..1000 {
+            assert!(random_below(limit) < limit);
+        }
     }
 
     #[test]
@@ -1032,6 +1086,7 @@ mod tests {
         assert_eq!(args.path, "/sleep/1000");
         assert_eq!(args.load_for, Duration::from_secs(5));
         assert_eq!(args.json, Some(PathBuf::from("out.json")));
+        assert_eq!(args.jitter, Duration::from_secs(1));
         assert!(Args::try_parse_from(["rouse-step", "--runs", "0"]).is_err());
         assert!(Args::try_parse_from(["rouse-step", "--clients", "0"]).is_err());
     }

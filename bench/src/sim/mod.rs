@@ -71,6 +71,10 @@ pub struct Args {
     /// Arrivals exactly at the rate instead of Poisson.
     #[arg(long)]
     pub deterministic: bool,
+    /// Also write every rouse decision with its inputs to
+    /// `<trace>-rouse-decisions.csv`.
+    #[arg(long)]
+    pub decisions: bool,
 }
 
 /// Runs the simulation and writes every output; returns the runs.
@@ -118,6 +122,7 @@ pub fn main(args: Args) -> Result<Vec<TraceRun>> {
             } else {
                 Arrivals::Poisson
             },
+            log_decisions: args.decisions,
         };
         for trace in &selected {
             let run = run::run_trace(trace, &config);
@@ -127,6 +132,12 @@ pub fn main(args: Args) -> Result<Vec<TraceRun>> {
                 &report::series_csv(&run),
             )?;
             report::chart(&run, &args.out.join(format!("{stem}.svg")))?;
+            for policy in &run.policies {
+                if let Some(csv) = &policy.decisions {
+                    let name = format!("{stem}-{}-decisions.csv", policy.name);
+                    report::write(&args.out.join(name), csv)?;
+                }
+            }
             runs.push(run);
         }
     }

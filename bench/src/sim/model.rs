@@ -159,6 +159,12 @@ pub struct Totals {
     pub dropped: u64,
     /// Sum over steps of replicas that exist (starting, ready or draining).
     pub replica_steps: u64,
+    /// The part of `replica_steps` spent starting.
+    pub starting_steps: u64,
+    /// Replicas asked for.
+    pub starts: u64,
+    /// Replicas cancelled before they became ready.
+    pub cancelled: u64,
     /// Waits of started requests, and of dropped ones (at what they had
     /// waited when dropped), in steps.
     pub delays: Histogram,
@@ -281,7 +287,10 @@ impl Cluster {
     }
 
     pub fn in_service(&self) -> u64 {
-        self.replicas.iter().map(|r| r.in_service.len() as u64).sum()
+        self.replicas
+            .iter()
+            .map(|r| r.in_service.len() as u64)
+            .sum()
     }
 
     pub fn queued(&self) -> u64 {
@@ -295,6 +304,7 @@ impl Cluster {
         let active = self.active();
         if target > active {
             let ready_at = now + self.startup_steps;
+            self.totals.starts += u64::from(target - active);
             for _ in active..target {
                 self.replicas.push(Replica {
                     phase: Phase::Starting { ready_at },
@@ -316,6 +326,7 @@ impl Cluster {
                 .map(|(i, _)| i);
             let Some(index) = newest else { break };
             self.replicas.swap_remove(index);
+            self.totals.cancelled += 1;
             excess -= 1;
         }
         while excess > 0 {
@@ -335,6 +346,11 @@ impl Cluster {
     /// Adds this step's cost; call once per step, after any scaling.
     pub fn account(&mut self) {
         self.totals.replica_steps += u64::from(self.billed());
+        self.totals.starting_steps += self
+            .replicas
+            .iter()
+            .filter(|r| matches!(r.phase, Phase::Starting { .. }))
+            .count() as u64;
     }
 }
 
@@ -429,9 +445,13 @@ mod tests {
         c.scale_to(10, 3); // two more starting
         assert_eq!(c.billed(), 3);
         c.scale_to(10, 0);
+        assert_eq!((c.totals().starts, c.totals().cancelled), (3, 2));
         // The starting ones are gone at once; the busy one drains.
         let v = c.advance(11, 0);
-        assert_eq!((v.ready, v.starting, v.draining, v.in_service), (0, 0, 1, 2));
+        assert_eq!(
+            (v.ready, v.starting, v.draining, v.in_service),
+            (0, 0, 1, 2)
+        );
         let v = c.advance(12, 0);
         assert_eq!((v.draining, v.in_service), (0, 0));
         assert_eq!(c.billed(), 0);

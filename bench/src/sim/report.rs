@@ -78,11 +78,7 @@ pub fn stem(run: &TraceRun, primary: bool) -> String {
 pub fn series_csv(run: &TraceRun) -> String {
     let mut out = String::from("t_s,arrivals_per_s");
     for p in &run.policies {
-        let _ = write!(
-            out,
-            ",{0}_replicas,{0}_ready,{0}_queued_max",
-            p.name
-        );
+        let _ = write!(out, ",{0}_replicas,{0}_ready,{0}_queued_max", p.name);
     }
     out.push('\n');
     for (t, arrivals) in run.arrivals_per_second.iter().enumerate() {
@@ -105,8 +101,9 @@ pub fn series_csv(run: &TraceRun) -> String {
 /// One row per trace, startup and policy.
 pub fn summary_csv(runs: &[TraceRun]) -> String {
     let mut out = String::from(
-        "trace,startup_s,policy,replica_seconds,p50_delay_ms,p99_delay_ms,over_hold_timeout,\
-         scale_events,arrivals,served,ratio_to_better_baseline\n",
+        "trace,startup_s,policy,replica_seconds,starting_replica_seconds,p50_delay_ms,p99_delay_ms,\
+         over_hold_timeout,scale_events,replica_starts,starts_cancelled,arrivals,served,\
+         ratio_to_better_baseline\n",
     );
     for run in runs {
         let verdict = verdict(run);
@@ -117,15 +114,18 @@ pub fn summary_csv(runs: &[TraceRun]) -> String {
             };
             let _ = writeln!(
                 out,
-                "{},{},{},{:.1},{:.0},{:.0},{},{},{},{},{}",
+                "{},{},{},{:.1},{:.1},{:.0},{:.0},{},{},{},{},{},{},{}",
                 run.trace,
                 run.startup.as_secs_f64(),
                 p.name,
                 p.replica_seconds,
+                p.starting_seconds,
                 p.p50 * 1000.0,
                 p.p99 * 1000.0,
                 p.over_hold_timeout,
                 p.scale_events,
+                p.starts,
+                p.cancelled,
                 p.arrivals,
                 p.started,
                 ratio
@@ -152,7 +152,8 @@ pub fn summary_markdown(runs: &[TraceRun]) -> String {
         );
         out.push_str(
             "| trace | replica-seconds | rouse ÷ better baseline | p50 delay (ms) | p99 delay (ms) \
-             | over hold timeout | scale events | goal |\n|---|---|---|---|---|---|---|---|\n",
+             | over hold timeout | scale events | replicas started (cancelled before ready) | goal |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
         );
         for run in runs.iter().filter(|r| r.startup == startup) {
             let verdict = verdict(run);
@@ -170,7 +171,7 @@ pub fn summary_markdown(runs: &[TraceRun]) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 run.trace,
                 cells(run, |p| format!("{:.0}", p.replica_seconds)),
                 ratio,
@@ -178,6 +179,7 @@ pub fn summary_markdown(runs: &[TraceRun]) -> String {
                 cells(run, |p| format!("{:.0}", p.p99 * 1000.0)),
                 cells(run, |p| p.over_hold_timeout.to_string()),
                 cells(run, |p| p.scale_events.to_string()),
+                cells(run, |p| format!("{} ({})", p.starts, p.cancelled)),
                 goal
             );
         }
@@ -302,6 +304,9 @@ mod tests {
         PolicyRun {
             name,
             replica_seconds,
+            starting_seconds: 1.0,
+            starts: 3,
+            cancelled: 1,
             p50: 0.0,
             p99,
             over_hold_timeout: 0,
@@ -310,6 +315,7 @@ mod tests {
             started: 10,
             completed: 10,
             unfinished: 0,
+            decisions: None,
             series: Series {
                 replicas: vec![0, 1, 2],
                 ready: vec![0, 0, 1],
@@ -358,7 +364,7 @@ mod tests {
         assert_eq!(lines.next(), Some("1,5,0,0,3,0,0,3,0,0,3"));
         assert_eq!(csv.lines().count(), 4);
         let summary = summary_csv(&[run("step", 90.0, 100.0, 120.0)]);
-        assert!(summary.contains("step,2,rouse,90.0,0,100,0,2,10,10,0.900\n"));
+        assert!(summary.contains("step,2,rouse,90.0,1.0,0,100,0,2,3,1,10,10,0.900\n"));
         assert!(summary_markdown(&[run("spike", 90.0, 100.0, 120.0)]).contains("missed: cost"));
     }
 }

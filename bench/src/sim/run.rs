@@ -22,6 +22,8 @@ pub struct SimConfig {
     pub scale_to_zero_after: Duration,
     pub seed: u64,
     pub arrivals: Arrivals,
+    /// Keep rouse's decisions with their inputs.
+    pub log_decisions: bool,
 }
 
 impl SimConfig {
@@ -51,11 +53,14 @@ impl SimConfig {
     pub fn policies(&self) -> Vec<Box<dyn Policy>> {
         let common = self.common();
         vec![
-            Box::new(Rouse::new(
-                self.rouse_scaling(),
-                RouseTiming::default(),
-                &common,
-            )),
+            Box::new({
+                let rouse = Rouse::new(self.rouse_scaling(), RouseTiming::default(), &common);
+                if self.log_decisions {
+                    rouse.with_log()
+                } else {
+                    rouse
+                }
+            }),
             Box::new(Kpa::new(KpaConfig::knative_defaults(&common), &common)),
             Box::new(Keda::new(HpaConfig::defaults(&common), &common)),
         ]
@@ -78,6 +83,11 @@ pub struct Series {
 pub struct PolicyRun {
     pub name: &'static str,
     pub replica_seconds: f64,
+    /// The part of `replica_seconds` spent by replicas still starting.
+    pub starting_seconds: f64,
+    /// Replicas asked for, and cancelled before they were ready.
+    pub starts: u64,
+    pub cancelled: u64,
     /// Queueing delay percentiles, seconds.
     pub p50: f64,
     pub p99: f64,
@@ -90,6 +100,8 @@ pub struct PolicyRun {
     /// Queued or in service when the trace ended.
     pub unfinished: u64,
     pub series: Series,
+    /// The policy's decisions as CSV, when it kept them.
+    pub decisions: Option<String>,
 }
 
 /// All policies on one trace.
@@ -170,6 +182,9 @@ pub fn run_policy(arrivals: &[u32], policy: &mut dyn Policy, model: &ModelConfig
     PolicyRun {
         name: policy.name(),
         replica_seconds: totals.replica_steps as f64 * step_secs,
+        starting_seconds: totals.starting_steps as f64 * step_secs,
+        starts: totals.starts,
+        cancelled: totals.cancelled,
         p50: percentile(0.5),
         p99: percentile(0.99),
         over_hold_timeout: totals.dropped,
@@ -179,6 +194,7 @@ pub fn run_policy(arrivals: &[u32], policy: &mut dyn Policy, model: &ModelConfig
         completed: totals.completed,
         unfinished: cluster.queued() + cluster.in_service(),
         series,
+        decisions: policy.decision_csv(),
     }
 }
 
@@ -194,6 +210,7 @@ mod tests {
             scale_to_zero_after: Duration::from_secs(30),
             seed: 1,
             arrivals: Arrivals::Poisson,
+            log_decisions: false,
         }
     }
 

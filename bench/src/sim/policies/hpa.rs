@@ -133,7 +133,9 @@ impl Hpa {
             stabilised.min(limit).min(c.max_replicas)
         } else if stabilised < current {
             let start = self.period_start(now_ms, current, c.scale_down_period_ms);
-            let limit = (start * (1.0 - c.scale_down_percent / 100.0)).ceil().max(0.0) as u32;
+            let limit = (start * (1.0 - c.scale_down_percent / 100.0))
+                .ceil()
+                .max(0.0) as u32;
             stabilised.max(limit).max(c.min_replicas)
         } else {
             stabilised

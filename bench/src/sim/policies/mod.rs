@@ -17,6 +17,11 @@ pub trait Policy {
     /// Called after every step with what the service looks like; returns a
     /// replica count when the policy decided one this step.
     fn on_step(&mut self, view: &View) -> Option<u32>;
+
+    /// Every decision with its inputs, as CSV, if the policy kept them.
+    fn decision_csv(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Parameters every policy shares, so they are compared on equal terms.
