@@ -48,8 +48,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let listener = TcpListener::bind(proxy_config.listen)
-        .await
+    let listener = bind_data(proxy_config.listen)
         .with_context(|| format!("binding proxy.listen {}", proxy_config.listen))?;
     let admin_listener = TcpListener::bind(proxy_config.admin_listen)
         .await
@@ -100,6 +99,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     server::serve(listener, proxy, proxy_config, shutdown).await;
     Ok(())
+}
+
+/// Connections a burst may open before the accept loop catches up; the
+/// kernel caps it at `net.core.somaxconn`. Tokio's default (1024) overflowed
+/// under a 10,000-client burst, making clients retry a second later.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+fn bind_data(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// `<hostname>-<pid>`: unique per process on a host, readable in reports.
