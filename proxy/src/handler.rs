@@ -37,7 +37,8 @@ const RETRY_AFTER_FULL: HeaderValue = HeaderValue::from_static("1");
 
 /// Shared by every connection.
 pub struct Proxy {
-    pub routes: ArcSwap<Routes<Service>>,
+    /// Shared by every data thread; swapped whole when routes change.
+    pub routes: Arc<ArcSwap<Routes<Service>>>,
     pub forwarder: Forwarder,
     pub signals: mpsc::Sender<Signal>,
     pub metrics: Arc<ProxyMetrics>,

@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         Loaded::Exit(code) => return code,
     };
     cli::init_logging(args.common.log_format);
-    let threads = config.proxy.worker_threads;
+    // The control plane (NATS, reports, admin) needs one thread; the data
+    // path runs on its own threads (`proxy.worker_threads`).
+    let threads = Some(1);
     process::run_main("rouse-proxy", threads, rouse_proxy::run::run(*config))
 }

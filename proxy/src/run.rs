@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use rouse_nats::config::ProxyConfig;
 use rouse_nats::{bus, process, Config, Subjects};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admin::{self, AdminState};
 use crate::endpoints::EndpointWatcher;
@@ -79,26 +80,89 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
 
-    let proxy = Arc::new(Proxy {
-        routes: ArcSwap::from_pointee(routes),
-        forwarder: Forwarder::new(proxy_config),
-        signals,
-        metrics,
-    });
+    let routes = Arc::new(ArcSwap::from_pointee(routes));
+    let threads = proxy_config
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut finished = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let listener = listener
+            .try_clone()
+            .context("sharing the data listener with a worker thread")?;
+        let proxy = Proxy {
+            routes: Arc::clone(&routes),
+            forwarder: Forwarder::new(proxy_config),
+            signals: signals.clone(),
+            metrics: Arc::clone(&metrics),
+        };
+        finished.push(spawn_data_thread(
+            index,
+            listener,
+            proxy,
+            proxy_config.clone(),
+            stop_rx.clone(),
+        )?);
+    }
+    drop(signals);
     tracing::info!(
         listen = %proxy_config.listen,
         admin = %proxy_config.admin_listen,
         id = %proxy_id,
         services = services.len(),
+        threads,
         "rouse-proxy started"
     );
-    let shutdown = async {
-        process::terminated().await;
-        admin_state.accepting.store(false, Ordering::SeqCst);
-        tracing::info!("shutting down");
-    };
-    server::serve(listener, proxy, proxy_config, shutdown).await;
+    process::terminated().await;
+    admin_state.accepting.store(false, Ordering::SeqCst);
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for done in finished {
+        let _ = done.await;
+    }
     Ok(())
+}
+
+/// One data-path thread: its own single-threaded runtime, its own accept
+/// loop on the shared listening socket and its own connection pool to the
+/// replicas. A request, its inbound connection and its upstream connection
+/// then live on one thread, like an nginx worker: no task hops between
+/// threads, no contended pool lock. Resolves when the thread has finished
+/// its in-flight requests after `stop` turned true.
+fn spawn_data_thread(
+    index: usize,
+    listener: std::net::TcpListener,
+    proxy: Proxy,
+    config: ProxyConfig,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<oneshot::Receiver<()>> {
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("rouse-data-{index}"))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let stopped = async move {
+                                let _ = stop.wait_for(|stopped| *stopped).await;
+                            };
+                            server::serve(listener, Arc::new(proxy), &config, stopped).await;
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "data thread cannot use the listener")
+                        }
+                    }
+                }),
+                Err(err) => tracing::error!(error = %err, "data thread cannot start its runtime"),
+            }
+            let _ = done_tx.send(());
+        })
+        .context("starting a data-path thread")?;
+    Ok(done_rx)
 }
 
 /// Connections a burst may open before the accept loop catches up; the
@@ -106,7 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// under a 10,000-client burst, making clients retry a second later.
 const LISTEN_BACKLOG: u32 = 65_535;
 
-fn bind_data(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+fn bind_data(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -115,7 +179,8 @@ fn bind_data(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    // Handed to the data threads, each registering it with its own runtime.
+    socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
 /// `<hostname>-<pid>`: unique per process on a host, readable in reports.

@@ -101,7 +101,7 @@ async fn start_proxy() -> Harness {
     let (signals, mut signal_rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move { while signal_rx.recv().await.is_some() {} });
     let proxy = Arc::new(Proxy {
-        routes: ArcSwap::from_pointee(routes),
+        routes: Arc::new(ArcSwap::from_pointee(routes)),
         forwarder: Forwarder::new(&config.proxy),
         signals,
         metrics,
