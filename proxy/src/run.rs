@@ -49,7 +49,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let listener = bind_data(proxy_config.listen)
+    let threads = proxy_config
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let listeners = bind_data(proxy_config.listen, threads)
         .with_context(|| format!("binding proxy.listen {}", proxy_config.listen))?;
     let admin_listener = TcpListener::bind(proxy_config.admin_listen)
         .await
@@ -81,15 +84,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
 
     let routes = Arc::new(ArcSwap::from_pointee(routes));
-    let threads = proxy_config
-        .worker_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut finished = Vec::with_capacity(threads);
-    for index in 0..threads {
-        let listener = listener
-            .try_clone()
-            .context("sharing the data listener with a worker thread")?;
+    for (index, listener) in listeners.into_iter().enumerate() {
         let proxy = Proxy {
             routes: Arc::clone(&routes),
             forwarder: Forwarder::new(proxy_config),
@@ -124,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// One data-path thread: its own single-threaded runtime, its own accept
-/// loop on the shared listening socket and its own connection pool to the
+/// loop on its own listening socket and its own connection pool to the
 /// replicas. A request, its inbound connection and its upstream connection
 /// then live on one thread, like an nginx worker: no task hops between
 /// threads, no contended pool lock. Resolves when the thread has finished
@@ -170,17 +167,30 @@ fn spawn_data_thread(
 /// under a 10,000-client burst, making clients retry a second later.
 const LISTEN_BACKLOG: u32 = 65_535;
 
-fn bind_data(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    // Handed to the data threads, each registering it with its own runtime.
-    socket.listen(LISTEN_BACKLOG)?.into_std()
+/// One listening socket per data thread, all on `addr` with SO_REUSEPORT so
+/// the kernel spreads connections evenly (a single shared socket let
+/// whichever thread woke first accept a whole burst). The port is first
+/// bound plainly, which fails if anything at all holds it, so a second proxy
+/// cannot silently share it.
+fn bind_data(
+    addr: std::net::SocketAddr,
+    threads: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    drop(std::net::TcpListener::bind(addr)?);
+    (0..threads)
+        .map(|_| {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            // Handed to a data thread, which registers it with its runtime.
+            socket.listen(LISTEN_BACKLOG)?.into_std()
+        })
+        .collect()
 }
 
 /// `<hostname>-<pid>`: unique per process on a host, readable in reports.
