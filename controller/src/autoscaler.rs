@@ -298,7 +298,9 @@ impl Autoscaler {
             .config
             .target_concurrency
             .max(f64::from(self.config.container_concurrency));
-        (waiting / per_replica).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
+        (waiting / per_replica)
+            .ceil()
+            .clamp(0.0, f64::from(u32::MAX)) as u32
     }
 
     /// Replicas for a concurrency and a request rate.
