@@ -86,6 +86,9 @@ enum ProbeEvent {
     Unready(String),
 }
 
+/// How long a stopping controller tries to clear a service's endpoint set.
+const SHUTDOWN_PUBLISH_LIMIT: Duration = Duration::from_secs(3);
+
 /// Consecutive failed probes that take a ready replica out of rotation.
 const LIVENESS_FAILURES: u32 = 3;
 
@@ -783,7 +786,13 @@ impl ServiceLoop {
         let ids: Vec<String> = self.replicas.keys().cloned().collect();
         self.replicas.clear();
         self.changed();
-        self.publish_endpoints().await;
+        // With NATS gone, do not hang the shutdown on a write that cannot land.
+        if tokio::time::timeout(SHUTDOWN_PUBLISH_LIMIT, self.publish_endpoints())
+            .await
+            .is_err()
+        {
+            tracing::warn!(service = %self.name, "could not clear the endpoint set before stopping replicas");
+        }
         let stops = ids.iter().map(|id| self.backend.stop(id));
         for result in futures::future::join_all(stops).await {
             if let Err(err) = result {

@@ -116,8 +116,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("replicas did not stop in time; exiting anyway");
     }
-    if let Err(err) = bus.client.flush().await {
-        tracing::debug!(error = %err, "flush on exit failed");
+    match tokio::time::timeout(Duration::from_secs(2), bus.client.flush()).await {
+        Ok(Err(err)) => tracing::debug!(error = %err, "flush on exit failed"),
+        Err(_) => tracing::debug!("flush on exit timed out"),
+        Ok(Ok(())) => {}
     }
     Ok(())
 }

@@ -52,10 +52,13 @@ PIDS=()
 cleanup() {
     trap - EXIT INT TERM
     say "stopping everything the demo started"
-    # Controller first: on SIGTERM it stops its replicas.
-    for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # In reverse start order, one at a time: the proxy, then the controller
+    # (on SIGTERM it takes its replicas out of KV and stops them, so NATS
+    # must still be up), then nats-server.
+    for ((i=${#PIDS[@]}-1; i>=0; i--)); do
+        pid=${PIDS[$i]}
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     done
     rm -rf "$WORK"
@@ -149,9 +152,9 @@ grep -E -i "requests/sec|reqs/sec|success rate|status code|\[[0-9]{3}\]|response
 
 say "traffic stopped: replicas drain and return to zero (scale_to_zero_after: 10s)"
 for _ in $(seq 1 90); do
-    show
-    read -r ready _ <<<"$(replicas)"
-    if [ "$ready" = "0" ]; then break; fi
+    read -r ready desired <<<"$(replicas)"
+    printf '  %s  replicas ready: %s  desired: %s\n' "$(date +%T)" "$ready" "$desired"
+    if [ "$ready" = "0" ] && [ "$desired" = "0" ]; then break; fi
     sleep 1
 done
 say "proxy metrics (excerpt)"
