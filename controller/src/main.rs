@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use rouse_nats::cli::{self, CommonArgs, Loaded};
+use rouse_nats::cli::CommonArgs;
 use rouse_nats::process;
 
 #[derive(Parser)]
@@ -19,15 +19,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match cli::load(&args.common) {
-        Loaded::Run(config) => config,
-        Loaded::Exit(code) => return code,
-    };
-    cli::init_logging(args.common.log_format);
-    let threads = None;
-    process::run_main(
+    process::main(
         "rouse-controller",
-        threads,
-        rouse_controller::run::run(*config),
+        &args.common,
+        None,
+        rouse_controller::run::run,
     )
 }

@@ -17,6 +17,27 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+/// The whole `main` of both binaries: read the config named by `args`
+/// (exiting 0 for `--check`, 2 for a bad config), set up logging, and run
+/// `app` with it on a runtime of `worker_threads` threads.
+pub fn main<F, Fut>(
+    name: &str,
+    args: &crate::cli::CommonArgs,
+    worker_threads: Option<usize>,
+    app: F,
+) -> ExitCode
+where
+    F: FnOnce(crate::Config) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config = match crate::cli::load(args) {
+        crate::cli::Loaded::Run(config) => config,
+        crate::cli::Loaded::Exit(code) => return code,
+    };
+    crate::cli::init_logging(args.log_format);
+    run_main(name, worker_threads, app(*config))
+}
+
 /// Runs `app` on a multi-threaded runtime (`worker_threads` or one per
 /// core) and turns its outcome into the process exit code.
 pub fn run_main<F>(name: &str, worker_threads: Option<usize>, app: F) -> ExitCode
