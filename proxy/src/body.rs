@@ -19,12 +19,15 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::handler::Completion;
+use crate::pool::Pooled;
 
 /// A request body on its way to a replica.
 #[derive(Debug)]
 pub enum OutBody {
     Streamed(Incoming),
     Lent(Lent),
+    /// No body (a request the proxy makes itself).
+    Empty,
 }
 
 /// A body lent to one forwarding attempt.
@@ -71,6 +74,7 @@ impl Body for OutBody {
                     None => Poll::Ready(None),
                 }
             }
+            OutBody::Empty => Poll::Ready(None),
         }
     }
 
@@ -82,6 +86,7 @@ impl Body for OutBody {
                 .lock()
                 .map(|s| s.as_ref().is_none_or(Body::is_end_stream))
                 .unwrap_or(true),
+            OutBody::Empty => true,
         }
     }
 
@@ -94,6 +99,7 @@ impl Body for OutBody {
                 .ok()
                 .and_then(|s| s.as_ref().map(Body::size_hint))
                 .unwrap_or_default(),
+            OutBody::Empty => SizeHint::with_exact(0),
         }
     }
 }
@@ -103,8 +109,13 @@ impl Body for OutBody {
 pub enum ProxyBody {
     Upstream {
         body: Incoming,
+        /// The replica connection the body arrives on: back to the pool
+        /// once the body has ended, closed if it is dropped unfinished.
+        conn: Option<Pooled>,
         /// Dropped when the body ends or the client goes away.
         completion: Option<Completion>,
+        /// The replica's body yielded its end.
+        ended: bool,
     },
     Local(Option<Bytes>),
 }
@@ -119,6 +130,27 @@ impl ProxyBody {
     }
 }
 
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended, so a finished
+        // response usually ends here rather than in `poll_frame`.
+        if let ProxyBody::Upstream {
+            body,
+            conn,
+            completion,
+            ended,
+        } = self
+        {
+            if let Some(conn) = conn.take() {
+                if *ended || body.is_end_stream() {
+                    conn.release();
+                }
+            }
+            completion.take();
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -128,9 +160,20 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, completion } => {
+            ProxyBody::Upstream {
+                body,
+                conn,
+                completion,
+                ended,
+            } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(None) = polled {
+                    *ended = true;
+                    // The connection first: a request waiting for this
+                    // request's slot may then reuse it.
+                    if let Some(conn) = conn.take() {
+                        conn.release();
+                    }
                     completion.take();
                 }
                 polled

@@ -1,67 +1,99 @@
 //! Stage 5 of the data path: send the request to the chosen replica.
 //!
-//! One pooled HTTP/1.1 client serves every replica (connections are keyed by
-//! replica address). This module also owns the header rules of a proxy:
+//! Connections come from the data thread's own pool (`pool`), keyed by
+//! replica address. This module also owns the header rules of a proxy:
 //! hop-by-hop headers are dropped both ways, `Host` is preserved, and the
 //! `X-Forwarded-*` headers are added.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rouse_nats::config::ProxyConfig;
 
 use crate::body::OutBody;
+use crate::pool::{ConnectError, Pool, PoolSettings, Pooled};
+
+/// Idle connections kept per replica and data thread.
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 /// Why a forwarding attempt produced no response.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     /// No connection could be made; no byte of the request was sent.
     #[error("cannot connect to the replica: {0}")]
-    Connect(hyper_util::client::legacy::Error),
+    Connect(ConnectError),
     #[error("the replica sent no response headers within {0:?}")]
     Timeout(Duration),
     #[error("the replica failed the request: {0}")]
-    Failed(hyper_util::client::legacy::Error),
+    Failed(hyper::Error),
 }
 
-/// The pooled client towards replicas.
+/// Sends requests to replicas over one data thread's connection pool.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, OutBody>,
+    pool: Arc<Pool>,
 }
 
 impl Forwarder {
     pub fn new(config: &ProxyConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .build(connector);
-        Self { client }
+        let pool = Pool::new(PoolSettings {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle_per_endpoint: MAX_IDLE_PER_ENDPOINT,
+        });
+        Self { pool }
     }
 
-    /// Sends `request` and waits at most `timeout` for the response headers.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Sends `request` to the replica at `authority` and waits at most
+    /// `timeout` for the response headers. The connection comes back with
+    /// the response, to be released when the response body has ended.
     pub async fn send(
         &self,
         request: Request<OutBody>,
+        authority: &Authority,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Err(_) => Err(ForwardError::Timeout(timeout)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) if err.is_connect() => Err(ForwardError::Connect(err)),
-            Ok(Err(err)) => Err(ForwardError::Failed(err)),
+    ) -> Result<(Response<Incoming>, Pooled), ForwardError> {
+        tokio::time::timeout(timeout, self.exchange(request, authority))
+            .await
+            .unwrap_or(Err(ForwardError::Timeout(timeout)))
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<OutBody>,
+        authority: &Authority,
+    ) -> Result<(Response<Incoming>, Pooled), ForwardError> {
+        let mut conn = self
+            .pool
+            .get(authority)
+            .await
+            .map_err(ForwardError::Connect)?;
+        let mut err = match conn.sender.try_send_request(request).await {
+            Ok(response) => return Ok((response, conn)),
+            Err(err) => err,
+        };
+        // A reused connection the replica closed just as the request went
+        // out hands the request back unsent: once more on a new connection.
+        let request = match (conn.reused, err.take_message()) {
+            (true, Some(request)) => request,
+            _ => return Err(ForwardError::Failed(err.into_error())),
+        };
+        let mut conn = self
+            .pool
+            .connect_new(authority)
+            .await
+            .map_err(ForwardError::Connect)?;
+        match conn.sender.try_send_request(request).await {
+            Ok(response) => Ok((response, conn)),
+            Err(err) => Err(ForwardError::Failed(err.into_error())),
         }
     }
 }
@@ -136,18 +168,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Rewrites an inbound request's head for the replica at `authority`.
+/// Rewrites an inbound request's head for a replica.
 ///
 /// `client_ip` is the peer address, pre-rendered once per connection.
 /// `X-Forwarded-For` gets it appended; `X-Forwarded-Host` and
 /// `X-Forwarded-Proto` are set when absent and kept when an ingress in front
 /// already set them.
-pub fn prepare_head(
-    parts: &mut http::request::Parts,
-    authority: &Authority,
-    client_ip: &HeaderValue,
-    upgrade: bool,
-) -> Result<(), http::Error> {
+pub fn prepare_head(parts: &mut http::request::Parts, client_ip: &HeaderValue, upgrade: bool) {
     let host = match parts.headers.get(header::HOST) {
         Some(host) => Some(host.clone()),
         None => parts
@@ -168,15 +195,17 @@ pub fn prepare_head(
             .headers
             .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    // The replica gets the origin form (`/path?query`); an HTTP/2 request
+    // arrives in absolute form, its authority already moved to `Host`.
+    if parts.uri.authority().is_some() {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
     }
-    parts.uri = Uri::from_parts(uri)?;
     parts.version = Version::HTTP_11;
-    Ok(())
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
@@ -222,10 +251,9 @@ mod tests {
             ],
             "/a/b?c=d",
         );
-        let authority: Authority = "127.0.0.1:4000".parse().expect("authority");
         let ip = HeaderValue::from_static("127.0.0.1");
-        prepare_head(&mut parts, &authority, &ip, false).expect("prepare");
-        assert_eq!(parts.uri, "http://127.0.0.1:4000/a/b?c=d");
+        prepare_head(&mut parts, &ip, false);
+        assert_eq!(parts.uri, "/a/b?c=d");
         assert_eq!(parts.headers["host"], "echo.localhost");
         assert_eq!(parts.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(parts.headers["x-forwarded-host"], "echo.localhost");
@@ -243,9 +271,9 @@ mod tests {
             "http://echo.localhost/ws",
         );
         assert!(is_upgrade(&parts.headers, Version::HTTP_11));
-        let authority: Authority = "127.0.0.1:4000".parse().expect("authority");
         let ip = HeaderValue::from_static("::1");
-        prepare_head(&mut parts, &authority, &ip, true).expect("prepare");
+        prepare_head(&mut parts, &ip, true);
+        assert_eq!(parts.uri, "/ws");
         assert_eq!(parts.headers["host"], "echo.localhost");
         assert_eq!(parts.headers["upgrade"], "websocket");
         assert_eq!(parts.headers["connection"], "upgrade");

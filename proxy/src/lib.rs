@@ -14,6 +14,7 @@ pub mod forward;
 pub mod handler;
 pub mod hold;
 pub mod metrics;
+pub mod pool;
 pub mod report;
 pub mod route;
 pub mod run;

@@ -144,6 +144,7 @@ fn spawn_data_thread(
                 Ok(runtime) => runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
+                            tokio::spawn(Arc::clone(proxy.forwarder.pool()).sweep_periodically());
                             let stopped = async move {
                                 let _ = stop.wait_for(|stopped| *stopped).await;
                             };

@@ -5,7 +5,9 @@
 //! retried on another ready replica with the request body intact (never sent
 //! twice), 502 when no replica accepts, 504 when a replica is slow past the
 //! response timeout, 404 for an unknown host, 503 + Retry-After when a cold
-//! service's hold times out.
+//! service's hold times out. And the upstream pool as the proxy uses it:
+//! finished responses give their connection back for the next request, a
+//! replica closing connections costs no request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
 use rouse_proxy::forward::Forwarder;
 use rouse_proxy::handler::Proxy;
 use rouse_proxy::metrics::ProxyMetrics;
+use rouse_proxy::pool::Pool;
 use rouse_proxy::route::Routes;
 use rouse_proxy::server;
 use rouse_proxy::service::Service;
@@ -33,12 +36,22 @@ use tokio::net::TcpListener;
 
 /// A replica that echoes POST bodies, sleeps on `/slow`, and counts requests.
 async fn replica() -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, hits, _) = counting_replica(true).await;
+    (addr, hits)
+}
+
+/// [`replica`], also counting the connections it accepted; with
+/// `keep_alive` false it closes each connection after one response.
+async fn counting_replica(keep_alive: bool) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let hits = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hits);
+    let accepted = Arc::clone(&connections);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
             let counter = Arc::clone(&counter);
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
@@ -58,12 +71,13 @@ async fn replica() -> (SocketAddr, Arc<AtomicUsize>) {
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
         }
     });
-    (addr, hits)
+    (addr, hits, connections)
 }
 
 /// A port with nothing listening on it.
@@ -85,6 +99,8 @@ services:
 struct Harness {
     addr: SocketAddr,
     service: Arc<Service>,
+    /// The upstream connection pool of the proxy's (only) data thread.
+    pool: Arc<Pool>,
 }
 
 async fn start_proxy() -> Harness {
@@ -100,9 +116,11 @@ async fn start_proxy() -> Harness {
     routes.insert("app.test", "/", Arc::clone(&service));
     let (signals, mut signal_rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move { while signal_rx.recv().await.is_some() {} });
+    let forwarder = Forwarder::new(&config.proxy);
+    let pool = Arc::clone(forwarder.pool());
     let proxy = Arc::new(Proxy {
         routes: Arc::new(ArcSwap::from_pointee(routes)),
-        forwarder: Forwarder::new(&config.proxy),
+        forwarder,
         signals,
         metrics,
     });
@@ -112,7 +130,11 @@ async fn start_proxy() -> Harness {
     tokio::spawn(async move {
         server::serve(listener, proxy, &proxy_config, std::future::pending()).await;
     });
-    Harness { addr, service }
+    Harness {
+        addr,
+        service,
+        pool,
+    }
 }
 
 fn set_endpoints(service: &Service, generation: u64, addrs: &[SocketAddr]) {
@@ -236,4 +258,42 @@ async fn held_request_is_released_when_a_replica_turns_ready() {
     );
     assert_eq!(body, "held-body");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_replica_connection() {
+    let harness = start_proxy().await;
+    let (good, hits, connections) = counting_replica(true).await;
+    set_endpoints(&harness.service, 1, &[good]);
+    for i in 0..20 {
+        let (method, body) = if i % 2 == 0 {
+            ("GET", "")
+        } else {
+            ("POST", "a body")
+        };
+        let (status, _, echoed) = send(harness.addr, "app.test", method, "/", body).await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+        assert_eq!(echoed, body, "request {i}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 20);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "every finished response gave its connection back to the pool"
+    );
+    assert_eq!(harness.pool.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn replica_closing_every_connection_costs_no_request() {
+    let harness = start_proxy().await;
+    let (good, hits, connections) = counting_replica(false).await;
+    set_endpoints(&harness.service, 1, &[good]);
+    for i in 0..10 {
+        let (status, _, body) = send(harness.addr, "app.test", "POST", "/", "x").await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+        assert_eq!(body, "x", "request {i}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 10);
+    assert_eq!(connections.load(Ordering::SeqCst), 10);
 }

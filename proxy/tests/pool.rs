@@ -1,0 +1,181 @@
+//! The upstream connection pool against real sockets on 127.0.0.1: a
+//! released connection is reused, an unreleased one never is, idle ones are
+//! closed after the idle timeout, and one the replica closed is skipped.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use rouse_proxy::body::OutBody;
+use rouse_proxy::pool::{Pool, PoolSettings, Pooled};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A minimal HTTP/1.1 replica: answers every request head with a 2-byte
+/// body. With `close_after_response` it closes the connection right after
+/// the response, without announcing it (as a replica's idle timeout does).
+/// Counts accepted and ended connections.
+struct RawReplica {
+    authority: Authority,
+    accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+}
+
+async fn raw_replica(close_after_response: bool) -> RawReplica {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let authority: Authority = listener
+        .local_addr()
+        .expect("addr")
+        .to_string()
+        .parse()
+        .expect("authority");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
+    let (accepts, ends) = (Arc::clone(&accepted), Arc::clone(&ended));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepts.fetch_add(1, Ordering::SeqCst);
+            let ends = Arc::clone(&ends);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(response).await.is_err() {
+                            break;
+                        }
+                    }
+                    if close_after_response {
+                        break;
+                    }
+                }
+                drop(stream);
+                ends.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    RawReplica {
+        authority,
+        accepted,
+        ended,
+    }
+}
+
+fn pool(idle_timeout: Duration) -> Arc<Pool> {
+    Pool::new(PoolSettings {
+        connect_timeout: Duration::from_secs(2),
+        idle_timeout,
+        max_idle_per_endpoint: 8,
+    })
+}
+
+/// One GET on a pooled connection, its body read to the end.
+async fn exchange(pool: &Arc<Pool>, authority: &Authority) -> Pooled {
+    let mut conn = pool.get(authority).await.expect("connect");
+    let request = Request::builder()
+        .uri("/")
+        .header("host", authority.as_str())
+        .body(OutBody::Empty)
+        .expect("request");
+    let response = conn.sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.expect("body");
+    assert_eq!(body.to_bytes(), "ok");
+    conn
+}
+
+/// Polls `done` every 10 ms for at most 5 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test]
+async fn released_connection_is_reused_and_unreleased_one_is_not() {
+    let replica = raw_replica(false).await;
+    let pool = pool(Duration::from_secs(60));
+    let first = exchange(&pool, &replica.authority).await;
+    assert!(!first.reused);
+    first.release();
+    assert_eq!(pool.idle_count(), 1);
+
+    let second = exchange(&pool, &replica.authority).await;
+    assert!(second.reused, "the released connection was taken again");
+    assert_eq!(replica.accepted.load(Ordering::SeqCst), 1);
+    // Dropped, not released (as for a response abandoned mid-body): gone.
+    drop(second);
+    assert_eq!(pool.idle_count(), 0);
+    eventually("the replica sees the dropped connection closed", || {
+        replica.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let third = exchange(&pool, &replica.authority).await;
+    assert!(!third.reused);
+    assert_eq!(replica.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let replica = raw_replica(false).await;
+    let kept = pool(Duration::from_secs(60));
+    exchange(&kept, &replica.authority).await.release();
+    kept.sweep();
+    assert_eq!(kept.idle_count(), 1, "well within the idle timeout");
+
+    let short = pool(Duration::from_millis(50));
+    exchange(&short, &replica.authority).await.release();
+    eventually("the sweep drops the idle connection", || {
+        short.sweep();
+        short.idle_count() == 0
+    })
+    .await;
+    eventually("the replica sees it closed", || {
+        replica.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(kept.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn connection_the_replica_closed_is_skipped() {
+    let replica = raw_replica(true).await;
+    let pool = pool(Duration::from_secs(60));
+    exchange(&pool, &replica.authority).await.release();
+    eventually("the pool notices the replica closed it", || {
+        pool.sweep();
+        pool.idle_count() == 0
+    })
+    .await;
+    let again = exchange(&pool, &replica.authority).await;
+    assert!(!again.reused);
+    assert_eq!(replica.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn nothing_listening_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let authority: Authority = listener
+        .local_addr()
+        .expect("addr")
+        .to_string()
+        .parse()
+        .expect("authority");
+    drop(listener);
+    let pool = pool(Duration::from_secs(60));
+    assert!(pool.get(&authority).await.is_err());
+    assert_eq!(pool.idle_count(), 0);
+}
