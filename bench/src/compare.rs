@@ -331,6 +331,9 @@ pub struct RoundResult {
     pub proxy_cpu_s: Option<f64>,
     /// Proxy CPU per response, microseconds.
     pub proxy_cpu_us_per_req: Option<f64>,
+    /// The kernel's share of it (stime): socket work a proxy cannot avoid.
+    #[serde(default)]
+    pub proxy_sys_us_per_req: Option<f64>,
     /// Peak RSS (VmHWM) of the proxy's serving processes, summed, KiB.
     pub proxy_peak_rss_kib: Option<u64>,
     /// Processes counted for the proxy (root and workers).
@@ -343,6 +346,11 @@ pub struct RoundResult {
 /// Sum of CPU ticks of processes; `None` when one could not be read.
 fn sum_ticks(pids: &[u32]) -> Option<u64> {
     pids.iter().map(|&pid| footprint::cpu_ticks(pid)).sum()
+}
+
+/// Sum of kernel CPU ticks of processes.
+fn sum_system_ticks(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&pid| footprint::system_ticks(pid)).sum()
 }
 
 /// Number of running processes whose name is one of `names`.
@@ -454,6 +462,7 @@ pub fn measure(args: &MeasureArgs) -> anyhow::Result<RoundResult> {
     let loadavg_before = loadavg();
     let compilers_running = count_processes(&["rustc", "cc1", "cc1plus", "ld", "cargo"]);
     let cpu_before = sum_ticks(&all);
+    let sys_before = sum_system_ticks(&all);
     let backend_before = args.backend_pid.and_then(footprint::cpu_ticks);
     let started = Instant::now();
     let mut child = cmd
@@ -476,6 +485,7 @@ pub fn measure(args: &MeasureArgs) -> anyhow::Result<RoundResult> {
     };
     let wall_s = started.elapsed().as_secs_f64();
     let cpu_after = sum_ticks(&all);
+    let sys_after = sum_system_ticks(&all);
     let backend_after = args.backend_pid.and_then(footprint::cpu_ticks);
     let peak_rss: Option<u64> = serving
         .iter()
@@ -509,6 +519,11 @@ pub fn measure(args: &MeasureArgs) -> anyhow::Result<RoundResult> {
     } else {
         cpu(cpu_before, cpu_after)
     };
+    let proxy_sys_s = if all.is_empty() {
+        None
+    } else {
+        cpu(sys_before, sys_after)
+    };
     let backend_cpu_s = cpu(backend_before, backend_after);
     let result = RoundResult {
         target: args.target.clone(),
@@ -521,6 +536,7 @@ pub fn measure(args: &MeasureArgs) -> anyhow::Result<RoundResult> {
         compilers_running,
         errors: load.non_2xx + load.socket_errors,
         proxy_cpu_us_per_req: per_req(proxy_cpu_s),
+        proxy_sys_us_per_req: per_req(proxy_sys_s),
         proxy_cpu_s,
         proxy_peak_rss_kib: if serving.is_empty() { None } else { peak_rss },
         proxy_processes: all.len(),
@@ -753,6 +769,8 @@ pub struct Summary {
     pub errors: u64,
     pub proxy_cpu_s: Option<f64>,
     pub proxy_cpu_us_per_req: Option<f64>,
+    #[serde(default)]
+    pub proxy_sys_us_per_req: Option<f64>,
     pub proxy_peak_rss_kib: Option<u64>,
     pub backend_cpu_us_per_req: Option<f64>,
 }
@@ -802,6 +820,7 @@ fn summarize(rounds: &[&RoundResult]) -> Option<Summary> {
         errors: rounds.iter().map(|r| r.errors).sum(),
         proxy_cpu_s: opt(&|r| r.proxy_cpu_s),
         proxy_cpu_us_per_req: opt(&|r| r.proxy_cpu_us_per_req),
+        proxy_sys_us_per_req: opt(&|r| r.proxy_sys_us_per_req),
         proxy_peak_rss_kib: rounds.iter().filter_map(|r| r.proxy_peak_rss_kib).max(),
         backend_cpu_us_per_req: opt(&|r| r.backend_cpu_us_per_req),
     })
@@ -1226,8 +1245,8 @@ pub fn throughput_markdown(t: &Throughput) -> String {
         t.rounds.len(),
     );
     md.push_str(
-        "| path | req/s | p50 ms | p90 ms | p99 ms | errors | proxy CPU µs/req | backend CPU µs/req | proxy peak RSS MiB |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| path | req/s | p50 ms | p90 ms | p99 ms | errors | proxy CPU µs/req | of which kernel | backend CPU µs/req | proxy peak RSS MiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for target in TARGETS {
         let Some(x) = t.summary.get(target) else {
@@ -1236,7 +1255,7 @@ pub fn throughput_markdown(t: &Throughput) -> String {
         let opt = |v: Option<f64>, d: usize| v.map_or("–".to_owned(), |v| format!("{v:.d$}"));
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
             if target == "rouse" {
                 format!("**{}**", label(target))
             } else {
@@ -1248,6 +1267,7 @@ pub fn throughput_markdown(t: &Throughput) -> String {
             x.p99_ms,
             x.errors,
             opt(x.proxy_cpu_us_per_req, 1),
+            opt(x.proxy_sys_us_per_req, 1),
             opt(x.backend_cpu_us_per_req, 1),
             opt(x.proxy_peak_rss_kib.map(mib), 1),
         );

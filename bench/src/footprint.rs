@@ -43,11 +43,22 @@ pub fn parse_stat(text: &str) -> Option<Vec<String>> {
 
 /// utime + stime of one process, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let (utime, stime) = user_system_ticks(pid)?;
+    Some(utime + stime)
+}
+
+/// stime of one process (CPU time spent in the kernel on its behalf), in
+/// clock ticks.
+pub fn system_ticks(pid: u32) -> Option<u64> {
+    Some(user_system_ticks(pid)?.1)
+}
+
+fn user_system_ticks(pid: u32) -> Option<(u64, u64)> {
     let fields = stat_fields(pid)?;
     // proc(5): utime is field 14, stime field 15; fields[0] is field 3.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// Parent pid of one process.
