@@ -5,8 +5,11 @@
 //! hop-by-hop headers are dropped both ways, `Host` is preserved, and the
 //! `X-Forwarded-*` headers are added.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -55,15 +58,18 @@ impl Forwarder {
     /// Sends `request` to the replica at `authority` and waits at most
     /// `timeout` for the response headers. The connection comes back with
     /// the response, to be released when the response body has ended.
-    pub async fn send(
-        &self,
+    ///
+    /// Not an `async fn`: that would keep a second copy of the request in
+    /// its state, and every byte of a request's future is copied when it is
+    /// boxed.
+    pub fn send<'a>(
+        &'a self,
         request: Request<OutBody>,
-        authority: &Authority,
+        authority: &'a Authority,
         timeout: Duration,
-    ) -> Result<(Response<Incoming>, Pooled), ForwardError> {
+    ) -> impl Future<Output = Result<(Response<Incoming>, Pooled), ForwardError>> + 'a {
         tokio::time::timeout(timeout, self.exchange(request, authority))
-            .await
-            .unwrap_or(Err(ForwardError::Timeout(timeout)))
+            .map(move |result| result.unwrap_or(Err(ForwardError::Timeout(timeout))))
     }
 
     async fn exchange(
@@ -82,10 +88,17 @@ impl Forwarder {
         };
         // A reused connection the replica closed just as the request went
         // out hands the request back unsent: once more on a new connection.
-        let request = match (conn.reused, err.take_message()) {
-            (true, Some(request)) => request,
-            _ => return Err(ForwardError::Failed(err.into_error())),
-        };
+        match (conn.reused, err.take_message()) {
+            (true, Some(request)) => Box::pin(self.resend(request, authority)).await,
+            _ => Err(ForwardError::Failed(err.into_error())),
+        }
+    }
+
+    async fn resend(
+        &self,
+        request: Request<OutBody>,
+        authority: &Authority,
+    ) -> Result<(Response<Incoming>, Pooled), ForwardError> {
         let mut conn = self
             .pool
             .connect_new(authority)

@@ -114,7 +114,9 @@ impl Pool {
                 return Ok(self.lend(sender, authority, true));
             }
         }
-        let sender = self.connect(authority).await?;
+        // Boxed: connecting is the rare case, and its state would otherwise
+        // be part of (and copied with) every request's future.
+        let sender = Box::pin(self.connect(authority)).await?;
         Ok(self.lend(sender, authority, false))
     }
 
@@ -124,7 +126,7 @@ impl Pool {
         self: &Arc<Self>,
         authority: &Authority,
     ) -> Result<Pooled, ConnectError> {
-        let sender = self.connect(authority).await?;
+        let sender = Box::pin(self.connect(authority)).await?;
         Ok(self.lend(sender, authority, false))
     }
 
