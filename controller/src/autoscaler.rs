@@ -233,7 +233,7 @@ impl Autoscaler {
     fn update_panic(&mut self, now: Instant, panic_need: u32, current: u32) {
         let threshold = self.config.panic_threshold * f64::from(current.max(1));
         if current > 0 && f64::from(panic_need) >= threshold {
-            self.panic_until = Some(now + self.config.panic_window);
+            self.panic_until = Some(now + self.config.panic_window());
         } else if self.panic_until.is_some_and(|until| now >= until) {
             self.panic_until = None;
         }
@@ -276,7 +276,7 @@ impl Autoscaler {
 
     fn needs(&self, now: Instant, observation: &Observation) -> Needs {
         let (stable_concurrency, stable_rate) = self.average(now, self.config.stable_window);
-        let (panic_concurrency, panic_rate) = self.average(now, self.config.panic_window);
+        let (panic_concurrency, panic_rate) = self.average(now, self.config.panic_window());
         Needs {
             stable: self.need(stable_concurrency, stable_rate),
             panic: self.need(panic_concurrency, panic_rate),

@@ -290,8 +290,11 @@ pub struct ScalingConfig {
     #[serde(default = "defaults::stable_window", with = "humantime_serde")]
     pub stable_window: Duration,
     /// Concurrency is averaged over this shorter window to react to bursts.
-    #[serde(default = "defaults::panic_window", with = "humantime_serde")]
-    pub panic_window: Duration,
+    /// Unset: a tenth of `stable_window` (6s with the defaults), as
+    /// Knative's panic-window percentage; read it with
+    /// [`ScalingConfig::panic_window`].
+    #[serde(default, rename = "panic_window", with = "humantime_serde")]
+    pub panic_window_setting: Option<Duration>,
     /// Panic (scale up at once, no scale-down) when the panic-window need
     /// reaches this multiple of the current replicas.
     #[serde(default = "defaults::panic_threshold")]
@@ -308,6 +311,14 @@ pub struct ScalingConfig {
     pub container_concurrency: u32,
 }
 
+impl ScalingConfig {
+    /// The panic window: as configured, else a tenth of the stable window.
+    pub fn panic_window(&self) -> Duration {
+        self.panic_window_setting
+            .unwrap_or(self.stable_window / defaults::PANIC_WINDOW_DIVISOR)
+    }
+}
+
 impl Default for ScalingConfig {
     fn default() -> Self {
         Self {
@@ -318,7 +329,7 @@ impl Default for ScalingConfig {
             scale_to_zero_after: defaults::scale_to_zero_after(),
             drain_timeout: defaults::drain_timeout(),
             stable_window: defaults::stable_window(),
-            panic_window: defaults::panic_window(),
+            panic_window_setting: None,
             panic_threshold: defaults::panic_threshold(),
             max_scale_down_rate: defaults::max_scale_down_rate(),
             scale_down_step: defaults::scale_down_step(),
@@ -442,9 +453,8 @@ mod defaults {
     pub fn stable_window() -> Duration {
         Duration::from_secs(60)
     }
-    pub fn panic_window() -> Duration {
-        Duration::from_secs(6)
-    }
+    /// The panic window is this fraction of the stable window by default.
+    pub const PANIC_WINDOW_DIVISOR: u32 = 10;
     pub fn panic_threshold() -> f64 {
         2.0
     }

@@ -118,3 +118,36 @@ fn absurd_values_are_rejected() {
         "{keys:?}"
     );
 }
+
+#[test]
+fn panic_window_defaults_to_a_tenth_of_the_stable_window() {
+    let config = Config::parse(Path::new("rouse.yaml"), VALID).expect("valid");
+    let scaling = &config.service("echo").expect("echo").scaling;
+    assert_eq!(scaling.panic_window(), Duration::from_secs(6));
+
+    // A short stable window alone is valid: the panic window follows it.
+    let short = VALID.replace(
+        "max_replicas: 3",
+        "max_replicas: 3\n      stable_window: 1s",
+    );
+    let config = Config::parse(Path::new("rouse.yaml"), &short).expect("valid");
+    let scaling = &config.service("echo").expect("echo").scaling;
+    assert_eq!(scaling.panic_window(), Duration::from_millis(100));
+
+    // Set explicitly, it is taken as is, and must fit the stable window.
+    let set = short.replace(
+        "stable_window: 1s",
+        "stable_window: 1s\n      panic_window: 300ms",
+    );
+    let config = Config::parse(Path::new("rouse.yaml"), &set).expect("valid");
+    let scaling = &config.service("echo").expect("echo").scaling;
+    assert_eq!(scaling.panic_window(), Duration::from_millis(300));
+    let too_long = short.replace(
+        "stable_window: 1s",
+        "stable_window: 1s\n      panic_window: 2s",
+    );
+    let found = issues(&too_long);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "services[0].scaling.panic_window");
+    assert_eq!(found[0].line, Some(16));
+}

@@ -143,7 +143,7 @@ fn check_service(at: &str, service: &ServiceConfig, problems: &mut Problems) {
         ),
         (format!("{at}.scaling.drain_timeout"), scaling.drain_timeout),
         (format!("{at}.scaling.stable_window"), scaling.stable_window),
-        (format!("{at}.scaling.panic_window"), scaling.panic_window),
+        (format!("{at}.scaling.panic_window"), scaling.panic_window()),
         (
             format!("{at}.scaling.scale_down_step"),
             scaling.scale_down_step,
@@ -306,7 +306,7 @@ fn check_scaling(at: &str, service: &ServiceConfig, problems: &mut Problems) {
             "must be a number above 1".into(),
         ));
     }
-    if scaling.panic_window.is_zero() || scaling.panic_window > scaling.stable_window {
+    if scaling.panic_window().is_zero() || scaling.panic_window() > scaling.stable_window {
         problems.push((
             format!("{at}.scaling.panic_window"),
             "must be above 0 and at most stable_window".into(),
