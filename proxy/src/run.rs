@@ -202,3 +202,39 @@ fn default_proxy_id() -> String {
         .unwrap_or_else(|| "proxy".into());
     format!("{host}-{}", std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> std::net::SocketAddr {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr")
+    }
+
+    #[tokio::test]
+    async fn one_listener_per_thread_on_one_port_and_the_port_stays_ours() {
+        let addr = free_port();
+        let listeners = bind_data(addr, 3).expect("bind");
+        assert_eq!(listeners.len(), 3);
+        for listener in &listeners {
+            assert_eq!(listener.local_addr().expect("addr"), addr);
+        }
+        // Between them the listeners accept every connection (the kernel
+        // picks one per connection).
+        let clients: Vec<_> = (0..30)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut accepted = 0;
+        for listener in &listeners {
+            listener.set_nonblocking(true).expect("nonblocking");
+            while listener.accept().is_ok() {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, clients.len());
+        // A second proxy on the same port is refused, not silently let in.
+        assert!(bind_data(addr, 1).is_err());
+        assert!(std::net::TcpListener::bind(addr).is_err());
+    }
+}
