@@ -1,0 +1,49 @@
+//! The benchmark scripts generate their own configs; a config change that
+//! makes one invalid must fail the tests, not the next person who runs a
+//! benchmark (it happened: a stricter panic-window check broke
+//! `bench/coldstart` unseen). Each script in its `ROUSE_BENCH_CHECK_CONFIG`
+//! mode writes every config it would run and validates it with
+//! `rouse-controller --check`, starting nothing and building nothing.
+
+use std::process::Command;
+
+use rouse_e2e::bin;
+use rouse_e2e::bins::workspace_root;
+
+fn check_script(script: &str, parts: &[&str]) {
+    let controller = bin("rouse-controller");
+    let bin_dir = controller.parent().expect("binary directory");
+    let output = Command::new(workspace_root().join("bench").join(script))
+        .env("ROUSE_BENCH_CHECK_CONFIG", "1")
+        .env("ROUSE_BENCH_BIN", bin_dir)
+        .output()
+        .unwrap_or_else(|err| panic!("running bench/{script}: {err}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench/{script} rejected its own config:\n{stdout}\n{stderr}"
+    );
+    for part in parts {
+        let said = format!("the generated {part}config is valid");
+        assert!(
+            stdout.contains(&said),
+            "bench/{script}: no `{said}` in\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn cold_start_benchmark_config_is_valid() {
+    check_script("coldstart", &[""]);
+}
+
+#[test]
+fn load_step_benchmark_config_is_valid() {
+    check_script("step", &[""]);
+}
+
+#[test]
+fn comparison_benchmark_configs_are_valid() {
+    check_script("run", &["throughput ", "burst ", "footprint "]);
+}
