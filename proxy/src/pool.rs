@@ -85,14 +85,36 @@ impl std::fmt::Debug for Pooled {
 
 impl Pooled {
     /// Back to the pool for the next request to this replica.
+    ///
+    /// Nearly always the connection is ready again at once: the replica's
+    /// connection task marks it so in the same poll that ends the response.
+    /// It is not when the request is still being sent, e.g. a client still
+    /// uploading a body the replica answered early; then it waits apart
+    /// (bounded by the idle timeout), so that no other request queues behind
+    /// that upload.
     pub fn release(self) {
         let Pooled {
-            sender,
+            mut sender,
             authority,
             pool,
             ..
         } = self;
-        pool.put(authority, sender);
+        if sender.is_ready() {
+            pool.put(authority, sender);
+            return;
+        }
+        if sender.is_closed() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let timeout = pool.settings.idle_timeout;
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(timeout, sender.ready()).await {
+                pool.put(authority, sender);
+            }
+        });
     }
 }
 
@@ -108,8 +130,8 @@ impl Pool {
     /// still open and ready, else a new one.
     pub async fn get(self: &Arc<Self>, authority: &Authority) -> Result<Pooled, ConnectError> {
         while let Some(mut sender) = self.take_idle(authority) {
-            // Nearly always ready already: the replica's connection task
-            // marks it so in the same poll that ends the previous response.
+            // Pooled only when ready; this fails for a connection the
+            // replica has closed since.
             if sender.ready().await.is_ok() {
                 return Ok(self.lend(sender, authority, true));
             }

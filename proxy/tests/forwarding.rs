@@ -18,7 +18,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -33,6 +34,8 @@ use rouse_proxy::route::Routes;
 use rouse_proxy::server;
 use rouse_proxy::service::Service;
 use tokio::net::TcpListener;
+
+mod common;
 
 /// A replica that echoes POST bodies, sleeps on `/slow`, and counts requests.
 async fn replica() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -296,4 +299,46 @@ async fn replica_closing_every_connection_costs_no_request() {
     }
     assert_eq!(hits.load(Ordering::SeqCst), 10);
     assert_eq!(connections.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn an_upload_answered_early_holds_up_no_other_request() {
+    let harness = start_proxy().await;
+    let replica = common::raw_replica(false).await;
+    let addr: SocketAddr = replica.authority.as_str().parse().expect("addr");
+    set_endpoints(&harness.service, 1, &[addr]);
+
+    // An upload the replica answers after its head: the response ends while
+    // the proxy is still sending the body on that replica connection.
+    let (mut chunks, body) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let upload = Request::post(format!("http://{}/upload", harness.addr))
+        .header("host", "app.test")
+        .body(StreamBody::new(body))
+        .expect("request");
+    chunks
+        .try_send(Ok(Frame::data(Bytes::from_static(b"xxxx"))))
+        .expect("first chunk");
+    let response = client.request(upload).await.expect("proxy answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = response.into_body().collect().await.expect("body");
+
+    // With the upload still open, another request goes through at once
+    // (the proxy's response timeout is 1 s: waiting behind the upload
+    // would make it a 504).
+    for i in 0..3 {
+        let (status, _, body) = send(harness.addr, "app.test", "GET", "/", "").await;
+        assert_eq!(status, StatusCode::OK, "request {i} during the upload");
+        assert_eq!(body, "ok");
+    }
+    assert_eq!(replica.accepted.load(Ordering::SeqCst), 2);
+
+    // Once the upload is done its connection is good for reuse again.
+    drop(chunks);
+    let mut waited = 0;
+    while harness.pool.idle_count() < 2 {
+        assert!(waited < 500, "the upload's connection never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
 }

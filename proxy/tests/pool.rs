@@ -2,7 +2,7 @@
 //! released connection is reused, an unreleased one never is, idle ones are
 //! closed after the idle timeout, and one the replica closed is skipped.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,64 +11,9 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use rouse_proxy::body::OutBody;
 use rouse_proxy::pool::{Pool, PoolSettings, Pooled};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-/// A minimal HTTP/1.1 replica: answers every request head with a 2-byte
-/// body. With `close_after_response` it closes the connection right after
-/// the response, without announcing it (as a replica's idle timeout does).
-/// Counts accepted and ended connections.
-struct RawReplica {
-    authority: Authority,
-    accepted: Arc<AtomicUsize>,
-    ended: Arc<AtomicUsize>,
-}
-
-async fn raw_replica(close_after_response: bool) -> RawReplica {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let authority: Authority = listener
-        .local_addr()
-        .expect("addr")
-        .to_string()
-        .parse()
-        .expect("authority");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let ended = Arc::new(AtomicUsize::new(0));
-    let (accepts, ends) = (Arc::clone(&accepted), Arc::clone(&ended));
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            accepts.fetch_add(1, Ordering::SeqCst);
-            let ends = Arc::clone(&ends);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if stream.write_all(response).await.is_err() {
-                            break;
-                        }
-                    }
-                    if close_after_response {
-                        break;
-                    }
-                }
-                drop(stream);
-                ends.fetch_add(1, Ordering::SeqCst);
-            });
-        }
-    });
-    RawReplica {
-        authority,
-        accepted,
-        ended,
-    }
-}
+mod common;
+use common::raw_replica;
 
 fn pool(idle_timeout: Duration) -> Arc<Pool> {
     Pool::new(PoolSettings {
