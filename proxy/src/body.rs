@@ -114,8 +114,6 @@ pub enum ProxyBody {
         conn: Option<Pooled>,
         /// Dropped when the body ends or the client goes away.
         completion: Option<Completion>,
-        /// The replica's body yielded its end.
-        ended: bool,
     },
     Local(Option<Bytes>),
 }
@@ -138,17 +136,24 @@ impl Drop for ProxyBody {
             body,
             conn,
             completion,
-            ended,
         } = self
         {
-            if let Some(conn) = conn.take() {
-                if *ended || body.is_end_stream() {
-                    conn.release();
-                }
-            }
-            completion.take();
+            finish_upstream(conn, completion, body.is_end_stream());
         }
     }
+}
+
+/// The replica's response is over: its connection goes back to the pool if
+/// the body ended (closed otherwise), and the request counts as finished.
+/// The connection first: a request waiting for this request's slot may then
+/// reuse it.
+fn finish_upstream(conn: &mut Option<Pooled>, completion: &mut Option<Completion>, ended: bool) {
+    if let Some(conn) = conn.take() {
+        if ended {
+            conn.release();
+        }
+    }
+    completion.take();
 }
 
 impl Body for ProxyBody {
@@ -164,17 +169,10 @@ impl Body for ProxyBody {
                 body,
                 conn,
                 completion,
-                ended,
             } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(None) = polled {
-                    *ended = true;
-                    // The connection first: a request waiting for this
-                    // request's slot may then reuse it.
-                    if let Some(conn) = conn.take() {
-                        conn.release();
-                    }
-                    completion.take();
+                    finish_upstream(conn, completion, true);
                 }
                 polled
             }

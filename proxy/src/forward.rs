@@ -74,7 +74,7 @@ impl Forwarder {
 
     async fn exchange(
         &self,
-        request: Request<OutBody>,
+        mut request: Request<OutBody>,
         authority: &Authority,
     ) -> Result<(Response<Incoming>, Pooled), ForwardError> {
         let mut conn = self
@@ -82,31 +82,23 @@ impl Forwarder {
             .get(authority)
             .await
             .map_err(ForwardError::Connect)?;
-        let mut err = match conn.sender.try_send_request(request).await {
-            Ok(response) => return Ok((response, conn)),
-            Err(err) => err,
-        };
-        // A reused connection the replica closed just as the request went
-        // out hands the request back unsent: once more on a new connection.
-        match (conn.reused, err.take_message()) {
-            (true, Some(request)) => Box::pin(self.resend(request, authority)).await,
-            _ => Err(ForwardError::Failed(err.into_error())),
-        }
-    }
-
-    async fn resend(
-        &self,
-        request: Request<OutBody>,
-        authority: &Authority,
-    ) -> Result<(Response<Incoming>, Pooled), ForwardError> {
-        let mut conn = self
-            .pool
-            .connect_new(authority)
-            .await
-            .map_err(ForwardError::Connect)?;
-        match conn.sender.try_send_request(request).await {
-            Ok(response) => Ok((response, conn)),
-            Err(err) => Err(ForwardError::Failed(err.into_error())),
+        loop {
+            let mut err = match conn.sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, conn)),
+                Err(err) => err,
+            };
+            // A reused connection the replica closed just as the request
+            // went out hands the request back unsent: once more on a new
+            // connection (which is not reused, so this happens once at most).
+            request = match (conn.reused, err.take_message()) {
+                (true, Some(unsent)) => unsent,
+                _ => return Err(ForwardError::Failed(err.into_error())),
+            };
+            conn = self
+                .pool
+                .connect_new(authority)
+                .await
+                .map_err(ForwardError::Connect)?;
         }
     }
 }

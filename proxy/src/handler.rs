@@ -387,7 +387,6 @@ fn finish(
             body,
             conn: Some(conn),
             completion: Some(completion),
-            ended: false,
         },
     )
 }

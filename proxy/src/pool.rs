@@ -136,10 +136,7 @@ impl Pool {
                 return Ok(self.lend(sender, authority, true));
             }
         }
-        // Boxed: connecting is the rare case, and its state would otherwise
-        // be part of (and copied with) every request's future.
-        let sender = Box::pin(self.connect(authority)).await?;
-        Ok(self.lend(sender, authority, false))
+        self.connect_new(authority).await
     }
 
     /// A new connection to `authority`, bypassing the idle ones (for a
@@ -148,6 +145,8 @@ impl Pool {
         self: &Arc<Self>,
         authority: &Authority,
     ) -> Result<Pooled, ConnectError> {
+        // Boxed: connecting is the rare case, and its state would otherwise
+        // be part of (and copied with) every request's future.
         let sender = Box::pin(self.connect(authority)).await?;
         Ok(self.lend(sender, authority, false))
     }
