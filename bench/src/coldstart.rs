@@ -606,8 +606,8 @@ async fn measure(args: &Args, controller: &Controller, cycle: &mut Cycle) -> any
 
 // --- the whole run -------------------------------------------------------------
 
-/// Where the benchmark ran.
-#[derive(Debug, Clone, Serialize)]
+/// Where a benchmark ran.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,

@@ -255,35 +255,8 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Where a benchmark ran.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Machine {
-    pub nproc: usize,
-    pub cpu_model: String,
-    pub kernel: String,
-    /// RFC 3339, UTC, to the second.
-    pub date: String,
-}
-
-impl Machine {
-    pub fn detect() -> Self {
-        let nproc = std::thread::available_parallelism().map_or(0, usize::from);
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|text| crate::coldstart::cpu_model(&text))
-            .unwrap_or_else(|| "unknown".into());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into());
-        let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        Self {
-            nproc,
-            cpu_model,
-            kernel,
-            date,
-        }
-    }
-}
+/// Where a benchmark ran (the same record as the cold-start benchmark's).
+pub use crate::coldstart::Machine;
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
