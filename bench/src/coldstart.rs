@@ -636,6 +636,42 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// [`Machine::detect`], printed on one line under a result table.
+    pub fn detect_and_print() -> Self {
+        let machine = Self::detect();
+        println!(
+            "machine: {} cpus, {}, kernel {}, {}",
+            machine.nproc, machine.cpu_model, machine.kernel, machine.date
+        );
+        machine
+    }
+}
+
+/// Runs `measure` for 1..=`count`, printing each result's table row as it
+/// comes. Stops at the first error, returned as the reason the run was cut
+/// short, with the results so far.
+pub async fn measure_each<T, Fut>(
+    count: u32,
+    mut measure: impl FnMut(u32) -> Fut,
+    row: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>)
+where
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut results = Vec::new();
+    for n in 1..=count {
+        match measure(n).await {
+            Ok(result) => {
+                println!("{}", row(&result));
+                results.push(result);
+            }
+            Err(err) => return (results, Some(format!("{err:#}"))),
+        }
+    }
+    (results, None)
+}
+
 /// The `model name` of the first CPU in `/proc/cpuinfo`.
 pub fn cpu_model(cpuinfo: &str) -> Option<String> {
     cpuinfo.lines().find_map(|line| {
@@ -699,29 +735,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     );
     println!("{}", table_header());
 
-    let mut cycles = Vec::new();
-    let mut aborted = None;
-    for n in 1..=args.cycles {
-        match run_cycle(&args, &controller, n).await {
-            Ok(cycle) => {
-                println!("{}", table_row(&cycle));
-                cycles.push(cycle);
-            }
-            Err(err) => {
-                aborted = Some(format!("{err:#}"));
-                break;
-            }
-        }
-    }
+    let (cycles, aborted) =
+        measure_each(args.cycles, |n| run_cycle(&args, &controller, n), table_row).await;
 
     let report = Report::of(&cycles);
     println!();
     print!("{}", report.render());
-    let machine = Machine::detect();
-    println!(
-        "machine: {} cpus, {}, kernel {}, {}",
-        machine.nproc, machine.cpu_model, machine.kernel, machine.date
-    );
+    let machine = Machine::detect_and_print();
     if let Some(path) = &args.json {
         let output = Output {
             benchmark: "coldstart",

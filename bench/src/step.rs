@@ -49,8 +49,8 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 
 use crate::coldstart::{
-    micros_between, now_us, summarize, write_json, Controller, Machine, ScaleEvent, ServiceStatus,
-    Summary,
+    measure_each, micros_between, now_us, summarize, write_json, Controller, Machine, ScaleEvent,
+    ServiceStatus, Summary,
 };
 
 /// Interval between two polls while a step is being measured.
@@ -770,29 +770,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     );
     println!("{}", table_header());
 
-    let mut runs = Vec::new();
-    let mut aborted = None;
-    for n in 1..=args.runs {
-        match run_step(&args, &controller, n).await {
-            Ok(run) => {
-                println!("{}", table_row(&run));
-                runs.push(run);
-            }
-            Err(err) => {
-                aborted = Some(format!("{err:#}"));
-                break;
-            }
-        }
-    }
+    let (runs, aborted) =
+        measure_each(args.runs, |n| run_step(&args, &controller, n), table_row).await;
 
     let report = Report::of(&runs);
     println!();
     print!("{}", report.render());
-    let machine = Machine::detect();
-    println!(
-        "machine: {} cpus, {}, kernel {}, {}",
-        machine.nproc, machine.cpu_model, machine.kernel, machine.date
-    );
+    let machine = Machine::detect_and_print();
     if let Some(path) = &args.json {
         let output = Output {
             benchmark: "step",
