@@ -54,7 +54,11 @@ pub fn system_ticks(pid: u32) -> Option<u64> {
 }
 
 fn user_system_ticks(pid: u32) -> Option<(u64, u64)> {
-    let fields = stat_fields(pid)?;
+    user_system_of(&stat_fields(pid)?)
+}
+
+/// (utime, stime) from the fields [`parse_stat`] returns.
+fn user_system_of(fields: &[String]) -> Option<(u64, u64)> {
     // proc(5): utime is field 14, stime field 15; fields[0] is field 3.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
@@ -161,6 +165,7 @@ mod tests {
         assert_eq!(fields[1], "1");
         assert_eq!(fields[11], "250");
         assert_eq!(fields[12], "75");
+        assert_eq!(user_system_of(&fields), Some((250, 75)));
     }
 
     #[test]

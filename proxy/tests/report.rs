@@ -168,7 +168,6 @@ async fn traffic_on_an_idle_service_and_a_surge_are_reported_at_once() {
         }
     };
     assert!(surge.seq > busy.seq);
-    assert!(surge.interval_ms < 20_000, "{surge:?}");
 
     open_tx.send(true).expect("open the gate");
     for request in pending {
