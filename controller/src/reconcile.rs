@@ -582,9 +582,9 @@ impl ServiceLoop {
     }
 
     fn note_start_failure(&mut self, now: Instant) {
+        let delay = rouse_nats::backoff::RESTART.nth(self.start_failures as usize);
         self.start_failures += 1;
-        let backoff = Duration::from_millis(500) * 2u32.saturating_pow(self.start_failures.min(6));
-        self.retry_at = Some(now + backoff.min(Duration::from_secs(30)));
+        self.retry_at = Some(now + delay);
     }
 
     fn backend_error(&mut self, message: String) {

@@ -132,7 +132,7 @@ async fn intake_forever(
     inboxes: Arc<HashMap<String, Arc<Inbox>>>,
     metrics: Arc<ControllerMetrics>,
 ) {
-    let mut backoff = Duration::from_millis(250);
+    let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();
     loop {
         let result = intake::run(
             client.clone(),
@@ -147,8 +147,7 @@ async fn intake_forever(
                 tracing::error!(error = %err, "cannot subscribe to proxy reports; retrying")
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(delays.next().unwrap_or_default()).await;
     }
 }
 

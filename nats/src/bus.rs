@@ -35,11 +35,9 @@ pub enum BusError {
     },
 }
 
-/// Backoff between reconnect attempts: 100 ms doubling to 2 s, with jitter so
-/// many proxies do not reconnect in lockstep.
+/// Delay before reconnect attempt `attempt` (async-nats counts from 1).
 fn reconnect_delay(attempt: usize) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2_000);
-    Duration::from_millis(base + fastrand::u64(0..=base / 5))
+    crate::backoff::RECONNECT.nth(attempt.saturating_sub(1))
 }
 
 /// A NATS client and a counter of its (re)connections.

@@ -2,11 +2,13 @@
 //! controller (subjects, message types, the KV bucket and the events stream,
 //! how to connect) and the configuration file both of them read.
 
+pub mod backoff;
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod messages;
 pub mod process;
+pub mod runtime;
 pub mod subjects;
 
 pub use config::Config;

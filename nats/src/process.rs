@@ -1,5 +1,5 @@
-//! Process plumbing both binaries share: the runtime and exit code of
-//! `main`, SIGTERM/SIGINT, and the admin HTTP server's accept loop (each
+//! Process plumbing both binaries share: `main` (config, logging, runtime),
+//! SIGTERM/SIGINT, and the admin HTTP server's accept loop (each
 //! binary supplies its own routes).
 
 use std::convert::Infallible;
@@ -35,35 +35,12 @@ where
         crate::cli::Loaded::Exit(code) => return code,
     };
     crate::cli::init_logging(args.log_format);
-    run_main(name, worker_threads, app(*config))
-}
-
-/// Runs `app` on a multi-threaded runtime (`worker_threads` or one per
-/// core) and turns its outcome into the process exit code.
-pub fn run_main<F>(name: &str, worker_threads: Option<usize>, app: F) -> ExitCode
-where
-    F: Future<Output = anyhow::Result<()>>,
-{
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(threads) = worker_threads {
-        builder.worker_threads(threads);
-    }
-    let runtime = match builder.build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("{name}: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(app) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            eprintln!("{name}: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::runtime::run(
+        name,
+        crate::runtime::Threads::Pool(worker_threads),
+        None,
+        app(*config),
+    )
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
@@ -57,7 +56,7 @@ impl EndpointWatcher {
     /// Runs sessions for as long as the process lives.
     pub async fn run(self) {
         let mut connects = self.bus.connects.clone();
-        let mut backoff = Duration::from_millis(250);
+        let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();
         loop {
             if *connects.borrow_and_update() == 0 && connects.changed().await.is_err() {
                 return;
@@ -65,12 +64,12 @@ impl EndpointWatcher {
             match self.session(&mut connects).await {
                 Ok(()) => {
                     tracing::info!("endpoint watch restarting after NATS reconnect");
-                    backoff = Duration::from_millis(250);
+                    delays.reset();
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, ?backoff, "endpoint watch failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let delay = delays.next().unwrap_or_default();
+                    tracing::warn!(error = %err, ?delay, "endpoint watch failed; retrying");
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

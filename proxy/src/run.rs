@@ -137,9 +137,7 @@ fn spawn_data_thread(
     std::thread::Builder::new()
         .name(format!("rouse-data-{index}"))
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let runtime = rouse_nats::runtime::build(rouse_nats::runtime::Threads::Current);
             match runtime {
                 Ok(runtime) => runtime.block_on(async move {
                     match TcpListener::from_std(listener) {

@@ -4,7 +4,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rouse_bench::coldstart::{self, Args};
+use rouse_nats::runtime::Threads;
 
 fn main() -> ExitCode {
-    rouse_bench::run_single_threaded("rouse-coldstart", coldstart::run(Args::parse()))
+    // One thread: the client adds as little scheduling noise as it can to
+    // what it measures.
+    rouse_nats::runtime::run(
+        "rouse-coldstart",
+        Threads::Current,
+        None,
+        coldstart::run(Args::parse()),
+    )
 }

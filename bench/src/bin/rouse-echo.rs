@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use rouse_bench::echo::{self, Args};
+use rouse_nats::runtime::Threads;
 use tracing_subscriber::EnvFilter;
 
 /// How long leftover background work (e.g. a `/cpu` burn that outlived the
@@ -20,23 +21,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("rouse-echo: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(echo::run(args));
-    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("rouse-echo: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    rouse_nats::runtime::run(
+        "rouse-echo",
+        Threads::Pool(None),
+        Some(RUNTIME_SHUTDOWN),
+        echo::run(args),
+    )
 }

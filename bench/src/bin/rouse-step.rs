@@ -5,7 +5,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rouse_bench::step::{self, Args};
+use rouse_nats::runtime::Threads;
 
 fn main() -> ExitCode {
-    rouse_bench::run_single_threaded("rouse-step", step::run(Args::parse()))
+    // One thread: the client adds as little scheduling noise as it can to
+    // what it measures.
+    rouse_nats::runtime::run(
+        "rouse-step",
+        Threads::Current,
+        None,
+        step::run(Args::parse()),
+    )
 }
