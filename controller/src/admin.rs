@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use rouse_nats::process;
+use rouse_nats::admin;
 use tokio::net::TcpListener;
 
 use crate::metrics::ControllerMetrics;
@@ -19,7 +19,7 @@ pub struct AdminState {
 
 /// Serves admin requests until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    process::serve_admin(
+    admin::serve(
         listener,
         Arc::new(move |request: &Request<Incoming>| route(&state, request)),
     )
@@ -28,26 +28,13 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
 
 fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     match request.uri().path() {
-        "/metrics" => respond(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode(),
-        ),
-        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/api/v1/services" => respond(
+        "/metrics" => admin::metrics(&state.metrics.registry),
+        "/healthz" => admin::text(StatusCode::OK, "ok\n"),
+        "/api/v1/services" => admin::respond(
             StatusCode::OK,
             "application/json",
             status::render(&state.status),
         ),
-        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        _ => admin::text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
 }

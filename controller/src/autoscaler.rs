@@ -141,10 +141,6 @@ impl Autoscaler {
         }
     }
 
-    pub fn config(&self) -> &ScalingConfig {
-        &self.config
-    }
-
     /// Whether the last decision found the service in panic mode.
     pub fn panicking(&self, now: Instant) -> bool {
         self.panic_until.is_some_and(|until| now < until)

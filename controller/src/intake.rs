@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::{Client, Message};
 use futures::StreamExt;
@@ -52,14 +52,14 @@ pub async fn run(
         tokio::select! {
             Some(message) = wakes.next() => {
                 let outcome = dispatch::<Wake>(&subjects, &inboxes, &message, |inbox, wake| {
-                    inbox.observations().record_wake(&wake, Instant::now());
+                    inbox.observations().record_wake(&wake, crate::reconcile::now());
                     tracing::info!(service = %wake.service, proxy = %wake.proxy, held = wake.held, "wake");
                 });
                 count_rejection(outcome, &message, &metrics);
             }
             Some(message) = loads.next() => {
                 let outcome = dispatch::<Load>(&subjects, &inboxes, &message, |inbox, load| {
-                    inbox.observations().record_load(load, Instant::now());
+                    inbox.observations().record_load(load, crate::reconcile::now());
                 });
                 count_rejection(outcome, &message, &metrics);
             }

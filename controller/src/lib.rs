@@ -1,18 +1,25 @@
 //! rouse-controller: turns the proxies' load reports into replica counts and
 //! drives a backend.
 //!
-//! [`intake`] receives reports into per-service [`observations`]; the pure
-//! [`autoscaler`] decides; [`reconcile`] acts through a [`backend`], probes
-//! readiness ([`probe`]) and writes endpoint sets to NATS KV; [`admin`]
-//! serves metrics and [`status`].
+//! In the order a report flows through it:
+//! 1. [`intake`] receives `wake` and `load` messages into each service's
+//!    [`observations`] (the sum over live proxies);
+//! 2. [`autoscaler`] (pure, fake-clock tested) turns them into a count;
+//! 3. [`reconcile`] acts on it through a [`backend`], probes readiness
+//!    ([`probe`]) and publishes the endpoint set and `scaled` events;
+//! 4. [`status`] and [`metrics`] record the outcome, served by [`admin`].
+//!
+//! [`run`] assembles them into the running controller.
 
-pub mod admin;
+mod admin;
 pub mod autoscaler;
-pub mod backend;
-pub mod intake;
-pub mod metrics;
-pub mod observations;
-pub mod probe;
-pub mod reconcile;
-pub mod run;
-pub mod status;
+mod backend;
+mod intake;
+mod metrics;
+mod observations;
+mod probe;
+mod reconcile;
+mod run;
+mod status;
+
+pub use run::run;

@@ -23,6 +23,6 @@ fn main() -> ExitCode {
         "rouse-controller",
         &args.common,
         None,
-        rouse_controller::run::run,
+        rouse_controller::run,
     )
 }

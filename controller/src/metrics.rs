@@ -7,11 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabel {
-    pub service: String,
-}
+use rouse_nats::admin::ServiceLabel;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScaleLabel {
@@ -93,16 +89,6 @@ impl ControllerMetrics {
     }
 
     pub fn label(service: &str) -> ServiceLabel {
-        ServiceLabel {
-            service: service.to_string(),
-        }
-    }
-
-    pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        ServiceLabel::new(service)
     }
 }

@@ -15,6 +15,20 @@ use hyper_util::rt::TokioIo;
 use rouse_nats::config::Probe;
 use tokio::net::TcpStream;
 
+/// Asks whether a replica can take traffic. The real one is the service's
+/// configured [`Probe`]; the reconcile loop's tests use a scripted one.
+#[async_trait::async_trait]
+pub trait Prober: Send + Sync {
+    async fn ready(&self, addr: &str) -> bool;
+}
+
+#[async_trait::async_trait]
+impl Prober for Probe {
+    async fn ready(&self, addr: &str) -> bool {
+        probe(self, addr).await
+    }
+}
+
 /// Time one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 

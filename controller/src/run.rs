@@ -14,11 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::backend::process::ProcessBackend;
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, ProcessBackend};
 use crate::intake::{self, Inbox};
 use crate::metrics::ControllerMetrics;
-use crate::reconcile::{ServiceLoop, Wiring};
+use crate::reconcile::{NatsPublisher, Publisher, ServiceLoop, Wiring};
 use crate::status::StatusBoard;
 
 /// How long stopping replicas may take on SIGTERM before the process exits anyway.
@@ -30,7 +29,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let status = Arc::new(StatusBoard::new());
     let subjects = Subjects::new(config.nats.prefix.clone());
 
-    let mut backends: Vec<(Arc<dyn Backend>, &'static str)> = Vec::new();
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
     for service in &config.services {
         backends.push(
             build_backend(service, &config).with_context(|| format!("service {}", service.name))?,
@@ -77,19 +76,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let publisher: Arc<dyn Publisher> =
+        Arc::new(NatsPublisher::new(bus.client.clone(), subjects.clone()));
     let mut loops = Vec::new();
-    for (service, (backend, kind)) in config.services.iter().zip(backends) {
+    for (service, backend) in config.services.iter().zip(backends) {
         let inbox = Arc::clone(&inboxes[&service.name]);
         let wiring = Wiring {
-            client: bus.client.clone(),
-            subjects: subjects.clone(),
+            publisher: Arc::clone(&publisher),
+            prober: Arc::new(service.readiness.probe()),
             status: Arc::clone(&status),
             metrics: Arc::clone(&metrics),
             tick: config.controller.tick,
             shutdown: shutdown_rx.clone(),
             on_shutdown: config.controller.on_shutdown,
         };
-        let service_loop = ServiceLoop::new(service.clone(), kind, backend, inbox, wiring);
+        let service_loop = ServiceLoop::new(service.clone(), backend, inbox, wiring);
         loops.push(tokio::spawn(service_loop.run()));
     }
 
@@ -151,18 +152,18 @@ async fn intake_forever(
     }
 }
 
+/// The backend a service's config names. Validation admits only built
+/// backends, so anything else here is a config that bypassed it.
 fn build_backend(
     service: &rouse_nats::config::ServiceConfig,
     config: &Config,
-) -> Result<(Arc<dyn Backend>, &'static str), BackendError> {
+) -> anyhow::Result<Arc<dyn Backend>> {
     match service.backend.selected() {
         Some(BackendSpec::Process(process)) => {
             let backend =
                 ProcessBackend::new(&service.name, process.clone(), &config.controller.state_dir)?;
-            Ok((Arc::new(backend), "process"))
+            Ok(Arc::new(backend))
         }
-        Some(BackendSpec::Docker(_)) => Err(BackendError::Unsupported("docker")),
-        Some(BackendSpec::Kubernetes(_)) => Err(BackendError::Unsupported("kubernetes")),
-        None => Err(BackendError::Unsupported("unconfigured")),
+        _ => anyhow::bail!("only the process backend is built"),
     }
 }

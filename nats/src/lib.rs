@@ -2,6 +2,7 @@
 //! controller (subjects, message types, the KV bucket and the events stream,
 //! how to connect) and the configuration file both of them read.
 
+pub mod admin;
 pub mod backoff;
 pub mod bus;
 pub mod cli;

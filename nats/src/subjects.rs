@@ -41,10 +41,6 @@ impl Subjects {
         format!("{}.load.*", self.prefix)
     }
 
-    pub fn all_scaled(&self) -> String {
-        format!("{}.scaled.*", self.prefix)
-    }
-
     /// The service named by the last token of a wake/load/scaled subject.
     pub fn service_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;

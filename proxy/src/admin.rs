@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use rouse_nats::process;
+use rouse_nats::admin;
 use tokio::net::TcpListener;
 
 use crate::metrics::ProxyMetrics;
@@ -28,7 +28,7 @@ pub struct AdminState {
 
 /// Serves admin requests until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    process::serve_admin(
+    admin::serve(
         listener,
         Arc::new(move |request: &Request<Incoming>| route(&state, request)),
     )
@@ -44,34 +44,21 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                     .set(service.counters.in_flight.load(Ordering::Relaxed) as i64);
                 m.held.set(service.hold.held() as i64);
             }
-            let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
+            admin::metrics(&state.metrics.registry)
         }
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => admin::text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if !state.accepting.load(Ordering::SeqCst) {
-                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+                admin::text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else if !state.synced.load(Ordering::SeqCst) {
-                text(
+                admin::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "endpoint sets not read yet\n",
                 )
             } else {
-                text(StatusCode::OK, "ready\n")
+                admin::text(StatusCode::OK, "ready\n")
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => admin::text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response
 }

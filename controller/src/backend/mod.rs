@@ -3,9 +3,27 @@
 //! One small trait per the design: ensure N replicas, list them with their
 //! state and address, stop one. The controller's reconcile loop owns every
 //! decision (how many, which one to drain, when it is ready); a backend only
-//! speaks its API (spawning processes, the Docker Engine, Kubernetes).
+//! speaks its API.
+//!
+//! How each kind of backend maps onto it:
+//!
+//! | | `ensure(n)` | `list()` | `stop(id)` | readiness |
+//! |---|---|---|---|---|
+//! | process (here) | spawns the missing replicas, returns them | its own children and adopted pid files | SIGTERM, SIGKILL after the grace period | probed by the controller |
+//! | docker | creates and starts the missing containers, returns them | containers labelled `rouse.service=<name>` | engine stop with timeout, then remove | probed |
+//! | kubernetes | sets the target's `/scale` to `n`, returns nothing: the ReplicaSet picks the pods | pods of the service's EndpointSlices | marks the pod with the lowest deletion cost and lowers `/scale` by one | [`Readiness::Reported`] from the EndpointSlice conditions |
+//!
+//! A backend that cannot name its new replicas at once (the cluster creates
+//! them) says how many are [`Started::pending`]; the loop counts those as
+//! requested and adopts each one as `list()` shows it, so nothing is asked
+//! for twice. `ensure` never removes replicas: scale-down always goes
+//! through drain and `stop`, one replica at a time, so none is lost.
 
-pub mod process;
+mod process;
+
+pub use process::ProcessBackend;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -16,6 +34,7 @@ pub struct Replica {
     /// `host:port` the proxies connect to.
     pub addr: String,
     pub health: Health,
+    pub readiness: Readiness,
 }
 
 /// Whether the replica's process/container is still there.
@@ -24,6 +43,28 @@ pub enum Health {
     Running,
     /// Gone, with a reason for the operator (exit status, last log lines).
     Exited(String),
+}
+
+/// Who decides that a running replica can take traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// The controller probes it (`readiness.http_get` / `tcp`).
+    Probe,
+    /// The platform already probes it and says (Kubernetes' ready condition).
+    /// No backend built so far reports readiness; the loop's handling of it
+    /// is exercised by the reconcile tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Reported(bool),
+}
+
+/// What `ensure` set going.
+#[derive(Debug, Default)]
+pub struct Started {
+    /// Replicas started that can be named now.
+    pub replicas: Vec<Replica>,
+    /// Replicas the platform will create that cannot be named yet; they
+    /// appear in `list()` (0 for backends that start replicas themselves).
+    pub pending: usize,
 }
 
 /// Why a backend call failed.
@@ -39,16 +80,19 @@ pub enum BackendError {
         what: String,
         source: std::io::Error,
     },
-    #[error("the {0} backend is not available in this build")]
-    Unsupported(&'static str),
 }
 
 /// The backend of one service.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// Starts replicas until `n` exist (running ones count; exited ones do
-    /// not). Returns the replicas it started.
-    async fn ensure(&self, n: usize) -> Result<Vec<Replica>, BackendError>;
+    /// `process`, `docker` or `kubernetes`, for the status API.
+    fn kind(&self) -> &'static str;
+
+    /// How long a replica may take to become ready before it is replaced.
+    fn startup_timeout(&self) -> Duration;
+
+    /// Makes `n` replicas exist (running ones count; exited ones do not).
+    async fn ensure(&self, n: usize) -> Result<Started, BackendError>;
 
     /// Every replica this backend knows, running or exited.
     async fn list(&self) -> Result<Vec<Replica>, BackendError>;

@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use rouse_nats::config::ProcessBackend as ProcessConfig;
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError, Health, Replica};
+use super::{Backend, BackendError, Health, Readiness, Replica, Started};
 
 /// What survives a controller restart, one file per replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +192,7 @@ impl ProcessBackend {
             id,
             addr: format!("127.0.0.1:{port}"),
             health: Health::Running,
+            readiness: Readiness::Probe,
         })
     }
 
@@ -211,8 +212,9 @@ impl ProcessBackend {
         }
     }
 
-    /// Stops every replica (controller shutdown with `on_shutdown: stop`).
-    pub async fn stop_all(&self) {
+    /// Stops every replica (tests clean up with it).
+    #[cfg(test)]
+    async fn stop_all(&self) {
         let ids: Vec<String> = self.lock().keys().cloned().collect();
         let stops = ids.iter().map(|id| self.stop(id));
         for result in futures::future::join_all(stops).await {
@@ -225,7 +227,15 @@ impl ProcessBackend {
 
 #[async_trait]
 impl Backend for ProcessBackend {
-    async fn ensure(&self, n: usize) -> Result<Vec<Replica>, BackendError> {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn startup_timeout(&self) -> Duration {
+        self.config.startup_timeout
+    }
+
+    async fn ensure(&self, n: usize) -> Result<Started, BackendError> {
         let running = self
             .lock()
             .values()
@@ -244,7 +254,10 @@ impl Backend for ProcessBackend {
                 Err(err) => return Err(err),
             }
         }
-        Ok(started)
+        Ok(Started {
+            replicas: started,
+            pending: 0,
+        })
     }
 
     async fn list(&self) -> Result<Vec<Replica>, BackendError> {
@@ -255,6 +268,7 @@ impl Backend for ProcessBackend {
                 id: r.file.id.clone(),
                 addr: format!("127.0.0.1:{}", r.file.port),
                 health: Self::health(r),
+                readiness: Readiness::Probe,
             })
             .collect())
     }
@@ -355,9 +369,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rouse-process-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let backend = ProcessBackend::new("svc", config(&["sleep", "600"]), &dir).expect("backend");
-        let started = backend.ensure(2).await.expect("ensure");
+        let started = backend.ensure(2).await.expect("ensure").replicas;
         assert_eq!(started.len(), 2);
-        assert!(backend.ensure(2).await.expect("ensure again").is_empty());
+        assert!(backend
+            .ensure(2)
+            .await
+            .expect("ensure again")
+            .replicas
+            .is_empty());
 
         // A second backend on the same state dir (a restarted controller) adopts both.
         let adopted = ProcessBackend::new("svc", config(&["sleep", "600"]), &dir).expect("adopt");

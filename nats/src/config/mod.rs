@@ -6,6 +6,7 @@
 //! and every error names the file, the line and the key, so that `--check`
 //! can tell an operator exactly what to fix.
 
+mod defaults;
 mod locate;
 mod validate;
 
@@ -187,16 +188,6 @@ impl BackendConfig {
     }
 }
 
-impl Backend<'_> {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Process(_) => "process",
-            Self::Docker(_) => "docker",
-            Self::Kubernetes(_) => "kubernetes",
-        }
-    }
-}
-
 /// Local processes: the embedded default.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -368,109 +359,6 @@ macro_rules! default_via_serde {
     )*};
 }
 default_via_serde!(NatsConfig, ProxyConfig, ControllerConfig);
-
-mod defaults {
-    use std::net::SocketAddr;
-    use std::path::PathBuf;
-    use std::time::Duration;
-
-    use super::ShutdownPolicy;
-
-    pub fn nats_url() -> String {
-        "nats://127.0.0.1:4222".into()
-    }
-    pub fn prefix() -> String {
-        "rouse".into()
-    }
-    pub fn yes() -> bool {
-        true
-    }
-    pub fn proxy_listen() -> SocketAddr {
-        SocketAddr::from(([0, 0, 0, 0], 8080))
-    }
-    pub fn proxy_admin() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 9090))
-    }
-    pub fn controller_admin() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 9091))
-    }
-    pub fn report_interval() -> Duration {
-        Duration::from_secs(1)
-    }
-    pub fn response_timeout() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn pool_idle_timeout() -> Duration {
-        Duration::from_secs(90)
-    }
-    pub fn header_read_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn shutdown_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn state_dir() -> PathBuf {
-        std::env::var_os("STATE_DIRECTORY")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(".rouse-state"))
-    }
-    pub fn tick() -> Duration {
-        Duration::from_millis(500)
-    }
-    pub fn on_shutdown() -> ShutdownPolicy {
-        ShutdownPolicy::Stop
-    }
-    pub fn paths() -> Vec<String> {
-        vec!["/".into()]
-    }
-    pub fn grace_period() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn startup_timeout() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub fn namespace() -> String {
-        "default".into()
-    }
-    pub fn probe_period() -> Duration {
-        Duration::from_secs(2)
-    }
-    pub fn max_replicas() -> u32 {
-        10
-    }
-    pub fn target_concurrency() -> f64 {
-        10.0
-    }
-    pub fn scale_to_zero_after() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub fn drain_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn stable_window() -> Duration {
-        Duration::from_secs(60)
-    }
-    /// The panic window is this fraction of the stable window by default.
-    pub const PANIC_WINDOW_DIVISOR: u32 = 10;
-    pub fn panic_threshold() -> f64 {
-        2.0
-    }
-    pub fn max_scale_down_rate() -> f64 {
-        2.0
-    }
-    pub fn scale_down_step() -> Duration {
-        Duration::from_secs(2)
-    }
-    pub fn hold_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn hold_max_requests() -> usize {
-        10_000
-    }
-}
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -151,3 +151,26 @@ fn panic_window_defaults_to_a_tenth_of_the_stable_window() {
     assert_eq!(found[0].key, "services[0].scaling.panic_window");
     assert_eq!(found[0].line, Some(16));
 }
+
+#[test]
+fn backends_not_built_yet_fail_the_check_naming_their_key() {
+    for (backend, key) in [
+        ("docker: {image: x, port: 80}", "services[0].backend.docker"),
+        (
+            "kubernetes: {deployment: x, service: x, port: 80}",
+            "services[0].backend.kubernetes",
+        ),
+    ] {
+        let source = VALID.replace(
+            "process:\n        command: [rouse-echo, --port, \"{port}\"]",
+            backend,
+        );
+        assert_ne!(source, VALID, "the fixture names a process backend");
+        let found = issues(&source);
+        assert!(found.iter().any(|i| i.key == key), "{found:?}");
+        assert!(
+            found.iter().any(|i| i.reason.contains("not built yet")),
+            "{found:?}"
+        );
+    }
+}

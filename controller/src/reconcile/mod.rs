@@ -1,0 +1,297 @@
+//! One reconcile loop per service: observe, decide, act, publish.
+//!
+//! The loop runs on every tick, every report or wake from a proxy, and every
+//! probe result, so a replica turning ready reaches the proxies at once. Each
+//! pass:
+//! 1. syncs with the backend (exits, adoptions, startup timeouts);
+//! 2. asks the autoscaler for a replica count;
+//! 3. scales up (un-draining first, then starting) or down (cancelling
+//!    starting replicas first, then marking ready ones `draining`);
+//! 4. stops draining replicas once every live proxy reports nothing in flight
+//!    on them (or `drain_timeout` passes);
+//! 5. writes the endpoint set when it changed, and its status.
+//!
+//! The loop's decisions live here; [`replicas`] keeps each replica's phase
+//! and runs its probes, [`publish`] writes what the proxies see, and
+//! [`error`] decides what each failure does. Time comes from tokio's clock,
+//! so the tests drive whole scale-up/drain/timeout stories with a paused
+//! clock, a fake backend and an in-memory publisher.
+
+mod error;
+mod outcome;
+mod publish;
+mod replicas;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+pub use publish::{NatsPublisher, Publisher};
+
+use error::ReconcileError;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rouse_nats::config::{ServiceConfig, ShutdownPolicy};
+use tokio::sync::{mpsc, watch};
+
+use crate::autoscaler::{Autoscaler, Decision};
+use crate::backend::Backend;
+use crate::intake::Inbox;
+use crate::metrics::ControllerMetrics;
+use crate::probe::Prober;
+use crate::status::{ScaleEvent, StatusBoard};
+use publish::Published;
+use replicas::{Phase, ProbeEvent, Replicas};
+
+/// The controller's clock: tokio's, so tests can pause and advance it.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Everything one service loop talks to.
+pub struct Wiring {
+    pub publisher: Arc<dyn Publisher>,
+    pub prober: Arc<dyn Prober>,
+    pub status: Arc<StatusBoard>,
+    pub metrics: Arc<ControllerMetrics>,
+    pub tick: Duration,
+    pub shutdown: watch::Receiver<bool>,
+    pub on_shutdown: ShutdownPolicy,
+}
+
+/// The reconcile loop of one service.
+pub struct ServiceLoop {
+    name: String,
+    spec: ServiceConfig,
+    backend: Arc<dyn Backend>,
+    inbox: Arc<Inbox>,
+    wiring: Wiring,
+    autoscaler: Autoscaler,
+    replicas: Replicas,
+    published: Published,
+    /// Asked of a backend that could not name them yet (see [`Backend`]).
+    requested: u32,
+    requested_at: Instant,
+    probe_tx: mpsc::UnboundedSender<ProbeEvent>,
+    probe_rx: mpsc::UnboundedReceiver<ProbeEvent>,
+    desired: u32,
+    last_scale: Option<ScaleEvent>,
+    last_error: Option<String>,
+    start_failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl ServiceLoop {
+    pub fn new(
+        spec: ServiceConfig,
+        backend: Arc<dyn Backend>,
+        inbox: Arc<Inbox>,
+        wiring: Wiring,
+    ) -> Self {
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        let now = now();
+        Self {
+            name: spec.name.clone(),
+            autoscaler: Autoscaler::new(spec.scaling.clone(), now),
+            spec,
+            backend,
+            inbox,
+            wiring,
+            replicas: Replicas::default(),
+            published: Published::new(now),
+            requested: 0,
+            requested_at: now,
+            probe_tx,
+            probe_rx,
+            desired: 0,
+            last_scale: None,
+            last_error: None,
+            start_failures: 0,
+            retry_at: None,
+        }
+    }
+
+    /// Runs until shutdown is signalled.
+    pub async fn run(mut self) {
+        self.adopt().await;
+        let mut tick = tokio::time::interval(self.wiring.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = self.wiring.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(event) = self.probe_rx.recv() => self.on_probe(event),
+                _ = self.inbox.wakeup.notified() => {}
+                _ = tick.tick() => {}
+            }
+            self.reconcile().await;
+        }
+        self.stop_everything().await;
+    }
+
+    /// Takes over replicas a previous controller left running. Those the KV
+    /// set already lists as ready stay ready (warm traffic must not notice the
+    /// restart); others are probed like new ones.
+    async fn reconcile(&mut self) {
+        let now = now();
+        self.sync_backend(now).await;
+        let observation = self.inbox.observations().observe(now);
+        let active = self.active();
+        let mut decision = self.autoscaler.decide(now, &observation, active);
+        if decision.replicas < active && !self.wiring.publisher.connected() {
+            // Without reports, "idle" only means "cut off": keep what serves.
+            decision.replicas = active;
+        }
+        self.desired = decision.replicas;
+        if decision.replicas > active {
+            self.scale_up(decision, active, now).await;
+        } else if decision.replicas < active {
+            self.scale_down(decision, active, now).await;
+        }
+        self.progress_drains(now);
+        self.publish_endpoints(now).await;
+        self.update_status(now);
+    }
+
+    /// Replicas serving or about to: starting, ready, and requested.
+    fn active(&self) -> u32 {
+        self.replicas.count(Phase::active) + self.requested
+    }
+
+    /// Starts tracking a replica the backend runs, in `phase`.
+    async fn scale_up(&mut self, decision: Decision, active: u32, now: Instant) {
+        let mut active = active;
+        // A draining replica is the cheapest new capacity: it is already warm.
+        let draining = self
+            .replicas
+            .oldest_first(|p| matches!(p, Phase::Draining { .. }));
+        for id in draining
+            .into_iter()
+            .take((decision.replicas - active) as usize)
+        {
+            if let Some(replica) = self.replicas.get_mut(&id) {
+                replica.phase = Phase::Ready;
+                active += 1;
+                self.replicas.changed();
+            }
+        }
+        if active >= decision.replicas || self.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let existing = self.replicas.count(|p| p != Phase::Stopping) + self.requested;
+        let missing = decision.replicas - active;
+        let wanted = existing + missing;
+        let asked_at_us = now_us();
+        match self.backend.ensure(wanted as usize).await {
+            Ok(started) => {
+                for replica in started.replicas {
+                    self.track(replica, Phase::Starting, now, asked_at_us);
+                }
+                if started.pending > 0 {
+                    self.requested += started.pending as u32;
+                    self.requested_at = now;
+                }
+                self.record_scale(active, decision.replicas, decision.reason.as_str());
+            }
+            Err(err) => self.fail(ReconcileError::Start(err), now),
+        }
+    }
+
+    async fn scale_down(&mut self, decision: Decision, active: u32, now: Instant) {
+        let mut excess = active - decision.replicas;
+        // Replicas not even listed yet carry no traffic: take those back first.
+        if self.requested > 0 {
+            let cancelled = excess.min(self.requested);
+            self.requested -= cancelled;
+            excess -= cancelled;
+            let keep = self.replicas.count(|p| p != Phase::Stopping) + self.requested;
+            if let Err(err) = self.backend.ensure(keep as usize).await {
+                self.fail(ReconcileError::Start(err), now);
+            }
+        }
+        // Then replicas still starting, newest first.
+        let mut starting = self.replicas.oldest_first(|p| p == Phase::Starting);
+        while excess > 0 {
+            let Some(id) = starting.pop() else { break };
+            self.stop_replica(&id);
+            excess -= 1;
+        }
+        let mut ready = self.replicas.oldest_first(|p| p == Phase::Ready);
+        if excess > 0 {
+            self.replicas.changed();
+        }
+        let generation = self.replicas.generation();
+        while excess > 0 {
+            let Some(id) = ready.pop() else { break };
+            if let Some(replica) = self.replicas.get_mut(&id) {
+                replica.phase = Phase::Draining {
+                    generation,
+                    since: now,
+                };
+                tracing::info!(service = %self.name, replica = %id, generation, "draining replica");
+            }
+            excess -= 1;
+        }
+        self.record_scale(active, decision.replicas, decision.reason.as_str());
+    }
+
+    fn progress_drains(&mut self, now: Instant) {
+        let drain_timeout = self.spec.scaling.drain_timeout;
+        let (published, published_at) = (self.published.generation, self.published.at);
+        let observations = self.inbox.observations();
+        let finished: Vec<(String, bool)> = self
+            .replicas
+            .iter()
+            .filter_map(|(id, r)| match r.phase {
+                // Until the proxies can have seen it draining, it is not.
+                Phase::Draining { generation, .. } if generation > published => None,
+                Phase::Draining { generation, since } => {
+                    let timed_out = now.duration_since(since) >= drain_timeout;
+                    let drained = observations.drained(id, generation, published_at, now);
+                    (timed_out || drained).then(|| (id.clone(), timed_out))
+                }
+                _ => None,
+            })
+            .collect();
+        drop(observations);
+        for (id, timed_out) in finished {
+            if timed_out {
+                tracing::warn!(service = %self.name, replica = %id, ?drain_timeout, "drain timed out; stopping anyway");
+            } else {
+                tracing::info!(service = %self.name, replica = %id, "replica drained");
+            }
+            self.replicas.changed();
+            self.stop_replica(&id);
+        }
+    }
+
+    /// Takes a replica out of rotation and stops it in the background.
+    fn stop_replica(&mut self, id: &str) {
+        if let Some(replica) = self.replicas.get_mut(id) {
+            replica.phase = Phase::Stopping;
+            replica.set_probe(None);
+        }
+        self.stop_in_background(id.to_string());
+    }
+
+    fn stop_in_background(&self, id: String) {
+        let backend = Arc::clone(&self.backend);
+        let service = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(source) = backend.stop(&id).await {
+                let err = ReconcileError::Stop { id, source };
+                tracing::warn!(%service, error = %err, "stopping replica failed");
+            }
+        });
+    }
+}
+
+/// Microseconds since the Unix epoch, for the status API's timestamps.
+pub(super) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,132 @@
+//! What the loop tells: failures (handled by their one policy), scale
+//! events, the endpoint set, the status API and metrics, and the final stop
+//! on shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rouse_nats::config::ShutdownPolicy;
+use rouse_nats::messages::{self, Scaled, VERSION};
+
+use super::error::ReconcileError;
+use super::replicas::Phase;
+use super::{now, ServiceLoop};
+use crate::metrics::{ControllerMetrics, ScaleLabel};
+use crate::status::{ScaleEvent, ServiceStatus};
+
+/// How long a stopping controller tries to clear a service's endpoint set.
+const SHUTDOWN_PUBLISH_LIMIT: Duration = Duration::from_secs(3);
+
+impl ServiceLoop {
+    /// The one place a failure is handled, by its [`Policy`](super::error::Policy).
+    pub(super) fn fail(&mut self, err: ReconcileError, now: Instant) {
+        let policy = err.policy();
+        if policy.counted {
+            tracing::error!(service = %self.name, error = %err, "backend error");
+            self.wiring
+                .metrics
+                .backend_errors
+                .get_or_create(&ControllerMetrics::label(&self.name))
+                .inc();
+            self.last_error = Some(err.to_string());
+        } else {
+            tracing::warn!(service = %self.name, error = %err, "will retry");
+        }
+        if policy.back_off {
+            let delay = rouse_nats::backoff::RESTART.nth(self.start_failures as usize);
+            self.start_failures += 1;
+            self.retry_at = Some(now + delay);
+        }
+    }
+
+    pub(super) fn record_scale(&mut self, from: u32, to: u32, reason: &str) {
+        if from == to {
+            return;
+        }
+        let direction = if to > from { "up" } else { "down" };
+        tracing::info!(service = %self.name, from, to, reason, "scaling");
+        self.wiring
+            .metrics
+            .scale_events
+            .get_or_create(&ScaleLabel {
+                service: self.name.clone(),
+                direction,
+            })
+            .inc();
+        let event = Scaled {
+            v: VERSION,
+            service: self.name.clone(),
+            from,
+            to,
+            reason: reason.to_string(),
+            at_ms: messages::now_ms(),
+        };
+        self.last_scale = Some(ScaleEvent {
+            from,
+            to,
+            reason: event.reason.clone(),
+            at_ms: event.at_ms,
+        });
+        self.wiring.publisher.scaled(event);
+    }
+
+    pub(super) async fn publish_endpoints(&mut self, now: Instant) {
+        let publisher = Arc::clone(&self.wiring.publisher);
+        let written = self
+            .published
+            .sync(&self.name, &mut self.replicas, &*publisher, now)
+            .await;
+        if let Err(err) = written {
+            self.fail(ReconcileError::Publish(err), now);
+        }
+    }
+
+    pub(super) fn update_status(&self, now: Instant) {
+        let totals = self.inbox.observations().totals(now);
+        let ready = self.replicas.count(|p| p == Phase::Ready);
+        let label = ControllerMetrics::label(&self.name);
+        let metrics = &self.wiring.metrics;
+        metrics
+            .desired
+            .get_or_create(&label)
+            .set(self.desired as i64);
+        metrics.ready.get_or_create(&label).set(ready as i64);
+        let status = ServiceStatus {
+            name: self.name.clone(),
+            backend: self.backend.kind(),
+            desired: self.desired,
+            ready,
+            replicas: self.replicas.status(),
+            held: totals.held,
+            in_flight: totals.in_flight,
+            proxies: totals.proxies,
+            last_scale: self.last_scale.clone(),
+            last_error: self.last_error.clone(),
+        };
+        self.wiring.status.insert(self.name.clone(), status);
+    }
+
+    /// On SIGTERM with `on_shutdown: stop`: take every replica out of the
+    /// endpoint set, then stop them all.
+    pub(super) async fn stop_everything(&mut self) {
+        if self.wiring.on_shutdown == ShutdownPolicy::Keep {
+            tracing::info!(service = %self.name, replicas = self.replicas.len(), "leaving replicas running for the next controller");
+            return;
+        }
+        let ids = self.replicas.clear();
+        // With NATS gone, do not hang the shutdown on a write that cannot land.
+        if tokio::time::timeout(SHUTDOWN_PUBLISH_LIMIT, self.publish_endpoints(now()))
+            .await
+            .is_err()
+        {
+            tracing::warn!(service = %self.name, "could not clear the endpoint set before stopping replicas");
+        }
+        let stops = ids.iter().map(|id| self.backend.stop(id));
+        for result in futures::future::join_all(stops).await {
+            if let Err(err) = result {
+                tracing::warn!(service = %self.name, error = %err, "stopping replica failed");
+            }
+        }
+        tracing::info!(service = %self.name, stopped = ids.len(), "replicas stopped");
+    }
+}

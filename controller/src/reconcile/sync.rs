@@ -1,0 +1,234 @@
+//! What the loop learns: the replicas a previous controller left (adoption
+//! at start), the backend's list on every pass (exits, startup timeouts,
+//! replicas a count-based backend created, reported readiness), and probe
+//! results. Each turns into a phase change of [`Replicas`](super::replicas).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rouse_nats::messages::{EndpointSet, EndpointState};
+
+use super::error::ReconcileError;
+use super::replicas::{self, Phase, ProbeEvent, LIVENESS_FAILURES};
+use super::{now, now_us, ServiceLoop};
+use crate::backend::{Health, Readiness, Replica};
+use crate::metrics::ControllerMetrics;
+
+impl ServiceLoop {
+    pub(super) async fn adopt(&mut self) {
+        let listed = match self
+            .published
+            .read(&self.name, &mut self.replicas, &*self.wiring.publisher)
+            .await
+        {
+            Ok(listed) => listed,
+            Err(err) => {
+                self.fail(ReconcileError::Publish(err), now());
+                None
+            }
+        };
+        let Ok(replicas) = self.backend.list().await else {
+            return;
+        };
+        let now = now();
+        for replica in replicas {
+            if replica.health != Health::Running {
+                let _ = self.backend.stop(&replica.id).await;
+                continue;
+            }
+            let phase = match stored_state(listed.as_ref(), &replica) {
+                Some(EndpointState::Ready) => Phase::Ready,
+                // Finish the drain the previous controller began.
+                Some(EndpointState::Draining) => Phase::Draining {
+                    generation: self.replicas.generation() + 1,
+                    since: now,
+                },
+                None => Phase::Starting,
+            };
+            self.track(replica, phase, now, now_us());
+        }
+        // Write the set even if unchanged, replacing entries of dead replicas.
+        self.replicas.rebase(0);
+        self.publish_endpoints(now).await;
+        self.update_status(now);
+    }
+
+    pub(super) fn track(
+        &mut self,
+        replica: Replica,
+        phase: Phase,
+        now: Instant,
+        started_at_us: u64,
+    ) {
+        let Replica {
+            id,
+            addr,
+            readiness,
+            ..
+        } = replica;
+        self.replicas
+            .insert(id.clone(), addr, phase, now, started_at_us);
+        self.watch(&id, readiness);
+    }
+
+    /// (Re)starts the probe that fits the replica's phase. Replicas whose
+    /// readiness the backend reports are not probed: `sync_backend` moves
+    /// them.
+    pub(super) fn watch(&mut self, id: &str, readiness: Readiness) {
+        let Some(replica) = self.replicas.get(id) else {
+            return;
+        };
+        let (phase, addr) = (replica.phase, replica.addr.clone());
+        let probe = match (readiness, phase) {
+            (Readiness::Reported(_), _) => None,
+            (Readiness::Probe, Phase::Starting) => Some(replicas::probe_until_ready(
+                Arc::clone(&self.wiring.prober),
+                id.to_string(),
+                addr,
+                self.probe_tx.clone(),
+            )),
+            (Readiness::Probe, Phase::Ready) => Some(replicas::probe_while_ready(
+                Arc::clone(&self.wiring.prober),
+                id.to_string(),
+                addr,
+                self.spec.readiness.period,
+                self.probe_tx.clone(),
+            )),
+            (Readiness::Probe, _) => None,
+        };
+        if let Some(replica) = self.replicas.get_mut(id) {
+            replica.set_probe(probe);
+        }
+    }
+
+    pub(super) fn on_probe(&mut self, event: ProbeEvent) {
+        match event {
+            ProbeEvent::Ready(id) => self.on_ready(&id, Readiness::Probe),
+            ProbeEvent::Unready(id) => self.on_unready(&id, Readiness::Probe),
+        }
+    }
+
+    pub(super) fn on_ready(&mut self, id: &str, readiness: Readiness) {
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        if replica.phase != Phase::Starting {
+            return;
+        }
+        replica.phase = Phase::Ready;
+        replica.ready_at_us = Some(now_us());
+        let took = now().saturating_duration_since(replica.since);
+        self.watch(id, readiness);
+        self.wiring
+            .metrics
+            .backend_start
+            .get_or_create(&ControllerMetrics::label(&self.name))
+            .observe(took.as_secs_f64());
+        tracing::info!(service = %self.name, replica = %id, ?took, "replica ready");
+        self.start_failures = 0;
+        self.last_error = None;
+        self.replicas.changed();
+    }
+
+    /// A ready replica stopped answering its probe: out of rotation, and
+    /// probed like a starting one (replaced if it does not recover within
+    /// the startup timeout).
+    pub(super) fn on_unready(&mut self, id: &str, readiness: Readiness) {
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        if replica.phase != Phase::Ready {
+            return;
+        }
+        replica.phase = Phase::Starting;
+        replica.since = now();
+        self.watch(id, readiness);
+        self.replicas.changed();
+        let failures = match readiness {
+            Readiness::Probe => LIVENESS_FAILURES,
+            Readiness::Reported(_) => 1,
+        };
+        self.fail(
+            ReconcileError::Unready {
+                id: id.to_string(),
+                failures,
+            },
+            now(),
+        );
+    }
+
+    /// Exits, vanished replicas, startup timeouts, new replicas the backend
+    /// started on its own (a count it was given), reported readiness.
+    pub(super) async fn sync_backend(&mut self, now: Instant) {
+        let listed = match self.backend.list().await {
+            Ok(listed) => listed,
+            Err(err) => return self.fail(ReconcileError::List(err), now),
+        };
+        let timeout = self.backend.startup_timeout();
+        let mut gone = Vec::new();
+        for replica in &listed {
+            if replica.health != Health::Running {
+                if self.replicas.contains(&replica.id) {
+                    let Health::Exited(reason) = &replica.health else {
+                        continue;
+                    };
+                    gone.push((replica.id.clone(), Some(reason.clone())));
+                }
+                continue;
+            }
+            if !self.replicas.contains(&replica.id) {
+                // Asked for by count, or a partly failed start: probe it like
+                // a new one rather than leak it.
+                self.requested = self.requested.saturating_sub(1);
+                self.track(replica.clone(), Phase::Starting, now, now_us());
+            }
+            match replica.readiness {
+                Readiness::Reported(true) => self.on_ready(&replica.id, replica.readiness),
+                Readiness::Reported(false) => self.on_unready(&replica.id, replica.readiness),
+                Readiness::Probe => {}
+            }
+        }
+        for (id, tracked) in self.replicas.iter() {
+            if !listed.iter().any(|r| &r.id == id) {
+                gone.push((id.clone(), None));
+            } else if tracked.phase == Phase::Starting
+                && now.duration_since(tracked.since) > timeout
+            {
+                gone.push((id.clone(), Some(String::new())));
+            }
+        }
+        for (id, reason) in gone {
+            let Some(replica) = self.replicas.remove(&id) else {
+                continue;
+            };
+            let Some(reason) = reason else { continue };
+            if replica.phase != Phase::Stopping {
+                let err = if reason.is_empty() {
+                    ReconcileError::StartupTimeout {
+                        id: id.clone(),
+                        timeout,
+                    }
+                } else {
+                    ReconcileError::ReplicaFailed {
+                        id: id.clone(),
+                        reason,
+                    }
+                };
+                self.fail(err, now);
+            }
+            self.stop_in_background(id);
+        }
+        if self.requested > 0 && now.duration_since(self.requested_at) > timeout {
+            let missing = std::mem::take(&mut self.requested);
+            self.fail(ReconcileError::NotListed { missing, timeout }, now);
+        }
+    }
+}
+
+/// The state a stored endpoint set gives a replica, if it lists it.
+fn stored_state(set: Option<&EndpointSet>, replica: &Replica) -> Option<EndpointState> {
+    set?.endpoints
+        .iter()
+        .find(|e| e.id == replica.id && e.addr == replica.addr)
+        .map(|e| e.state)
+}

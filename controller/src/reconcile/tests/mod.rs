@@ -1,0 +1,352 @@
+//! The reconcile loop end to end on a paused tokio clock: a scripted
+//! backend, a scripted prober and an in-memory publisher stand in for
+//! processes, probes and NATS, so every story below runs in virtual time and
+//! checks exactly what the proxies would see.
+
+mod fakes;
+mod harness;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rouse_nats::config::ServiceConfig;
+use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
+use rouse_nats::Config;
+
+use super::now;
+use crate::backend::{Health, Readiness};
+use harness::Harness;
+
+pub const SERVICE: &str = "echo";
+
+/// A service that scales to zero 5 s after its last request, drains for at
+/// most 10 s and replaces replicas not ready within 10 s.
+fn service() -> ServiceConfig {
+    let yaml = format!(
+        "services:
+  - name: {SERVICE}
+    hosts: [echo.localhost]
+    backend: {{process: {{command: [x], startup_timeout: 10s}}}}
+    readiness: {{http_get: /healthz, period: 1s}}
+    scaling:
+      stable_window: 2s
+      scale_to_zero_after: 5s
+      scale_down_step: 1s
+      drain_timeout: 10s
+"
+    );
+    let config = Config::parse(Path::new("test.yaml"), &yaml).expect("test config is valid");
+    config.services[0].clone()
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+// ---- the stories ---------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_wake_at_zero_starts_one_replica_and_publishes_it_once_ready() {
+    let mut h = Harness::new();
+    h.start();
+    h.wake();
+    assert!(h.until(secs(5), |h| h.backend.running().len() == 1).await);
+    // Started is not ready: the proxies must not see it yet.
+    tokio::time::sleep(secs(2)).await;
+    assert!(h.endpoints(EndpointState::Ready).is_empty());
+    let status = h.status().expect("status written");
+    assert_eq!((status.desired, status.ready), (1, 0));
+    assert_eq!(status.replicas[0].state, "starting");
+
+    let id = h.backend.running()[0].clone();
+    let addr = h.backend.state().replicas[&id].addr.clone();
+    h.prober.pass(&addr);
+    assert!(
+        h.until(secs(1), |h| h.endpoints(EndpointState::Ready)
+            == [id.clone()])
+            .await
+    );
+    let set = h.publisher.current().expect("a set");
+    assert_eq!(set.endpoints[0].addr, addr);
+    assert_eq!(h.publisher.events(), [(0, 1, "wake".to_string())]);
+    assert!(
+        h.until(secs(1), |h| h.status().is_some_and(|s| s.ready == 1))
+            .await
+    );
+    // One start, not one per pass.
+    assert_eq!(h.backend.state().ensure_calls.len(), 1);
+    h.stop().await;
+}
+
+/// In flight per endpoint as a proxy would report it while 2 → 1: five on
+/// each ready replica, `on_draining` on a draining one.
+fn split(h: &Harness, on_draining: u64) -> Vec<(String, u64)> {
+    let ready = h
+        .endpoints(EndpointState::Ready)
+        .into_iter()
+        .map(|id| (id, 5));
+    let draining = h
+        .endpoints(EndpointState::Draining)
+        .into_iter()
+        .map(|id| (id, on_draining));
+    ready.chain(draining).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_down_drains_and_stops_only_once_the_proxies_are_done() {
+    let mut h = Harness::new();
+    h.start();
+    h.warm_two().await;
+
+    // Ten in flight need one replica: one of the two is drained, not
+    // stopped, while the proxy still has a request on it.
+    let one = |h: &Harness| split(h, 1);
+    assert!(
+        h.reporting_until(secs(30), one, |h| h
+            .endpoints(EndpointState::Draining)
+            .len()
+            == 1)
+            .await,
+        "one replica is marked draining"
+    );
+    let draining = h.endpoints(EndpointState::Draining)[0].clone();
+    let draining_generation = h.publisher.current().expect("set").generation;
+    assert!(
+        !h.reporting_until(secs(5), one, |h| !h.backend.state().stopped.is_empty())
+            .await,
+        "a replica with a request in flight is not stopped"
+    );
+    assert_eq!(h.backend.running().len(), 2);
+
+    // The proxy reports it done, on the draining generation: stopped.
+    let done = |h: &Harness| split(h, 0);
+    assert!(
+        h.reporting_until(secs(5), done, |h| h.backend.state().stopped
+            == [draining.clone()])
+            .await
+    );
+    let set = h.publisher.current().expect("set");
+    assert_eq!(set.endpoints.len(), 1, "{set:?}");
+    assert_ne!(set.endpoints[0].id, draining);
+    assert!(set.generation > draining_generation);
+    let events = h.publisher.events();
+    assert_eq!(
+        events.last().map(|e| (e.0, e.1)),
+        Some((2, 1)),
+        "{events:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_that_never_finishes_ends_at_drain_timeout() {
+    let mut h = Harness::new();
+    h.start();
+    h.warm_two().await;
+    let stuck = |h: &Harness| split(h, 1);
+    assert!(
+        h.reporting_until(secs(30), stuck, |h| !h
+            .endpoints(EndpointState::Draining)
+            .is_empty())
+            .await
+    );
+    let draining_since = now();
+    assert!(
+        h.reporting_until(secs(30), stuck, |h| !h.backend.state().stopped.is_empty())
+            .await,
+        "stopped after drain_timeout"
+    );
+    let waited = now().duration_since(draining_since);
+    assert!(
+        waited >= secs(9) && waited <= secs(12),
+        "drain_timeout is 10s, stopped after {waited:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_backend_is_reported_and_retried_with_backoff() {
+    let mut h = Harness::new();
+    h.backend.state().broken = true;
+    h.start();
+    // Held requests wake the service every second until they are served.
+    let held = |h: &Harness| {
+        h.wake();
+        h.backend.state().ensure_calls.len() >= 4
+    };
+    assert!(h.until(secs(20), held).await);
+    let calls: Vec<Instant> = h.backend.state().ensure_calls.iter().map(|c| c.0).collect();
+    let gaps: Vec<Duration> = calls
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .collect();
+    // RESTART: 1 s, 2 s, 4 s (each at least; the loop ticks every 500 ms).
+    for (gap, least) in gaps.iter().zip([1, 2, 4]) {
+        assert!(*gap >= secs(least), "gaps {gaps:?}");
+    }
+    let status = h.status().expect("status");
+    let error = status.last_error.expect("last_error set");
+    assert!(error.contains("cannot start `app`"), "{error}");
+    assert!(h.backend_errors() >= 4);
+    assert!(h.endpoints(EndpointState::Ready).is_empty());
+
+    // Fixed: the next retry starts it, and the error clears once it is ready.
+    h.backend.state().broken = false;
+    let held = |h: &Harness| {
+        h.wake();
+        h.backend.running().len() == 1
+    };
+    assert!(h.until(secs(30), held).await);
+    let id = h.backend.running()[0].clone();
+    let addr = h.backend.state().replicas[&id].addr.clone();
+    h.prober.pass(&addr);
+    assert!(
+        h.until(secs(5), |h| h
+            .status()
+            .is_some_and(|s| s.last_error.is_none()))
+            .await
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_loop_adopts_what_runs_and_keeps_ready_replicas_ready() {
+    let h = Harness::new();
+    let ready = h.backend.add(Readiness::Probe);
+    let unknown = h.backend.add(Readiness::Probe);
+    let dead = h.backend.add(Readiness::Probe);
+    h.backend
+        .set(&dead.id, |r| r.health = Health::Exited("exit 1".into()));
+    // The previous controller had published `ready` at generation 7.
+    *h.publisher.set.lock().unwrap_or_else(|p| p.into_inner()) = Some(EndpointSet {
+        v: VERSION,
+        generation: 7,
+        endpoints: vec![Endpoint {
+            id: ready.id.clone(),
+            addr: ready.addr.clone(),
+            state: EndpointState::Ready,
+        }],
+    });
+    let mut h = h;
+    h.start();
+    // No probe passes, yet the listed replica stays in rotation, under a
+    // newer generation; the unlisted one waits for its probe.
+    assert!(
+        h.until(secs(1), |h| h
+            .publisher
+            .current()
+            .is_some_and(|s| s.generation > 7))
+            .await
+    );
+    assert_eq!(h.endpoints(EndpointState::Ready), [ready.id.as_str()]);
+    assert!(h.backend.state().stopped.contains(&dead.id));
+    let status = h.status().expect("status");
+    let states: BTreeMap<String, &str> = status
+        .replicas
+        .iter()
+        .map(|r| (r.id.clone(), r.state))
+        .collect();
+    assert_eq!(states.get(&ready.id), Some(&"ready"));
+    assert_eq!(states.get(&unknown.id), Some(&"starting"));
+    assert!(!states.contains_key(&dead.id));
+    // Nothing new was started: adopted replicas count.
+    assert!(h.backend.state().ensure_calls.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_not_ready_within_the_startup_timeout_is_replaced() {
+    let mut h = Harness::new();
+    h.start();
+    h.wake();
+    assert!(h.until(secs(2), |h| h.backend.running().len() == 1).await);
+    let first = h.backend.running()[0].clone();
+    let asked = now();
+    // Requests stay held, so the service still wants one replica.
+    let hold = |h: &Harness| {
+        h.wake();
+        false
+    };
+    let _ = h.until(secs(1), hold).await;
+    let replaced = |h: &Harness| {
+        h.wake();
+        h.backend.state().stopped.contains(&first) && h.backend.running().len() == 1
+    };
+    assert!(h.until(secs(30), replaced).await, "replaced");
+    assert!(
+        now().duration_since(asked) >= secs(10),
+        "not before the timeout"
+    );
+    let error = h.status().and_then(|s| s.last_error).expect("last_error");
+    assert!(error.contains("not ready within 10s"), "{error}");
+    assert_ne!(h.backend.running()[0], first);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_count_based_backend_is_asked_once_and_its_reported_readiness_is_used() {
+    let mut h = Harness::new();
+    h.backend.state().by_count = true;
+    h.start();
+    h.wake();
+    assert!(h.until(secs(2), |h| h.backend.state().target == 1).await);
+    // The pod has not appeared: asking again would double it.
+    let _ = h.until(secs(3), |_| false).await;
+    assert_eq!(h.backend.state().ensure_calls.len(), 1);
+    assert_eq!(h.status().map(|s| s.desired), Some(1));
+
+    let pod = h.backend.add(Readiness::Reported(false));
+    assert!(
+        h.until(secs(2), |h| h
+            .status()
+            .is_some_and(|s| s.replicas.len() == 1))
+            .await
+    );
+    assert!(h.endpoints(EndpointState::Ready).is_empty());
+    // Ready by the platform's word, with no probe passing.
+    h.backend
+        .set(&pod.id, |r| r.readiness = Readiness::Reported(true));
+    assert!(
+        h.until(secs(2), |h| h.endpoints(EndpointState::Ready)
+            == [pod.id.clone()])
+            .await
+    );
+    assert_eq!(h.backend.state().ensure_calls.len(), 1);
+    assert_eq!(h.publisher.events(), [(0, 1, "wake".to_string())]);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cut_off_from_nats_it_does_not_scale_down_and_retries_the_write() {
+    let mut h = Harness::new();
+    h.start();
+    let id = h.warm().await;
+    h.publisher.offline.store(true, Ordering::SeqCst);
+    // Far past scale_to_zero_after, with no reports at all.
+    let _ = h.until(secs(30), |_| false).await;
+    assert_eq!(h.backend.running(), [id.as_str()]);
+    assert!(h.backend.state().stopped.is_empty());
+    let status = h.status().expect("status");
+    assert_eq!((status.desired, status.replicas[0].state), (1, "ready"));
+    h.publisher.offline.store(false, Ordering::SeqCst);
+    assert!(
+        h.until(secs(60), |h| h.backend.state().stopped == [id.clone()])
+            .await
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_clears_the_set_and_stops_every_replica() {
+    let mut h = Harness::new();
+    h.start();
+    let id = h.warm().await;
+    let publisher = Arc::clone(&h.publisher);
+    let backend = Arc::clone(&h.backend);
+    h.stop().await;
+    assert!(publisher.current().is_some_and(|s| s.endpoints.is_empty()));
+    assert_eq!(backend.state().stopped, [id]);
+}
