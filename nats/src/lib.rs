@@ -1,6 +1,18 @@
 //! rouse-nats: everything that crosses NATS between rouse's proxies and its
-//! controller (subjects, message types, the KV bucket and the events stream,
-//! how to connect) and the configuration file both of them read.
+//! controller, the configuration file both of them read, and the process
+//! plumbing every rouse binary shares.
+//!
+//! The contract, in the order a binary meets it:
+//! - [`config`]: the YAML file, validated with file, line and key per problem;
+//! - [`cli`]: `--config`, `--check`, `--log-format`, logging set-up;
+//! - [`bus`]: connecting to NATS, the KV bucket and the events stream;
+//! - [`subjects`] and [`messages`]: what is published where, and its shape.
+//!
+//! Shared plumbing:
+//! - [`process`]: `main` of both binaries, SIGTERM/SIGINT;
+//! - [`runtime`]: tokio runtimes and exit codes, for every binary;
+//! - [`admin`]: the admin HTTP server, `/metrics` encoding, the service label;
+//! - [`backoff`]: every retry schedule.
 
 pub mod admin;
 pub mod backoff;

@@ -211,18 +211,6 @@ impl ProcessBackend {
             }
         }
     }
-
-    /// Stops every replica (tests clean up with it).
-    #[cfg(test)]
-    async fn stop_all(&self) {
-        let ids: Vec<String> = self.lock().keys().cloned().collect();
-        let stops = ids.iter().map(|id| self.stop(id));
-        for result in futures::future::join_all(stops).await {
-            if let Err(err) = result {
-                tracing::warn!(service = %self.service, error = %err, "stopping replica failed");
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -338,6 +326,14 @@ fn with_log_tail(reason: String, log: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// Stops every replica the backend knows, so a test leaves none behind.
+    async fn stop_all(backend: &ProcessBackend) {
+        let ids: Vec<String> = backend.lock().keys().cloned().collect();
+        for id in ids {
+            backend.stop(&id).await.expect("stop");
+        }
+    }
+
     #[test]
     fn reads_our_own_start_time() {
         let me = std::process::id() as i32;
@@ -397,7 +393,7 @@ mod tests {
         // The reaper in the first backend sees the exit of its child.
         wait_for("the stopped replica to exit", || start_ticks(pid).is_none()).await;
         assert!(!backend.pid_path(&started[0].id).exists());
-        adopted.stop_all().await;
+        stop_all(&adopted).await;
         assert!(adopted.list().await.expect("list").is_empty());
         let _ = fs::remove_dir_all(&dir);
     }
@@ -432,7 +428,7 @@ mod tests {
         .await;
         assert!(reason.contains("3"), "{reason}");
         assert!(reason.contains("boom"), "{reason}");
-        backend.stop_all().await;
+        stop_all(&backend).await;
         let _ = fs::remove_dir_all(&dir);
     }
 }
