@@ -44,7 +44,8 @@ pub enum ProxyError<'a> {
     /// be leased; to the client the same as a hold timeout.
     #[error("service {} has no usable replica", .service.name)]
     NoUsableReplica { service: &'a Service },
-    /// Every replica tried refused the connection (or none was left to try).
+    /// No connection to the replica (refused, unreachable, timed out), and
+    /// no other ready replica could take the request instead.
     #[error("no replica of {} accepted the connection", .service.name)]
     Refused { service: &'a Service },
     /// The replica broke off the exchange.

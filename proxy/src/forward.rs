@@ -62,10 +62,9 @@ impl Forwarder {
         mut completion: Completion,
     ) -> Result<Response<ProxyBody>, ProxyError<'a>> {
         let client_upgrade = upgrade::requested(&mut request);
-        let upgrade = client_upgrade.is_some();
         let (mut parts, body) = request.into_parts();
         // Only keep what a retry needs when another replica could take it.
-        let retry_possible = !upgrade && service.endpoints.load().ready.len() > 1;
+        let retry_possible = client_upgrade.is_none() && service.endpoints.load().ready.len() > 1;
         let (mut replay, mut body) = if retry_possible {
             let (replay, body) = Replay::capture(&parts, body);
             (Some(replay), body)
@@ -75,7 +74,7 @@ impl Forwarder {
         let mut tried: Vec<Arc<str>> = Vec::new();
         loop {
             let endpoint = &completion.lease.endpoint;
-            headers::prepare_head(&mut parts, client_ip, upgrade);
+            headers::prepare_head(&mut parts, client_ip, client_upgrade.is_some());
             let outbound = Request::from_parts(parts, body);
             let sent = self
                 .send(outbound, &endpoint.authority, service.response_timeout)

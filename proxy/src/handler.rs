@@ -1,4 +1,5 @@
-//! One request through the data path: route → hold → balance → forward.
+//! One request through the data path, as `server` (stage 1) hands it over:
+//! route → hold → balance → forward (→ upgrade).
 //!
 //! Each stage lives in its own module; this one only strings them together,
 //! in the order a request meets them, and hands every failure to
