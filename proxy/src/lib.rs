@@ -1,22 +1,62 @@
 //! rouse-proxy: the data path of rouse.
 //!
-//! A request goes through clear stages, each its own module:
-//! [`server`] accepts → [`route`] finds the service → [`hold`] waits while the
-//! service is cold → [`balance`] picks a replica → [`forward`] sends it.
-//! [`handler`] strings the stages together; [`endpoints`] keeps replica sets
-//! current from NATS KV and [`report`] tells the controller about load.
+//! A request meets these stages in this order, one module each:
+//!
+//! 1. `server`: accept connections, serve HTTP/1.1 and h2c.
+//! 2. `route`: find the service of the host and path (or 404).
+//! 3. `hold`: wait in the service's queue while it has no ready replica
+//!    (or 503 with `Retry-After`).
+//! 4. `balance`: lease a ready replica.
+//! 5. `forward`: send the request over a pooled connection, retrying a
+//!    refused connection on another replica (or 502, 504).
+//! 6. `upgrade`: splice the two connections of a protocol switch.
+//!
+//! `handler` strings the stages together and nothing else; every failure on
+//! the way is a `ProxyError` (`error`), turned into a response in one place.
+//!
+//! Supporting modules, leaves first:
+//! - `request_body` / `response_body`: the bodies going to the replica and
+//!   to the client.
+//! - `headers`: hop-by-hop and `X-Forwarded-*` rules.
+//! - `pool`: each data thread's idle replica connections.
+//! - `queue`: a service's bounded wait queue.
+//! - `service`: per-service state (endpoint set, counters, queue).
+//! - `completion`: counts a forwarded request out at its last byte.
+//! - `metrics`, `admin`: Prometheus metrics and the admin server.
+//! - `endpoints`: keeps endpoint sets current from NATS KV.
+//! - `report`: tells the controller about load (`wake`, `load`).
+//! - `run`: assembles all of it from a config and runs it.
+//!
+//! Exported is what the binary and the integration tests use.
 
-pub mod admin;
-pub mod balance;
-pub mod body;
-pub mod endpoints;
-pub mod forward;
-pub mod handler;
-pub mod hold;
-pub mod metrics;
-pub mod pool;
-pub mod report;
-pub mod route;
-pub mod run;
-pub mod server;
-pub mod service;
+mod admin;
+mod balance;
+mod completion;
+mod endpoints;
+mod error;
+mod forward;
+mod handler;
+mod headers;
+mod hold;
+mod metrics;
+mod pool;
+mod queue;
+mod report;
+mod request_body;
+mod response_body;
+mod route;
+mod run;
+mod server;
+mod service;
+mod upgrade;
+
+pub use forward::Forwarder;
+pub use handler::Proxy;
+pub use metrics::ProxyMetrics;
+pub use pool::{Pool, PoolSettings, Pooled};
+pub use report::Reporter;
+pub use request_body::OutBody;
+pub use route::Routes;
+pub use run::run;
+pub use server::serve;
+pub use service::Service;

@@ -27,5 +27,5 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // The control plane (NATS, reports, admin) needs one thread; the data
     // path runs on its own threads (`proxy.worker_threads`).
-    process::main("rouse-proxy", &args.common, Some(1), rouse_proxy::run::run)
+    process::main("rouse-proxy", &args.common, Some(1), rouse_proxy::run)
 }

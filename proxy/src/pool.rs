@@ -23,7 +23,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::OutBody;
+use crate::request_body::OutBody;
 
 /// TCP keep-alive probes on replica connections: a replica host that
 /// vanished without a FIN is noticed instead of hanging the pool.
@@ -141,7 +141,7 @@ impl Pool {
 
     /// A new connection to `authority`, bypassing the idle ones (for a
     /// request that a reused connection failed to take).
-    pub async fn connect_new(
+    pub(crate) async fn connect_new(
         self: &Arc<Self>,
         authority: &Authority,
     ) -> Result<Pooled, ConnectError> {
@@ -169,7 +169,7 @@ impl Pool {
 
     /// Sweeps every `idle_timeout / 2` (at least every second) for as long
     /// as the data thread runs.
-    pub async fn sweep_periodically(self: Arc<Self>) {
+    pub(crate) async fn sweep_periodically(self: Arc<Self>) {
         let period = (self.settings.idle_timeout / 2).max(Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,9 +1,10 @@
 //! Tells the controller what this proxy sees, off the hot path.
 //!
-//! Requests only bump atomics and, on two edges, drop a `Signal` into a
+//! Requests only bump atomics and, on a few edges, drop a `Signal` into a
 //! bounded channel: the first held request of a cold service (→ `wake` at
-//! once) and the first arrival at an idle service (→ a `load` report at once,
-//! so scale-up does not wait for the next tick). Everything else is a periodic
+//! once, from stage 3, `hold`), the first arrival at an idle service and a
+//! surge of concurrency (→ a `load` report at once, from [`note_arrival`], so
+//! scale-up does not wait for the next tick). Everything else is a periodic
 //! report per service every `report_interval`, and a repeated `wake` every
 //! second while requests are held.
 
@@ -27,6 +28,30 @@ pub enum Signal {
     Wake(Arc<Service>),
     /// A request arrived at a service reported idle: report now.
     Busy(Arc<Service>),
+}
+
+/// Concurrency below which a surge is not worth an extra report.
+const SURGE_MIN: u64 = 4;
+
+/// Counts a routed request's arrival; asks for an immediate report when the
+/// service was idle, or when its concurrency has surged to twice what the
+/// last report said (so a load step is acted on within milliseconds, not at
+/// the next report).
+pub fn note_arrival(service: &Arc<Service>, signals: &mpsc::Sender<Signal>) {
+    service.counters.arrivals.fetch_add(1, Ordering::Relaxed);
+    if !service.busy.load(Ordering::Relaxed) && !service.busy.swap(true, Ordering::Relaxed) {
+        let _ = signals.try_send(Signal::Busy(Arc::clone(service)));
+        return;
+    }
+    let now = service.counters.in_flight.load(Ordering::Relaxed) + service.hold.held() as u64;
+    let reported = service.reported_in_flight.load(Ordering::Relaxed);
+    if now >= SURGE_MIN
+        && now >= 2 * reported
+        && !service.surge_signalled.load(Ordering::Relaxed)
+        && !service.surge_signalled.swap(true, Ordering::Relaxed)
+    {
+        let _ = signals.try_send(Signal::Busy(Arc::clone(service)));
+    }
 }
 
 /// How often a `wake` is repeated while requests are held.

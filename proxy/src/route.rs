@@ -1,13 +1,17 @@
-//! Stage 1 of the data path: which service does a request belong to?
+//! Stage 2 of the data path: which service does a request belong to?
 //!
 //! Hosts match exactly first, then the longest `*.suffix`, then `*`; within a
 //! host the longest segment-aware path prefix wins (`/api` matches `/api` and
 //! `/api/x`, never `/apix`). A host tier with no matching path falls through to
-//! the next tier. The table is immutable; a new config builds a new table that
-//! is swapped in atomically by the owner.
+//! the next tier: a 404 that names the host. The table is immutable; a new
+//! config builds a new table that is swapped in atomically by the owner.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use http::{header, Request};
+
+use crate::error::ProxyError;
 
 /// Routes of one host: `(prefix, target)` ordered longest prefix first.
 #[derive(Debug)]
@@ -96,8 +100,21 @@ impl<T: Clone> RouteTable<T> {
         }
     }
 
+    /// The target of `request`, or the 404 naming its host.
+    pub(crate) fn route<'r, B>(&self, request: &'r Request<B>) -> Result<T, ProxyError<'r>> {
+        let path = request.uri().path();
+        let host = request_host(request);
+        match host.and_then(|host| self.find(host, path)) {
+            Some(target) => Ok(target.clone()),
+            None => Err(ProxyError::NoRoute {
+                host: host.unwrap_or(""),
+                path,
+            }),
+        }
+    }
+
     /// The target for a Host header value (port allowed) and a request path.
-    pub fn find(&self, host: &str, path: &str) -> Option<&T> {
+    pub(crate) fn find(&self, host: &str, path: &str) -> Option<&T> {
         let host = strip_port(host);
         let lowered;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -118,6 +135,14 @@ impl<T: Clone> RouteTable<T> {
             }
         }
         self.any.find(path)
+    }
+}
+
+/// The Host header, or for HTTP/2 the `:authority`.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    match request.headers().get(header::HOST) {
+        Some(host) => host.to_str().ok(),
+        None => request.uri().authority().map(|a| a.as_str()),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Stage 0 of the data path: accept connections and serve HTTP/1.1 and h2c.
+//! Stage 1 of the data path: accept connections and serve HTTP/1.1 and h2c.
 //!
 //! hyper answers malformed requests itself (400, 431 for oversized headers);
 //! a slow client gets `header_read_timeout` to send its headers. On shutdown

@@ -16,8 +16,8 @@ use http::uri::Authority;
 use rouse_nats::config::ServiceConfig;
 use rouse_nats::messages::{EndpointSet, EndpointState};
 
-use crate::hold::HoldQueue;
 use crate::metrics::ServiceMetrics;
+use crate::queue::HoldQueue;
 
 /// One replica of a service, as this proxy routes to it.
 #[derive(Debug)]
@@ -51,22 +51,28 @@ pub struct Counters {
 
 /// Everything the data path knows about one service.
 pub struct Service {
-    pub name: Arc<str>,
-    pub response_timeout: Duration,
-    pub hold_timeout: Duration,
-    pub endpoints: ArcSwap<EndpointSnapshot>,
-    pub counters: Counters,
+    pub(crate) name: Arc<str>,
+    pub(crate) response_timeout: Duration,
+    pub(crate) hold_timeout: Duration,
+    pub(crate) endpoints: ArcSwap<EndpointSnapshot>,
+    pub(crate) counters: Counters,
     pub hold: HoldQueue,
     /// Most requests one replica gets at once from this proxy; 0 = no limit.
-    pub container_concurrency: u64,
+    pub(crate) container_concurrency: u64,
     /// False once a report found the service idle; the next arrival flips it
     /// and asks the reporter for an immediate report.
-    pub busy: AtomicBool,
+    pub(crate) busy: AtomicBool,
     /// In flight at the last report; a surge well above it asks for an
     /// immediate report (`surge_signalled` keeps that to one per interval).
-    pub reported_in_flight: AtomicU64,
-    pub surge_signalled: AtomicBool,
-    pub metrics: ServiceMetrics,
+    pub(crate) reported_in_flight: AtomicU64,
+    pub(crate) surge_signalled: AtomicBool,
+    pub(crate) metrics: ServiceMetrics,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("name", &self.name).finish()
+    }
 }
 
 /// Why an endpoint set from KV was not applied.
@@ -154,7 +160,7 @@ impl Service {
 
     /// Whether any replica can take a request now (ready, and under the
     /// per-replica cap when there is one).
-    pub fn has_ready(&self) -> bool {
+    pub(crate) fn has_ready(&self) -> bool {
         let snapshot = self.endpoints.load();
         match self.container_concurrency {
             0 => !snapshot.ready.is_empty(),
@@ -166,7 +172,7 @@ impl Service {
     }
 
     /// How many more requests the ready replicas can take now.
-    pub fn free_slots(&self) -> usize {
+    pub(crate) fn free_slots(&self) -> usize {
         match self.container_concurrency {
             0 => usize::MAX,
             cap => self
@@ -181,7 +187,7 @@ impl Service {
 
     /// A request on a capped replica finished: its slot goes to the oldest
     /// waiting request, if any.
-    pub fn slot_freed(&self) {
+    pub(crate) fn slot_freed(&self) {
         if self.container_concurrency > 0 && self.hold.held() > 0 {
             self.hold.release(1);
         }

@@ -26,13 +26,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rouse_nats::config::{Config, ServiceConfig};
 use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
-use rouse_proxy::forward::Forwarder;
-use rouse_proxy::handler::Proxy;
-use rouse_proxy::metrics::ProxyMetrics;
-use rouse_proxy::pool::Pool;
-use rouse_proxy::route::Routes;
-use rouse_proxy::server;
-use rouse_proxy::service::Service;
+use rouse_proxy::serve;
+use rouse_proxy::Forwarder;
+use rouse_proxy::Pool;
+use rouse_proxy::Proxy;
+use rouse_proxy::ProxyMetrics;
+use rouse_proxy::Routes;
+use rouse_proxy::Service;
 use tokio::net::TcpListener;
 
 mod common;
@@ -131,7 +131,7 @@ async fn start_proxy() -> Harness {
     let addr = listener.local_addr().expect("addr");
     let proxy_config = config.proxy.clone();
     tokio::spawn(async move {
-        server::serve(listener, proxy, &proxy_config, std::future::pending()).await;
+        serve(listener, proxy, &proxy_config, std::future::pending()).await;
     });
     Harness {
         addr,

@@ -9,8 +9,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use rouse_proxy::body::OutBody;
-use rouse_proxy::pool::{Pool, PoolSettings, Pooled};
+use rouse_proxy::{OutBody, Pool, PoolSettings, Pooled};
 
 mod common;
 use common::raw_replica;

@@ -25,13 +25,13 @@ use rouse_e2e::nats::NatsServer;
 use rouse_nats::config::Config;
 use rouse_nats::messages::{self, Endpoint, EndpointSet, EndpointState, Load, VERSION};
 use rouse_nats::Subjects;
-use rouse_proxy::forward::Forwarder;
-use rouse_proxy::handler::Proxy;
-use rouse_proxy::metrics::ProxyMetrics;
-use rouse_proxy::report::Reporter;
-use rouse_proxy::route::Routes;
-use rouse_proxy::server;
-use rouse_proxy::service::Service;
+use rouse_proxy::serve;
+use rouse_proxy::Forwarder;
+use rouse_proxy::Proxy;
+use rouse_proxy::ProxyMetrics;
+use rouse_proxy::Reporter;
+use rouse_proxy::Routes;
+use rouse_proxy::Service;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -131,7 +131,7 @@ async fn traffic_on_an_idle_service_and_a_surge_are_reported_at_once() {
     let proxy_addr = listener.local_addr().expect("addr");
     let proxy_config = config.proxy.clone();
     tokio::spawn(async move {
-        server::serve(listener, proxy, &proxy_config, std::future::pending()).await;
+        serve(listener, proxy, &proxy_config, std::future::pending()).await;
     });
 
     // The first periodic report (at start): idle.

@@ -1,0 +1,205 @@
+//! The header rules of a proxy, for both directions.
+//!
+//! Hop-by-hop headers describe one connection, not the message, so they are
+//! dropped both ways; `Host` is preserved; `X-Forwarded-For/-Host/-Proto`
+//! tell the replica who asked. An upgrade keeps the two headers the next hop
+//! needs to switch protocols. Used by stage 5 (`forward`) for requests and
+//! responses and by stage 6 (`upgrade`) for a 101, so it lives apart from
+//! both.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Uri, Version};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Whether an HTTP/1.1 request asks to switch protocols (e.g. WebSocket).
+pub fn is_upgrade(headers: &HeaderMap, version: Version) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_has_token(headers, "upgrade")
+}
+
+fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers; an upgrade keeps `Upgrade` and
+/// `Connection: upgrade`, which the next hop needs to switch protocols.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one pass over the names avoids a lookup per
+    // hop-by-hop header on the hot path.
+    let any = headers
+        .keys()
+        .any(|name| *name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        if upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Rewrites an inbound request's head for a replica.
+///
+/// `client_ip` is the peer address, pre-rendered once per connection.
+/// `X-Forwarded-For` gets it appended; `X-Forwarded-Host` and
+/// `X-Forwarded-Proto` are set when absent and kept when an ingress in front
+/// already set them.
+pub fn prepare_head(parts: &mut http::request::Parts, client_ip: &HeaderValue, upgrade: bool) {
+    let host = match parts.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(host) = host {
+        if !parts.headers.contains_key(&X_FORWARDED_HOST) {
+            parts.headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        parts.headers.insert(header::HOST, host);
+    }
+    append_forwarded_for(&mut parts.headers, client_ip);
+    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
+        parts
+            .headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    // The replica gets the origin form (`/path?query`); an HTTP/2 request
+    // arrives in absolute form, its authority already moved to `Host`.
+    if parts.uri.authority().is_some() {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
+    parts.version = Version::HTTP_11;
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let value = match headers.get(&X_FORWARDED_FOR) {
+        None => client_ip.clone(),
+        Some(existing) => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + client_ip.len());
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            match HeaderValue::from_bytes(&joined) {
+                Ok(v) => v,
+                Err(_) => client_ip.clone(),
+            }
+        }
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn request(headers: &[(&str, &str)], uri: &str) -> http::request::Parts {
+        let mut builder = Request::builder().uri(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn rewrites_head_for_the_replica() {
+        let mut parts = request(
+            &[
+                ("host", "echo.localhost"),
+                ("connection", "keep-alive, x-custom"),
+                ("x-custom", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-app", "kept"),
+            ],
+            "/a/b?c=d",
+        );
+        let ip = HeaderValue::from_static("127.0.0.1");
+        prepare_head(&mut parts, &ip, false);
+        assert_eq!(parts.uri, "/a/b?c=d");
+        assert_eq!(parts.headers["host"], "echo.localhost");
+        assert_eq!(parts.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(parts.headers["x-forwarded-host"], "echo.localhost");
+        assert_eq!(parts.headers["x-forwarded-proto"], "http");
+        assert_eq!(parts.headers["x-app"], "kept");
+        for gone in ["connection", "x-custom", "keep-alive", "te"] {
+            assert!(!parts.headers.contains_key(gone), "{gone} kept");
+        }
+    }
+
+    #[test]
+    fn h2_authority_becomes_host_and_upgrade_survives() {
+        let mut parts = request(
+            &[("connection", "Upgrade"), ("upgrade", "websocket")],
+            "http://echo.localhost/ws",
+        );
+        assert!(is_upgrade(&parts.headers, Version::HTTP_11));
+        let ip = HeaderValue::from_static("::1");
+        prepare_head(&mut parts, &ip, true);
+        assert_eq!(parts.uri, "/ws");
+        assert_eq!(parts.headers["host"], "echo.localhost");
+        assert_eq!(parts.headers["upgrade"], "websocket");
+        assert_eq!(parts.headers["connection"], "upgrade");
+        assert_eq!(parts.headers["x-forwarded-for"], "::1");
+    }
+
+    #[test]
+    fn plain_request_is_not_an_upgrade() {
+        let parts = request(&[("upgrade", "websocket")], "/");
+        assert!(!is_upgrade(&parts.headers, Version::HTTP_11));
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers, false);
+        assert!(!headers.contains_key("upgrade"));
+    }
+}
