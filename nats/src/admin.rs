@@ -74,12 +74,18 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     respond(status, "text/plain; charset=utf-8", body)
 }
 
-/// `/metrics`: every metric of `registry`.
-pub fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
+/// Every metric of `registry` in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> String {
     let mut out = String::with_capacity(16 * 1024);
     if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
         out.clear();
     }
+    out
+}
+
+/// `/metrics`: every metric of `registry`.
+pub fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
+    let out = encode(registry);
     respond(
         StatusCode::OK,
         "application/openmetrics-text; version=1.0.0; charset=utf-8",

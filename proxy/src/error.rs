@@ -215,7 +215,7 @@ mod tests {
 
     /// The value of the sample `name` in the text exposition, 0 if absent.
     fn sample(metrics: &ProxyMetrics, name: &str) -> u64 {
-        let text = metrics.encode();
+        let text = rouse_nats::admin::encode(&metrics.registry);
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0)
