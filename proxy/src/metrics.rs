@@ -161,11 +161,6 @@ pub struct ServiceMetrics {
 }
 
 impl ServiceMetrics {
-    /// Handles registered nowhere, for unit tests.
-    pub fn detached() -> Self {
-        ProxyMetrics::new().for_service("test")
-    }
-
     pub fn count_response(&self, code: u16) {
         if code == 200 {
             self.ok.inc();

@@ -197,12 +197,15 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::ProxyMetrics;
     use rouse_nats::messages::{Endpoint as WireEndpoint, VERSION};
 
     fn service() -> Service {
         let yaml = "name: a\nhosts: [a]\nbackend: {process: {command: [x]}}\n";
         let config: ServiceConfig = serde_norway::from_str(yaml).expect("config");
-        Service::new(&config, Duration::from_secs(1), ServiceMetrics::detached())
+        // Handles registered nowhere.
+        let metrics = ProxyMetrics::new().for_service("test");
+        Service::new(&config, Duration::from_secs(1), metrics)
     }
 
     fn set(generation: u64, endpoints: &[(&str, &str, EndpointState)]) -> EndpointSet {
