@@ -1,4 +1,4 @@
-//! Benchmark and demo tooling for rouse.
+//! Benchmark tooling for rouse.
 //!
 //! Each tool lives in its own module; the binaries under `src/bin/` are thin
 //! wrappers around them so that the logic stays testable.
@@ -6,7 +6,5 @@
 pub mod burst;
 pub mod coldstart;
 pub mod compare;
-pub mod echo;
 pub mod footprint;
-pub mod sim;
 pub mod step;

@@ -1,17 +1,17 @@
 //! `rouse-sim`: trace-driven autoscaling simulation, rouse vs KPA-like vs
-//! HPA-like. See [`rouse_bench::sim`].
+//! HPA-like. See [`rouse_sim`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rouse_bench::sim::{self, report, Args};
+use rouse_sim::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let out = args.out.clone();
-    match sim::main(args) {
+    match rouse_sim::main(args) {
         Ok(runs) => {
-            print!("{}", report::summary_markdown(&runs));
+            print!("{}", rouse_sim::summary_markdown(&runs));
             println!("written to {}", out.display());
             ExitCode::SUCCESS
         }

@@ -25,7 +25,7 @@ use rouse_controller::autoscaler::{Autoscaler, Decision, Observation};
 use rouse_nats::config::ScalingConfig;
 
 use super::{Common, Every, Policy};
-use crate::sim::model::View;
+use crate::model::View;
 
 /// The proxy's report and wake-repeat periods, and the controller's tick.
 #[derive(Debug, Clone)]

@@ -24,6 +24,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    #[cfg(test)]
     pub fn pass(&self) -> bool {
         self.cost_ok && self.p99_ok
     }
@@ -298,7 +299,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::sim::run::Series;
+    use crate::run::Series;
 
     fn policy(name: &'static str, replica_seconds: f64, p99: f64) -> PolicyRun {
         PolicyRun {

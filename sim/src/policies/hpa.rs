@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 
 use super::{Common, Every, Policy};
-use crate::sim::model::View;
+use crate::model::View;
 
 #[derive(Debug, Clone)]
 pub struct HpaConfig {
@@ -240,7 +240,6 @@ mod tests {
         HpaConfig::defaults(&Common {
             step_ms: 10,
             target_concurrency: 10.0,
-            container_concurrency: 10,
             max_replicas: 100,
         })
     }
@@ -301,7 +300,6 @@ mod tests {
         let common = Common {
             step_ms: 10,
             target_concurrency: 10.0,
-            container_concurrency: 10,
             max_replicas: 10,
         };
         let mut keda = Keda::new(config(), &common);

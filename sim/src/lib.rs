@@ -5,11 +5,12 @@
 //! the replica-seconds, queueing delay, requests held past the hold timeout
 //! and scale events.
 //!
-//! - [`model`]: the simulated service (replicas, wait queue, accounting);
-//! - [`traces`]: load shapes and seeded arrivals;
-//! - [`policies`]: rouse, KPA-like, HPA-like;
-//! - [`run`]: one trace through every policy;
-//! - [`report`]: CSV, SVG charts, the Markdown summary.
+//! Modules, in the order the data flows through them:
+//! - `traces`: load shapes and their seeded arrivals;
+//! - `model`: the simulated service (replicas, wait queue, accounting);
+//! - `policies`: rouse (the real autoscaler), KPA-like, HPA-like;
+//! - `run`: one trace through every policy;
+//! - `report`: CSV, SVG charts, the Markdown summary.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,14 +18,17 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-pub mod model;
-pub mod policies;
-pub mod report;
-pub mod run;
-pub mod traces;
+mod model;
+mod policies;
+mod report;
+mod run;
+mod traces;
+
+pub use report::summary_markdown;
+pub use run::TraceRun;
 
 use model::ModelConfig;
-use run::{SimConfig, TraceRun};
+use run::SimConfig;
 use traces::Arrivals;
 
 /// Trace-driven autoscaling simulation: rouse vs KPA-like vs HPA-like.

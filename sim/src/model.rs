@@ -94,6 +94,7 @@ impl Histogram {
         self.count += 1;
     }
 
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -194,10 +195,6 @@ impl Cluster {
             queue: VecDeque::new(),
             totals: Totals::default(),
         }
-    }
-
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
     }
 
     pub fn totals(&self) -> &Totals {

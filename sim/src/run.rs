@@ -31,7 +31,6 @@ impl SimConfig {
         Common {
             step_ms: (self.model.step.as_millis() as u64).max(1),
             target_concurrency: self.target_concurrency,
-            container_concurrency: self.model.container_concurrency,
             max_replicas: self.model.max_replicas,
         }
     }
@@ -201,7 +200,7 @@ pub fn run_policy(arrivals: &[u32], policy: &mut dyn Policy, model: &ModelConfig
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::traces::{standard, Shape};
+    use crate::traces::{standard, Shape};
 
     fn quick() -> SimConfig {
         SimConfig {

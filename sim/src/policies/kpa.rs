@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 
 use super::{Common, Every, Policy};
-use crate::sim::model::View;
+use crate::model::View;
 
 #[derive(Debug, Clone)]
 pub struct KpaConfig {
@@ -135,6 +135,7 @@ impl Decider {
         }
     }
 
+    #[cfg(test)]
     pub fn panicking(&self) -> bool {
         self.panic_since.is_some()
     }
@@ -299,7 +300,6 @@ mod tests {
         KpaConfig::knative_defaults(&Common {
             step_ms: 10,
             target_concurrency: 10.0,
-            container_concurrency: 10,
             max_replicas: 1000,
         })
     }
@@ -375,7 +375,6 @@ mod tests {
         let common = Common {
             step_ms: 10,
             target_concurrency: 10.0,
-            container_concurrency: 10,
             max_replicas: 10,
         };
         let mut kpa = Kpa::new(config(), &common);
@@ -393,7 +392,6 @@ mod tests {
         let common = Common {
             step_ms: 10,
             target_concurrency: 10.0,
-            container_concurrency: 10,
             max_replicas: 10,
         };
         let mut kpa = Kpa::new(config(), &common);

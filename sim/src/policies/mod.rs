@@ -3,7 +3,7 @@
 //! the KPA-like baseline through per-second scrapes and a 2 s tick, the
 //! HPA/KEDA-like baseline through a 500 ms poll and a 15 s sync.
 
-use crate::sim::model::View;
+use crate::model::View;
 
 pub mod hpa;
 pub mod kpa;
@@ -31,8 +31,6 @@ pub struct Common {
     pub step_ms: u64,
     /// Requests in flight per replica to aim for.
     pub target_concurrency: f64,
-    /// Requests a replica serves at once.
-    pub container_concurrency: u32,
     pub max_replicas: u32,
 }
 

@@ -1,10 +1,10 @@
-//! `rouse-echo`: demo HTTP backend for rouse. See [`rouse_bench::echo`].
+//! `rouse-echo`: demo HTTP backend for rouse. See [`rouse_echo`].
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rouse_bench::echo::{self, Args};
+use rouse_echo::Args;
 use rouse_nats::runtime::Threads;
 use tracing_subscriber::EnvFilter;
 
@@ -25,6 +25,6 @@ fn main() -> ExitCode {
         "rouse-echo",
         Threads::Pool(None),
         Some(RUNTIME_SHUTDOWN),
-        echo::run(args),
+        rouse_echo::run(args),
     )
 }
