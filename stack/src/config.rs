@@ -7,12 +7,15 @@
 //!
 //! Only keys from the DESIGN.md contract are written. Defaults suit tests:
 //! fast load reports (200ms), nothing scales to zero unless a test asks
-//! (`scale_to_zero_after: 300s`), short drains.
+//! (`scale_to_zero_after: 300s`), short drains; a benchmark sets what it
+//! measures with.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use crate::bins::Bins;
 
 /// A YAML scalar for `s`: a JSON string is a valid YAML double-quoted one.
 fn q(s: &str) -> String {
@@ -152,13 +155,13 @@ impl Service {
         self
     }
 
-    /// The argv the controller will run.
-    pub fn argv(&self) -> Vec<String> {
+    /// The argv the controller will run, with rouse-echo from `bins`.
+    pub fn argv(&self, bins: &Bins) -> Vec<String> {
         match &self.command {
             Some(argv) => argv.clone(),
             None => {
                 let mut argv = vec![
-                    crate::bin("rouse-echo").to_string_lossy().into_owned(),
+                    bins.path("rouse-echo").to_string_lossy().into_owned(),
                     "--port".to_string(),
                     "{port}".to_string(),
                 ];
@@ -168,7 +171,7 @@ impl Service {
         }
     }
 
-    fn write_yaml(&self, out: &mut String, marker: &str) {
+    fn write_yaml(&self, out: &mut String, marker: &str, bins: &Bins) {
         let mut env = self.env.clone();
         env.insert(crate::MARKER_ENV.to_string(), marker.to_string());
         let _ = writeln!(out, "  - name: {}", q(&self.name));
@@ -178,7 +181,7 @@ impl Service {
         }
         out.push_str("    backend:\n");
         out.push_str("      process:\n");
-        let _ = writeln!(out, "        command: {}", list(&self.argv()));
+        let _ = writeln!(out, "        command: {}", list(&self.argv(bins)));
         out.push_str("        env:\n");
         for (key, value) in &env {
             let _ = writeln!(out, "          {}: {}", q(key), q(value));
@@ -214,11 +217,15 @@ pub struct Config {
     pub proxy_listen: SocketAddr,
     pub proxy_admin: SocketAddr,
     pub report_interval: String,
+    /// `proxy.worker_threads`, when set (default: one per core).
+    pub worker_threads: Option<u32>,
     pub controller_admin: SocketAddr,
     pub state_dir: PathBuf,
     /// Put into every service's env as `ROUSE_E2E_MARKER`.
     pub marker: String,
     pub services: Vec<Service>,
+    /// Where the services' default command finds rouse-echo.
+    pub bins: Bins,
 }
 
 impl Config {
@@ -230,10 +237,12 @@ impl Config {
             proxy_listen: crate::free_addr(),
             proxy_admin: crate::free_addr(),
             report_interval: "200ms".to_string(),
+            worker_threads: None,
             controller_admin: crate::free_addr(),
             state_dir: state_dir.to_path_buf(),
             marker: marker.to_string(),
             services: Vec::new(),
+            bins: Bins::default(),
         }
     }
 
@@ -245,13 +254,16 @@ impl Config {
     /// The YAML text.
     pub fn to_yaml(&self) -> String {
         let mut out = String::new();
-        out.push_str("# written by rouse-e2e\n");
+        out.push_str("# written by rouse-stack\n");
         out.push_str("nats:\n");
         let _ = writeln!(out, "  url: {}", q(&self.nats_url));
         out.push_str("proxy:\n");
         let _ = writeln!(out, "  listen: {}", q(&self.proxy_listen.to_string()));
         let _ = writeln!(out, "  admin_listen: {}", q(&self.proxy_admin.to_string()));
         let _ = writeln!(out, "  report_interval: {}", q(&self.report_interval));
+        if let Some(threads) = self.worker_threads {
+            let _ = writeln!(out, "  worker_threads: {threads}");
+        }
         out.push_str("controller:\n");
         let _ = writeln!(
             out,
@@ -264,7 +276,7 @@ impl Config {
         } else {
             out.push_str("services:\n");
             for service in &self.services {
-                service.write_yaml(&mut out, &self.marker);
+                service.write_yaml(&mut out, &self.marker, &self.bins);
             }
         }
         out

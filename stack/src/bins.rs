@@ -1,4 +1,6 @@
-//! Where the binaries under test live, and building them once per test run.
+//! Where the binaries of a stack live: prebuilt in a directory (the
+//! benchmarks: next to themselves in `target/release`), or this workspace's
+//! debug build, built once per test run.
 //!
 //! `rouse-e2e` depends on no other workspace crate, so `cargo test -p
 //! rouse-e2e` would not rebuild `rouse-proxy` & co. and could silently test a
@@ -11,11 +13,42 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// Where a stack's binaries (`rouse-controller`, `rouse-proxy`, `rouse-echo`)
+/// come from.
+#[derive(Debug, Clone, Default)]
+pub enum Bins {
+    /// This workspace's debug build, built if needed (see [`bin`]).
+    #[default]
+    Workspace,
+    /// Prebuilt binaries in this directory.
+    Dir(PathBuf),
+}
+
+impl Bins {
+    /// The directory of the running executable: where cargo put the
+    /// binaries built with it.
+    pub fn beside_current_exe() -> anyhow::Result<Bins> {
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("{} has no parent directory", exe.display()))?;
+        Ok(Bins::Dir(dir.to_path_buf()))
+    }
+
+    /// Path of the binary `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        match self {
+            Bins::Workspace => bin(name),
+            Bins::Dir(dir) => dir.join(name),
+        }
+    }
+}
+
 /// The workspace root: the parent of this crate's manifest dir.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("e2e crate has a parent dir")
+        .expect("the rouse-stack crate has a parent dir")
         .to_path_buf()
 }
 
@@ -41,7 +74,7 @@ static BUILD: OnceLock<Result<(), String>> = OnceLock::new();
 fn build_once() -> &'static Result<(), String> {
     BUILD.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        eprintln!("rouse-e2e: running `{cargo} build --bins --workspace`");
+        eprintln!("rouse-stack: running `{cargo} build --bins --workspace`");
         let out = Command::new(&cargo)
             .args(["build", "--bins", "--workspace"])
             .current_dir(workspace_root())
@@ -70,7 +103,7 @@ pub fn bin(name: &str) -> PathBuf {
     let built = build_once();
     if path.exists() {
         if let Err(e) = built {
-            eprintln!("rouse-e2e: WARNING: build failed, using the existing {name}: {e}");
+            eprintln!("rouse-stack: WARNING: build failed, using the existing {name}: {e}");
         }
         return path;
     }

@@ -1,10 +1,10 @@
 //! A child process under test, with its output kept in a log file.
 //!
-//! When a test fails, the logs of the proxy and the controller are almost
-//! always what explains it, so every child writes stdout and stderr to one
-//! file in the test's temp dir, and [`Proc::logs`] reads it back for panic
-//! messages. A `Proc` is killed on drop so that a failing test never leaves a
-//! proxy or controller running.
+//! When a test or a benchmark fails, the logs of the proxy and the controller
+//! are almost always what explains it, so every child writes stdout and
+//! stderr to one file in the stack's dir, and [`Proc::logs`] reads it back
+//! for failure messages. A `Proc` is killed on drop so that a failure never
+//! leaves a proxy or controller running.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
@@ -41,7 +42,8 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `program args` with `env` added, appending stdout and stderr to
-    /// `log`. `RUST_LOG` defaults to `info` unless the test run sets it.
+    /// `log`. `RUST_LOG` defaults to `info` unless the caller's env sets it.
+    /// Panics when it cannot be started; see [`Proc::try_spawn`].
     pub fn spawn(
         name: &str,
         program: &Path,
@@ -49,6 +51,17 @@ impl Proc {
         env: &BTreeMap<String, String>,
         log: &Path,
     ) -> Proc {
+        Self::try_spawn(name, program, args, env, log).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`Proc::spawn`], failing instead of panicking.
+    pub fn try_spawn(
+        name: &str,
+        program: &Path,
+        args: &[OsString],
+        env: &BTreeMap<String, String>,
+        log: &Path,
+    ) -> anyhow::Result<Proc> {
         let mut proc = Proc {
             name: name.to_string(),
             program: program.to_path_buf(),
@@ -58,14 +71,18 @@ impl Proc {
             child: None,
             exit: None,
         };
-        proc.restart();
-        proc
+        proc.try_restart()?;
+        Ok(proc)
     }
 
     /// Starts the same command again (after it exited or was killed),
     /// appending to the same log file.
     pub fn restart(&mut self) {
-        assert!(
+        self.try_restart().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    fn try_restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
             self.child.is_none() || self.exit.is_some(),
             "{} is still running; stop it before restarting it",
             self.name
@@ -74,8 +91,8 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&self.log)
-            .unwrap_or_else(|e| panic!("open log {}: {e}", self.log.display()));
-        let err = out.try_clone().expect("clone log file handle");
+            .with_context(|| format!("open log {}", self.log.display()))?;
+        let err = out.try_clone().context("clone log file handle")?;
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .stdin(Stdio::null())
@@ -88,15 +105,12 @@ impl Proc {
             cmd.env("RUST_LOG", "info");
         }
         cmd.envs(&self.env);
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "could not start {} ({}): {e}",
-                self.name,
-                self.program.display()
-            )
-        });
+        let child = cmd.spawn().with_context(|| {
+            format!("could not start {} ({})", self.name, self.program.display())
+        })?;
         self.child = Some(child);
         self.exit = None;
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -136,7 +150,7 @@ impl Proc {
         }
         let pid = Pid::from_raw(self.pid() as i32);
         if let Err(e) = signal::kill(pid, sig) {
-            eprintln!("rouse-e2e: kill({pid}, {sig}) for {}: {e}", self.name);
+            eprintln!("rouse-stack: kill({pid}, {sig}) for {}: {e}", self.name);
         }
     }
 
@@ -180,6 +194,18 @@ impl Proc {
             self.name,
             crate::tail(&self.logs(), 40)
         );
+    }
+
+    /// SIGTERM, then SIGKILL when it has not exited within `grace`; never
+    /// panics. The exit status, if it could be reaped.
+    pub async fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.sigterm();
+        let exited = crate::poll(grace, || {
+            let exit = self.try_exit();
+            async move { exit }
+        })
+        .await;
+        exited.or_else(|| self.kill_now())
     }
 
     /// SIGKILL and reap, synchronously; used on drop and for hard kills.
