@@ -23,23 +23,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use bytes::Bytes;
 use clap::Parser;
-use http::{header, Request};
-use http_body_util::{BodyExt as _, Empty};
-use hyper_util::rt::TokioIo;
+use http::{header, HeaderValue};
+use http_body_util::BodyExt as _;
+use rouse_stack::procfs::proc_status_kib;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::coldstart::COLD_START_HEADER;
-use crate::compare::Machine;
+use crate::results::Machine;
 
 /// Time one scrape of the proxy's `/metrics` may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest `/metrics` page read.
-const MAX_METRICS: u64 = 16 * 1024 * 1024;
 /// Largest response body read per request.
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -100,40 +95,40 @@ pub struct Args {
 /// Outcome of one burst.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub machine: Machine,
-    pub requests: u32,
-    pub host: String,
-    pub path: String,
+    pub(crate) machine: Machine,
+    pub(crate) requests: u32,
+    pub(crate) host: String,
+    pub(crate) path: String,
     /// Responses with status 200.
-    pub ok: u32,
+    pub(crate) ok: u32,
     /// Every outcome: a status code (`"200"`, `"503"`) or an error kind
     /// (`"connect"`, `"io"`, `"timeout"`).
-    pub outcomes: BTreeMap<String, u32>,
+    pub(crate) outcomes: BTreeMap<String, u32>,
     /// Responses carrying `x-rouse-cold-start: true`.
-    pub cold_start_header: u32,
+    pub(crate) cold_start_header: u32,
     /// From the start until every request was sent (connections open).
-    pub all_sent_ms: Option<f64>,
+    pub(crate) all_sent_ms: Option<f64>,
     /// From the start until the first response was complete.
-    pub first_answer_ms: Option<f64>,
+    pub(crate) first_answer_ms: Option<f64>,
     /// From the start until the last response was complete.
-    pub last_answer_ms: Option<f64>,
+    pub(crate) last_answer_ms: Option<f64>,
     /// Largest `rouse_held` seen.
-    pub max_held: Option<u64>,
+    pub(crate) max_held: Option<u64>,
     /// Proxy `VmRSS` before the first request, KiB.
-    pub rss_before_kib: Option<u64>,
+    pub(crate) rss_before_kib: Option<u64>,
     /// Largest proxy `VmRSS` sampled while at least 99 % of `max_held` were
     /// held, KiB.
-    pub rss_held_kib: Option<u64>,
+    pub(crate) rss_held_kib: Option<u64>,
     /// Proxy `VmHWM` (peak RSS) after the burst, KiB.
-    pub rss_peak_kib: Option<u64>,
+    pub(crate) rss_peak_kib: Option<u64>,
     /// `(rss_held − rss_before) / max_held`, bytes.
-    pub rss_per_held_bytes: Option<f64>,
+    pub(crate) rss_per_held_bytes: Option<f64>,
     /// Samples taken (held, RSS).
-    pub samples: usize,
+    pub(crate) samples: usize,
     /// Growth of the kernel's `TcpExt ListenOverflows` counter during the
     /// burst (whole machine): connections that found the listen backlog
     /// full and were retried by the client's kernel a second or more later.
-    pub listen_overflows: Option<u64>,
+    pub(crate) listen_overflows: Option<u64>,
 }
 
 /// One request's outcome.
@@ -158,10 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if !args.path.starts_with('/') {
         bail!("--path must start with `/`");
     }
-    let proc_status = |key: &str| {
-        args.proxy_pid
-            .and_then(|pid| crate::footprint::proc_status_kib(pid, key))
-    };
+    let proc_status = |key: &str| args.proxy_pid.and_then(|pid| proc_status_kib(pid, key));
     let rss_before_kib = proc_status("VmRSS");
     if args.proxy_pid.is_some() && rss_before_kib.is_none() {
         bail!(
@@ -199,7 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                     Some(addr) => scrape_held(addr, &service).await.ok(),
                     None => None,
                 };
-                let rss_kib = pid.and_then(|pid| crate::footprint::proc_status_kib(pid, "VmRSS"));
+                let rss_kib = pid.and_then(|pid| proc_status_kib(pid, "VmRSS"));
                 samples.push(Sample { held, rss_kib });
             }
             samples
@@ -299,7 +291,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     print_summary(&report);
     if let Some(path) = &args.json {
-        crate::compare::write_json(path, &report)?;
+        crate::results::write_json(path, &report)?;
     }
     Ok(report)
 }
@@ -318,29 +310,21 @@ async fn one_request(
         sent_at,
         done_at: start.elapsed(),
     };
-    let stream = {
+    let connected = {
         let Ok(_permit) = gate.acquire().await else {
             return failed("connect", None);
         };
-        match TcpStream::connect(proxy).await {
-            Ok(stream) => stream,
-            Err(_) => return failed("connect", None),
-        }
+        crate::client::connect(proxy).await
     };
-    let _ = stream.set_nodelay(true);
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
-    else {
-        return failed("io", None);
+    let Ok((mut sender, connection)) = connected else {
+        return failed("connect", None);
     };
-    let Ok(request) = Request::get(path)
-        .header(header::HOST, host)
-        .header(header::USER_AGENT, "rouse-burst")
-        .header(header::CONNECTION, "close")
-        .body(Empty::new())
-    else {
+    let Ok(mut request) = crate::client::get(host, path, "rouse-burst") else {
         return failed("request", None);
     };
+    request
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     let exchange = async {
         let response = sender.send_request(request);
         // The request is written as soon as the connection task runs; count
@@ -371,14 +355,14 @@ async fn one_request(
 }
 
 /// The machine's `TcpExt ListenOverflows` counter.
-pub fn listen_overflows() -> Option<u64> {
+pub(crate) fn listen_overflows() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
     netstat_field(&text, "TcpExt", "ListenOverflows")
 }
 
 /// One counter of a `/proc/net/netstat` text (a line of names followed by a
 /// line of values, per prefix).
-pub fn netstat_field(text: &str, prefix: &str, name: &str) -> Option<u64> {
+pub(crate) fn netstat_field(text: &str, prefix: &str, name: &str) -> Option<u64> {
     let tag = format!("{prefix}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&tag));
     while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
@@ -392,44 +376,18 @@ pub fn netstat_field(text: &str, prefix: &str, name: &str) -> Option<u64> {
 
 /// Reads `rouse_held{service="<service>"}` from the proxy's `/metrics`
 /// (0 when the series does not exist yet).
-pub async fn scrape_held(addr: SocketAddr, service: &str) -> anyhow::Result<u64> {
-    let page = tokio::time::timeout(SCRAPE_TIMEOUT, fetch_metrics(addr))
-        .await
-        .context("timed out")??;
+pub(crate) async fn scrape_held(addr: SocketAddr, service: &str) -> anyhow::Result<u64> {
+    let (status, page) = rouse_stack::http_get(addr, "/metrics", SCRAPE_TIMEOUT).await?;
+    if status != 200 {
+        bail!("/metrics answered {status}");
+    }
     Ok(held_from_metrics(&page, service).unwrap_or(0))
 }
 
-async fn fetch_metrics(addr: SocketAddr) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut raw = Vec::new();
-    (&mut stream)
-        .take(MAX_METRICS)
-        .read_to_end(&mut raw)
-        .await?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("no end of headers in the /metrics response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!(
-            "/metrics answered `{}`",
-            head.lines().next().unwrap_or_default()
-        );
-    }
-    Ok(body.to_owned())
-}
-
 /// The value of `rouse_held{service="<service>"}` in a Prometheus text page.
-pub fn held_from_metrics(page: &str, service: &str) -> Option<u64> {
-    let series = format!("rouse_held{{service=\"{service}\"}}");
-    page.lines().find_map(|line| {
-        let rest = line.strip_prefix(&series)?;
-        let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
-        (value >= 0.0).then_some(value as u64)
-    })
+pub(crate) fn held_from_metrics(page: &str, service: &str) -> Option<u64> {
+    let value = rouse_stack::metric_value(page, "rouse_held", service)?;
+    (value >= 0.0).then_some(value as u64)
 }
 
 fn print_summary(report: &Report) {

@@ -16,8 +16,12 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::proc::Proc;
+
 /// Largest body read (a `/metrics` page of many services fits easily).
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Time one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET http://<addr><path>`: the status code and the body as text, all
 /// within `limit`.
@@ -49,6 +53,36 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .to_bytes();
     driver.abort();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Polls `GET http://<addr><path>` every [`crate::POLL_INTERVAL`] until it
+/// answers 200, failing when `proc` (the process that should answer) exits
+/// first or `deadline` passes.
+pub async fn wait_http_ok(
+    addr: SocketAddr,
+    path: &str,
+    deadline: Duration,
+    mut proc: Option<&mut Proc>,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let rounds = deadline.as_millis() / crate::POLL_INTERVAL.as_millis() + 2;
+    for _ in 0..rounds {
+        if let Some(proc) = proc.as_deref_mut() {
+            if let Some(status) = proc.try_exit() {
+                let name = proc.name();
+                anyhow::bail!("{name} exited ({status}) before http://{addr}{path} answered 200");
+            }
+        }
+        let limit = PROBE_TIMEOUT.min(deadline);
+        if let Ok((200, _)) = http_get(addr, path, limit).await {
+            return Ok(());
+        }
+        if start.elapsed() >= deadline {
+            break;
+        }
+        tokio::time::sleep(crate::POLL_INTERVAL).await;
+    }
+    anyhow::bail!("http://{addr}{path} did not answer 200 within {deadline:?}")
 }
 
 /// The value of the first sample of `name` whose labels include

@@ -27,7 +27,7 @@
 //! - `proc`: one child process with its log file ([`Proc`]);
 //! - `nats`: the private `nats-server` ([`NatsServer`]);
 //! - `http`: the one small HTTP client readiness, status and metrics need
-//!   ([`http_get`], [`metric_value`]);
+//!   ([`http_get`], [`wait_http_ok`], [`metric_value`]);
 //! - `stack`: the whole deployment ([`StackBuilder`], [`Stack`]);
 //! - `procfs`: what `/proc` says about its processes (replicas by marker,
 //!   CPU time, memory, process trees).
@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 pub use bins::{bin, target_dir, workspace_root, Bins};
 pub use config::{line_of, Config, Service};
-pub use http::{http_get, metric_value};
+pub use http::{http_get, metric_value, wait_http_ok};
 pub use nats::NatsServer;
 pub use proc::{read_lossy, Proc};
 pub use stack::{ProxyNode, Stack, StackBuilder, STARTUP_DEADLINE};

@@ -113,6 +113,14 @@ pub fn parse_stat(text: &str) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`).
+pub fn clock_ticks_per_second() -> u64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(ticks)) if ticks > 0 => ticks as u64,
+        _ => 100,
+    }
+}
+
 /// utime + stime of one process, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let (utime, stime) = user_system_ticks(pid)?;

@@ -29,8 +29,6 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Log lines per process in failure messages.
 const LOG_TAIL_LINES: usize = 80;
-/// Time one readiness request may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -385,42 +383,19 @@ impl Stack {
             .await
     }
 
-    /// Polls `url` until 200, failing early if the process (proxy `i`, or
-    /// the controller for `None`) exits.
+    /// Polls `GET addr/path` until 200, failing early if the process (proxy
+    /// `i`, or the controller for `None`) exits; the error carries all logs.
     async fn wait_http_ok(
         &mut self,
         proxy: Option<usize>,
         (addr, path): (SocketAddr, &str),
     ) -> anyhow::Result<()> {
-        let start = tokio::time::Instant::now();
-        let rounds = STARTUP_DEADLINE.as_millis() / crate::POLL_INTERVAL.as_millis() + 2;
-        for _ in 0..rounds {
-            let proc = match proxy {
-                Some(i) => &mut self.proxies[i].proc,
-                None => &mut self.controller,
-            };
-            if let Some(status) = proc.try_exit() {
-                let name = proc.name().to_string();
-                anyhow::bail!(
-                    "{name} exited ({status}) before http://{addr}{path} answered 200\n{}",
-                    self.dump_logs()
-                );
-            }
-            let ok = crate::http_get(addr, path, PROBE_TIMEOUT)
-                .await
-                .is_ok_and(|(status, _)| status == 200);
-            if ok {
-                return Ok(());
-            }
-            if start.elapsed() >= STARTUP_DEADLINE {
-                break;
-            }
-            tokio::time::sleep(crate::POLL_INTERVAL).await;
-        }
-        anyhow::bail!(
-            "http://{addr}{path} did not answer 200 within {STARTUP_DEADLINE:?}\n{}",
-            self.dump_logs()
-        )
+        let proc = match proxy {
+            Some(i) => &mut self.proxies[i].proc,
+            None => &mut self.controller,
+        };
+        let waited = crate::wait_http_ok(addr, path, STARTUP_DEADLINE, Some(proc)).await;
+        waited.map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.dump_logs()))
     }
 
     /// SIGKILLs the controller and waits for it to be gone. Its replicas are

@@ -1,17 +1,19 @@
-//! `rouse-compare`: measuring and reporting half of `bench/run`.
+//! `rouse-compare`: the proxy comparison of `bench/run`.
 //! See [`rouse_bench::compare`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use rouse_bench::compare::{self, Cli};
+use rouse_nats::runtime::Threads;
 
 fn main() -> ExitCode {
-    match compare::run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("rouse-compare: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    // One thread: it only starts processes and waits for them; the load
+    // runs in the load generator (and the burst on a runtime of its own).
+    rouse_nats::runtime::run(
+        "rouse-compare",
+        Threads::Current,
+        None,
+        compare::run(Cli::parse()),
+    )
 }
