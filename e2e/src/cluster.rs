@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::Method;
+pub use rouse_stack::{ProxyNode, STARTUP_DEADLINE};
 use rouse_stack::{Service, Stack, StackBuilder};
 use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};

@@ -25,15 +25,15 @@
 //!   panicking waits and requests that dump every log on failure;
 //! - `http`: requests through the proxy (reqwest), the controller's status;
 //! - `protocols`: h2c and HTTP/1.1 Upgrade clients written against the wire;
-//! - `bins`, `config`: the paths the tests name for `rouse-stack`'s binaries
-//!   and config writer.
+//! - `bins`, `config`, `nats`, `proc`, `pids`: `rouse-stack`'s pieces under
+//!   the paths the tests (the proxy's too) import them by.
 //!
 //! Environment knobs: those of `rouse-stack` (`NATS_SERVER_BIN`,
 //! `ROUSE_E2E_NO_BUILD=1`, `RUST_LOG`), and
 //! - `ROUSE_E2E_PARALLEL=<n>`: clusters allowed at once per test binary (1);
 //! - `ROUSE_E2E_KEEP=1`: keep each cluster's temp dir (configs, logs, state).
 
-mod cluster;
+pub mod cluster;
 pub mod http;
 pub mod protocols;
 
@@ -47,6 +47,21 @@ pub mod config {
     pub use rouse_stack::{line_of, Config, Service};
 }
 
+/// A private nats-server (`rouse-stack`'s); the proxy's tests use it too.
+pub mod nats {
+    pub use rouse_stack::NatsServer;
+}
+
+/// A child process with its log file (`rouse-stack`'s).
+pub mod proc {
+    pub use rouse_stack::{read_lossy, Proc};
+}
+
+/// Replica processes by their marker (`rouse-stack`'s).
+pub mod pids {
+    pub use rouse_stack::procfs::{kill_pids, replica_pids, unique_marker};
+}
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -55,7 +70,7 @@ pub use http::{
     get, metric_value, request, services, services_with, ReplicaStatus, Resp, ServiceStatus,
 };
 pub use protocols::{h2c_get, upgrade_echo, Upgraded};
-pub use rouse_stack::procfs::{kill_pids, replica_pids};
+pub use rouse_stack::procfs::{kill_pids, replica_pids, unique_marker};
 pub use rouse_stack::{
     bin, free_addr, free_port, tail, Config, NatsServer, Proc, ProxyNode, Service, MARKER_ENV,
     POLL_INTERVAL,
