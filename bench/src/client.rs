@@ -13,13 +13,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// A sender and the connection task that must be driven for it to work.
-pub(crate) type Conn = (
+pub type Conn = (
     SendRequest<Empty<Bytes>>,
     Connection<TokioIo<TcpStream>, Empty<Bytes>>,
 );
 
 /// A fresh HTTP/1.1 connection to `addr`, with `TCP_NODELAY`.
-pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
@@ -30,11 +30,7 @@ pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
 }
 
 /// `GET path` with `Host: host`, sent by `agent`.
-pub(crate) fn get(
-    host: &str,
-    path: &str,
-    agent: &'static str,
-) -> anyhow::Result<Request<Empty<Bytes>>> {
+pub fn get(host: &str, path: &str, agent: &'static str) -> anyhow::Result<Request<Empty<Bytes>>> {
     Request::get(path)
         .header(header::HOST, host)
         .header(header::USER_AGENT, agent)

@@ -40,7 +40,7 @@ use crate::results::{
 use crate::status::{Controller, ReplicaStatus};
 
 /// Header the proxy puts on responses to requests it held.
-pub(crate) const COLD_START_HEADER: &str = "x-rouse-cold-start";
+pub const COLD_START_HEADER: &str = "x-rouse-cold-start";
 /// How long to look for the replica that answered in the status API after
 /// the response (the status board is written just after the endpoint set is
 /// published, so the proxy can in principle be faster than it).

@@ -92,7 +92,7 @@ impl StackArgs {
 
 /// `work`, or an error as soon as SIGINT or SIGTERM arrives, so that what
 /// was started is stopped on Ctrl-C too.
-pub(crate) async fn until_interrupted<T>(
+pub async fn until_interrupted<T>(
     work: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
     use tokio::signal::unix::{signal, SignalKind};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a benchmark ran.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Machine {
+pub struct Machine {
     pub nproc: usize,
     pub cpu_model: String,
     pub kernel: String,
@@ -96,7 +96,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 
 /// The median; the mean of the two middle values for an even count.
 /// Non-finite values are ignored.
-pub(crate) fn median(values: &[f64]) -> Option<f64> {
+pub fn median(values: &[f64]) -> Option<f64> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return None;
@@ -236,7 +236,7 @@ impl<S: Serialize, R: Serialize> Output<S, R> {
 }
 
 /// Writes `value` as pretty JSON, creating the parent directory.
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -1,10 +1,10 @@
 //! `rouse-compare`: the proxy comparison of `bench/run`.
-//! See [`rouse_bench::compare`].
+//! See [`rouse_compare`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rouse_bench::compare::{self, Cli};
+use rouse_compare::Cli;
 use rouse_nats::runtime::Threads;
 
 fn main() -> ExitCode {
@@ -14,6 +14,6 @@ fn main() -> ExitCode {
         "rouse-compare",
         Threads::Current,
         None,
-        compare::run(Cli::parse()),
+        rouse_compare::run(Cli::parse()),
     )
 }

@@ -15,8 +15,8 @@ use serde_json::Value;
 use super::loadgen::{find_tool, first_line, measure, Loadgen, MeasureArgs, RoundResult};
 use super::report::{mib, publish, throughput, BurstResult, Footprint, FootprintResult, Results};
 use super::{Cli, Part, Target};
-use crate::live::until_interrupted;
-use crate::results::Machine;
+use rouse_bench::results::Machine;
+use rouse_bench::until_interrupted;
 
 /// How long each process gets after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);

@@ -1,10 +1,10 @@
 //! `rouse-burst`: many concurrent requests at a service with zero replicas.
-//! See [`rouse_bench::burst`].
+//! See [`rouse_compare::burst`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rouse_bench::burst::{self, Args};
+use rouse_compare::burst::{self, Args};
 use rouse_nats::runtime::Threads;
 
 fn main() -> ExitCode {

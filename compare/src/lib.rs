@@ -1,4 +1,5 @@
-//! `rouse-compare`: the proxy comparison `bench/run` runs.
+//! `rouse-compare`: the proxy comparison `bench/run` runs, and
+//! `rouse-burst`, its burst at zero replicas.
 //!
 //! - throughput: the same backend (one rouse-echo replica, started by rouse
 //!   with `min_replicas = max_replicas = 1`) measured round-robin over
@@ -13,9 +14,21 @@
 //! `latest.json` and `latest.svg` in `--out` and into the generated blocks
 //! of `bench/README.md`.
 //!
-//! Modules: `run` (the three parts, in order), `loadgen` (one load run),
-//! `report` (medians, ratios, targets, Markdown), `chart` (the SVG).
+//! It is a crate of its own, next to `rouse-bench`, because it measures
+//! something else with other tools: rouse-proxy's data path against other
+//! proxies with external load generators, reported into `bench/README.md`,
+//! where `rouse-bench` times rouse's own scaling path from the controller's
+//! status API. It uses `rouse-bench`'s machine record, statistics, JSON
+//! writing and HTTP client.
+//!
+//! Modules, in the order a run goes through them:
+//! - `run`: the three parts, each on a fresh stack, then the report;
+//! - `loadgen`: one load run against one path (bombardier, oha or wrk);
+//! - [`burst`]: `rouse-burst`, thousands of requests held at zero replicas;
+//! - `report`: medians, paired ratios, targets, `latest.json`, Markdown;
+//! - `chart`: the SVG of the throughput part.
 
+pub mod burst;
 mod chart;
 mod loadgen;
 mod report;

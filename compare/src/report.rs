@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::chart::chart;
 use super::loadgen::RoundResult;
 use super::TARGETS;
-use crate::results::{median, write_json, Machine};
+use rouse_bench::results::{median, write_json, Machine};
 
 /// Targets of the issue, checked (never asserted) by the report.
 pub(crate) const TARGET_RPS_FACTOR: f64 = 1.2;
@@ -550,7 +550,7 @@ pub(crate) fn footprint_markdown(f: &FootprintResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::loadgen::{LoadResult, Tool};
+    use crate::loadgen::{LoadResult, Tool};
 
     fn round(target: &str, round: u32, rps: f64, p99_ms: f64, cpu: f64) -> RoundResult {
         RoundResult {

@@ -30,8 +30,8 @@ use rouse_stack::procfs::proc_status_kib;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::coldstart::COLD_START_HEADER;
-use crate::results::Machine;
+use rouse_bench::results::Machine;
+use rouse_bench::COLD_START_HEADER;
 
 /// Time one scrape of the proxy's `/metrics` may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -291,7 +291,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     print_summary(&report);
     if let Some(path) = &args.json {
-        crate::results::write_json(path, &report)?;
+        rouse_bench::results::write_json(path, &report)?;
     }
     Ok(report)
 }
@@ -314,12 +314,12 @@ async fn one_request(
         let Ok(_permit) = gate.acquire().await else {
             return failed("connect", None);
         };
-        crate::client::connect(proxy).await
+        rouse_bench::client::connect(proxy).await
     };
     let Ok((mut sender, connection)) = connected else {
         return failed("connect", None);
     };
-    let Ok(mut request) = crate::client::get(host, path, "rouse-burst") else {
+    let Ok(mut request) = rouse_bench::client::get(host, path, "rouse-burst") else {
         return failed("request", None);
     };
     request
