@@ -6,10 +6,10 @@
 //! controller. Unit tests inside the crates cannot prove them, so these
 //! tests start the real binaries (through `rouse-stack`, the start-up the
 //! benchmarks share) and drive them over HTTP only, exactly as a user would.
-//! Neither crate depends on another workspace crate, on purpose: the
-//! contract is `shared/DESIGN.md` (binaries, flags, config keys, status
-//! codes, metrics, `/api/v1/services`), not the Rust types, and the tests
-//! must keep compiling while the binaries are being rewritten.
+//! Neither crate depends on a crate under test (nats, proxy, controller),
+//! on purpose: the contract is `shared/DESIGN.md` (binaries, flags, config
+//! keys, status codes, metrics, `/api/v1/services`), not the Rust types, and
+//! the tests must keep compiling while the binaries are being rewritten.
 //!
 //! Rules every test follows, and that the helpers here make easy:
 //! - isolation: every [`Cluster`] is a [`rouse_stack::Stack`] with its own
