@@ -28,6 +28,17 @@ pub(crate) enum Tool {
     Wrk,
 }
 
+impl Tool {
+    /// The tool's executable name: `bombardier`, `oha`, `wrk`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Bombardier => "bombardier",
+            Tool::Oha => "oha",
+            Tool::Wrk => "wrk",
+        }
+    }
+}
+
 /// A load generator found on this machine.
 #[derive(Debug, Clone)]
 pub(crate) struct Loadgen {
@@ -46,8 +57,7 @@ impl Loadgen {
                 .map_err(|_| anyhow!("LOADGEN must be bombardier, oha or wrk"))?],
         };
         for tool in tools {
-            let name = tool.to_possible_value().expect("no skipped variant");
-            let Some(bin) = find_tool(name.get_name()) else {
+            let Some(bin) = find_tool(tool.name()) else {
                 continue;
             };
             let version = match tool {

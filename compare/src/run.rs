@@ -217,9 +217,9 @@ impl Bench {
             .transpose()?;
         let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
         println!(
-            "\n== throughput: {}; {:?} ({}), {} connections, {}s, {} rounds, {} threads per proxy",
+            "\n== throughput: {}; {} ({}), {} connections, {}s, {} rounds, {} threads per proxy",
             names.join(" "),
-            loadgen.tool,
+            loadgen.tool.name(),
             loadgen.version,
             cli.connections,
             cli.duration.as_secs(),
@@ -230,7 +230,8 @@ impl Bench {
 
         // The one replica rouse started: every path goes to it.
         let (backend, backend_pid) = ready_backend(&stack, "echo").await?;
-        println!("backend: rouse-echo at {backend} (pid {backend_pid:?})");
+        let pid = backend_pid.map_or("-".to_owned(), |p| p.to_string());
+        println!("backend: rouse-echo at {backend} (pid {pid})");
         answers(backend, None).await?;
         answers(self.ports.proxy, Some(&mut stack.proxies[0].proc)).await?;
 
@@ -307,7 +308,7 @@ impl Bench {
             })
         };
         let facts = [
-            ("tool", format!("{:?}", loadgen.tool).to_lowercase()),
+            ("tool", loadgen.tool.name().to_owned()),
             ("tool_version", loadgen.version.clone()),
             ("connections", cli.connections.to_string()),
             ("duration", format!("{}s", cli.duration.as_secs())),
