@@ -22,26 +22,25 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 use clap::Parser;
-use http::{header, HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt as _, Empty};
-use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
+use http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt as _;
+use rouse_stack::{Service, StackBuilder};
+use serde::Serialize;
+
+use crate::live::StackArgs;
+use crate::results::{
+    measure_each, micros_between, now_us, render, summaries, Machine, Metric, Output, Summary,
+};
+use crate::status::{Controller, ReplicaStatus};
 
 /// Header the proxy puts on responses to requests it held.
 pub const COLD_START_HEADER: &str = "x-rouse-cold-start";
-/// Path of the controller's status API.
-pub const STATUS_PATH: &str = "/api/v1/services";
-/// Interval between two polls of the status API.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// Time one status API request may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to look for the replica that answered in the status API after
 /// the response (the status board is written just after the endpoint set is
 /// published, so the proxy can in principle be faster than it).
@@ -92,145 +91,39 @@ pub struct Args {
     /// Write the cycles, the summary and machine information here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub stack: StackArgs,
 }
 
-// --- the controller's status API ---------------------------------------------
-
-/// `GET /api/v1/services`: `{"services": [...]}`. Fields this tool does not
-/// use are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Listing {
-    pub services: Vec<ServiceStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub desired: u32,
-    pub ready: u32,
-    #[serde(default)]
-    pub replicas: Vec<ReplicaStatus>,
-    /// Requests held by the live proxies, summed (controller's view).
-    #[serde(default)]
-    pub held: u64,
-    /// Requests in flight at the live proxies, summed (controller's view).
-    #[serde(default)]
-    pub in_flight: u64,
-    /// The latest change of the replica count.
-    #[serde(default)]
-    pub last_scale: Option<ScaleEvent>,
-}
-
-/// A change of a service's replica count, as the status API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct ScaleEvent {
-    pub from: u32,
-    pub to: u32,
-    pub reason: String,
-    /// When the controller recorded it, ms since the epoch.
-    pub at_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct ReplicaStatus {
-    pub id: String,
-    #[serde(default)]
-    pub addr: String,
-    #[serde(default)]
-    pub state: String,
-    /// When the controller asked the backend for it, µs since the epoch.
-    pub started_at_us: u64,
-    /// Its first passing readiness probe, µs since the epoch.
-    #[serde(default)]
-    pub ready_at_us: Option<u64>,
-}
-
-impl Listing {
-    pub fn service(&self, name: &str) -> Option<&ServiceStatus> {
-        self.services.iter().find(|s| s.name == name)
-    }
-
-    /// The service names, comma-separated (`none` when there is none).
-    pub fn names(&self) -> String {
-        let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        }
-    }
-}
-
-impl ServiceStatus {
-    /// No ready replica and none starting, draining or stopping.
-    pub fn is_at_zero(&self) -> bool {
-        self.ready == 0 && self.replicas.is_empty()
-    }
-
-    pub fn replica(&self, id: &str) -> Option<&ReplicaStatus> {
-        self.replicas.iter().find(|r| r.id == id)
-    }
-}
-
-/// Parses the body of `/api/v1/services`.
-pub fn parse_status(body: &[u8]) -> anyhow::Result<Listing> {
-    serde_json::from_slice(body).context("parsing the controller's /api/v1/services JSON")
+/// The stack `--start-stack` starts: one service behind --host that scales
+/// to zero 1 s after its last request, at most one replica, fast reports.
+fn stack(args: &Args) -> anyhow::Result<StackBuilder> {
+    let echo = Service::new(&args.service, &args.host)
+        .max_replicas(1)
+        .scale_to_zero_after("1s")
+        .scaling("stable_window", "1s")
+        .scaling("panic_window", "100ms");
+    Ok(args
+        .stack
+        .builder(args.proxy, args.controller)?
+        .report_interval("200ms")
+        .service(echo))
 }
 
 /// The replica id in a `rouse-echo` greeting, `handled by <id>`.
-pub fn replica_from_body(body: &str) -> Option<&str> {
+pub(crate) fn replica_from_body(body: &str) -> Option<&str> {
     body.trim()
         .strip_prefix("handled by ")
         .map(str::trim)
         .filter(|id| !id.is_empty())
 }
 
-// --- statistics ----------------------------------------------------------------
-
-/// Nearest-rank percentile of ascending `sorted` values: the value at rank
-/// `ceil(p/100 · n)` (at least 1). `None` when there are no values.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    let n = sorted.len();
-    if n == 0 {
-        return None;
-    }
-    let rank = (p.clamp(0.0, 100.0) / 100.0 * n as f64).ceil() as usize;
-    sorted.get(rank.clamp(1, n) - 1).copied()
-}
-
-/// Distribution of one metric, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Summary {
-    pub n: usize,
-    pub median: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub min: f64,
-    pub max: f64,
-    pub mean: f64,
-}
-
-/// Summary of `values` (in any order); `None` when empty. NaNs are ignored.
-pub fn summarize(values: &[f64]) -> Option<Summary> {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    Some(Summary {
-        n,
-        median: percentile(&sorted, 50.0)?,
-        p90: percentile(&sorted, 90.0)?,
-        p99: percentile(&sorted, 99.0)?,
-        min: *sorted.first()?,
-        max: *sorted.last()?,
-        mean: sorted.iter().sum::<f64>() / n as f64,
-    })
-}
-
 // --- one cycle -----------------------------------------------------------------
 
 /// One measured cold start. Timestamps are µs since the epoch; durations ms.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Cycle {
+pub(crate) struct Cycle {
     pub cycle: u32,
     /// How long this cycle waited for the service to be at zero.
     pub zero_wait_ms: f64,
@@ -266,14 +159,9 @@ impl Cycle {
     }
 }
 
-/// `to − from` in milliseconds, negative when `to` is earlier.
-pub fn micros_between(from: u64, to: u64) -> f64 {
-    (i128::from(to) - i128::from(from)) as f64 / 1000.0
-}
-
 /// Summaries of the good cycles, one per metric.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub cycles: usize,
     pub ok: usize,
     pub errors: usize,
@@ -286,8 +174,7 @@ pub struct Report {
 }
 
 /// Metric names and accessors, in the order they are printed.
-type Metric = (&'static str, fn(&Cycle) -> Option<f64>);
-const METRICS: [Metric; 5] = [
+const METRICS: [Metric<Cycle>; 5] = [
     ("ttfb_ms", |c| c.ttfb_ms),
     ("wake_ms", |c| c.wake_ms),
     ("replica_ready_ms", |c| c.replica_ready_ms),
@@ -298,9 +185,7 @@ const METRICS: [Metric; 5] = [
 impl Report {
     pub fn of(cycles: &[Cycle]) -> Self {
         let good: Vec<&Cycle> = cycles.iter().filter(|c| c.ok()).collect();
-        let metric = |get: fn(&Cycle) -> Option<f64>| {
-            summarize(&good.iter().filter_map(|c| get(c)).collect::<Vec<_>>())
-        };
+        let [ttfb, wake, ready, overhead, total] = summaries(&METRICS, &good);
         Self {
             cycles: cycles.len(),
             ok: good.len(),
@@ -309,11 +194,11 @@ impl Report {
                 .iter()
                 .filter(|c| c.status.is_some() && !c.cold_start_header)
                 .count(),
-            ttfb_ms: metric(METRICS[0].1),
-            wake_ms: metric(METRICS[1].1),
-            replica_ready_ms: metric(METRICS[2].1),
-            overhead_ms: metric(METRICS[3].1),
-            total_ms: metric(METRICS[4].1),
+            ttfb_ms: ttfb.1,
+            wake_ms: wake.1,
+            replica_ready_ms: ready.1,
+            overhead_ms: overhead.1,
+            total_ms: total.1,
         }
     }
 
@@ -329,26 +214,7 @@ impl Report {
 
     /// The summary table.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<18} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "metric (ms)", "n", "median", "p90", "p99", "min", "max", "mean"
-        );
-        for (name, summary) in self.metrics() {
-            match summary {
-                Some(s) => {
-                    let _ = writeln!(
-                        out,
-                        "{name:<18} {:>5} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-                        s.n, s.median, s.p90, s.p99, s.min, s.max, s.mean
-                    );
-                }
-                None => {
-                    let _ = writeln!(out, "{name:<18} {:>5} (no data)", 0);
-                }
-            }
-        }
+        let mut out = render(&self.metrics(), 2, true);
         let _ = writeln!(
             out,
             "cycles: {}  ok: {}  errors: {}  missing {COLD_START_HEADER}: {}",
@@ -359,7 +225,7 @@ impl Report {
 }
 
 /// Header of the per-cycle table.
-pub fn table_header() -> String {
+pub(crate) fn table_header() -> String {
     format!(
         "{:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {:<12} {}",
         "cycle", "zero_wait", "ttfb", "wake", "ready", "overhead", "total", "replica", "result"
@@ -367,7 +233,7 @@ pub fn table_header() -> String {
 }
 
 /// One row of the per-cycle table (durations in ms).
-pub fn table_row(c: &Cycle) -> String {
+pub(crate) fn table_row(c: &Cycle) -> String {
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
     format!(
         "{:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {:<12} {}",
@@ -399,13 +265,6 @@ struct Fetched {
     done_us: u64,
 }
 
-/// Microseconds since the Unix epoch on the wall clock.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
 /// `GET path` with `Host: host` on a fresh HTTP/1.1 connection to `addr`.
 async fn get(addr: SocketAddr, host: &str, path: &str, limit: Duration) -> anyhow::Result<Fetched> {
     match tokio::time::timeout(limit, get_unbounded(addr, host, path)).await {
@@ -418,20 +277,9 @@ async fn get(addr: SocketAddr, host: &str, path: &str, limit: Duration) -> anyho
 }
 
 async fn get_unbounded(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Fetched> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP/1.1 handshake with {addr}"))?;
+    let (mut sender, connection) = crate::client::connect(addr).await?;
     let driver = tokio::spawn(connection);
-    let request = Request::get(path)
-        .header(header::HOST, host)
-        .header(header::USER_AGENT, "rouse-coldstart")
-        .body(Empty::new())
-        .with_context(|| format!("building GET {path} for host {host}"))?;
+    let request = crate::client::get(host, path, "rouse-coldstart")?;
     let sent_us = now_us();
     let result = sender.send_request(request).await;
     let first_byte_us = now_us();
@@ -455,106 +303,44 @@ async fn get_unbounded(addr: SocketAddr, host: &str, path: &str) -> anyhow::Resu
     })
 }
 
-/// Client of the controller's status API.
-#[derive(Debug, Clone)]
-pub struct Controller {
-    addr: SocketAddr,
-}
-
-impl Controller {
-    pub fn new(addr: SocketAddr) -> Self {
-        Self { addr }
-    }
-
-    /// One `GET /api/v1/services`, parsed.
-    pub async fn status(&self) -> anyhow::Result<Listing> {
-        let host = self.addr.to_string();
-        let fetched = get(self.addr, &host, STATUS_PATH, STATUS_TIMEOUT)
-            .await
-            .with_context(|| format!("asking the controller at {} for its status", self.addr))?;
-        if fetched.status != StatusCode::OK {
-            bail!(
-                "controller at {} answered {} to GET {STATUS_PATH}: {}",
-                self.addr,
-                fetched.status,
-                String::from_utf8_lossy(&fetched.body).trim()
-            );
+/// The replica `id` of `service` once it has a `ready_at_us`, polling for
+/// up to [`REPLICA_LOOKUP_TIMEOUT`].
+async fn ready_replica(
+    controller: &Controller,
+    service: &str,
+    id: &str,
+) -> anyhow::Result<ReplicaStatus> {
+    let start = Instant::now();
+    loop {
+        let status = controller.service(service).await?;
+        let found = status.replica(id);
+        if let Some(replica) = found.filter(|r| r.ready_at_us.is_some()) {
+            return Ok(replica.clone());
         }
-        parse_status(&fetched.body)
-    }
-
-    /// The status of `service`; an error names the services there are.
-    pub async fn service(&self, service: &str) -> anyhow::Result<ServiceStatus> {
-        let listing = self.status().await?;
-        match listing.service(service) {
-            Some(status) => Ok(status.clone()),
-            None => bail!(
-                "the controller at {} has no service {service:?} (it has: {})",
-                self.addr,
-                listing.names()
-            ),
+        if start.elapsed() >= REPLICA_LOOKUP_TIMEOUT {
+            bail!(match found {
+                Some(r) => format!("replica {id} has no ready_at_us (state {})", r.state),
+                None => format!("replica {id} is not in the controller's status"),
+            });
         }
-    }
-
-    /// Polls every [`POLL_INTERVAL`] until `service` is at zero replicas;
-    /// returns how long that took. Transient errors are retried within
-    /// `limit`; the last one is reported if time runs out.
-    pub async fn wait_for_zero(&self, service: &str, limit: Duration) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        loop {
-            let last = match self.service(service).await {
-                Ok(status) if status.is_at_zero() => return Ok(start.elapsed()),
-                Ok(status) => {
-                    format!(
-                        "ready={} desired={} replicas=[{}]",
-                        status.ready,
-                        status.desired,
-                        status
-                            .replicas
-                            .iter()
-                            .map(|r| format!("{}:{}", r.id, r.state))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-                Err(err) => format!("{err:#}"),
-            };
-            if start.elapsed() >= limit {
-                bail!(
-                    "service {service:?} did not return to zero replicas within {} (last seen: {last})",
-                    humantime::format_duration(limit)
-                );
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-    }
-
-    /// The replica `id` of `service` once it has a `ready_at_us`, polling for
-    /// up to [`REPLICA_LOOKUP_TIMEOUT`].
-    async fn ready_replica(&self, service: &str, id: &str) -> anyhow::Result<ReplicaStatus> {
-        let start = Instant::now();
-        loop {
-            let status = self.service(service).await?;
-            let found = status.replica(id);
-            if let Some(replica) = found.filter(|r| r.ready_at_us.is_some()) {
-                return Ok(replica.clone());
-            }
-            if start.elapsed() >= REPLICA_LOOKUP_TIMEOUT {
-                bail!(match found {
-                    Some(r) => format!("replica {id} has no ready_at_us (state {})", r.state),
-                    None => format!("replica {id} is not in the controller's status"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// Measures one cold start. Only a failure to wait for zero is an `Err`;
 /// everything else is recorded in the cycle's `error`.
-pub async fn run_cycle(args: &Args, controller: &Controller, n: u32) -> anyhow::Result<Cycle> {
+pub(crate) async fn run_cycle(
+    args: &Args,
+    controller: &Controller,
+    n: u32,
+) -> anyhow::Result<Cycle> {
     let zero_wait = controller
-        .wait_for_zero(&args.service, args.idle_timeout)
+        .wait_for(
+            &args.service,
+            "return to zero replicas",
+            args.idle_timeout,
+            |s| s.is_at_zero(),
+        )
         .await
         .with_context(|| format!("cycle {n}"))?;
     let mut cycle = Cycle {
@@ -592,8 +378,7 @@ async fn measure(args: &Args, controller: &Controller, cycle: &mut Cycle) -> any
             body.trim()
         );
     };
-    let replica = controller
-        .ready_replica(&args.service, &id)
+    let replica = ready_replica(controller, &args.service, &id)
         .await
         .context("looking up the replica that answered")?;
     cycle.started_at_us = Some(replica.started_at_us);
@@ -606,86 +391,9 @@ async fn measure(args: &Args, controller: &Controller, cycle: &mut Cycle) -> any
 
 // --- the whole run -------------------------------------------------------------
 
-/// Where a benchmark ran.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Machine {
-    pub nproc: usize,
-    pub cpu_model: String,
-    pub kernel: String,
-    /// RFC 3339, UTC.
-    pub date: String,
-}
-
-impl Machine {
-    pub fn detect() -> Self {
-        let nproc = std::thread::available_parallelism().map_or(0, usize::from);
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|text| cpu_model(&text))
-            .unwrap_or_else(|| "unknown".into());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into());
-        let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        Self {
-            nproc,
-            cpu_model,
-            kernel,
-            date,
-        }
-    }
-}
-
-impl Machine {
-    /// [`Machine::detect`], printed on one line under a result table.
-    pub fn detect_and_print() -> Self {
-        let machine = Self::detect();
-        println!(
-            "machine: {} cpus, {}, kernel {}, {}",
-            machine.nproc, machine.cpu_model, machine.kernel, machine.date
-        );
-        machine
-    }
-}
-
-/// Runs `measure` for 1..=`count`, printing each result's table row as it
-/// comes. Stops at the first error, returned as the reason the run was cut
-/// short, with the results so far.
-pub async fn measure_each<T, Fut>(
-    count: u32,
-    mut measure: impl FnMut(u32) -> Fut,
-    row: impl Fn(&T) -> String,
-) -> (Vec<T>, Option<String>)
-where
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let mut results = Vec::new();
-    for n in 1..=count {
-        match measure(n).await {
-            Ok(result) => {
-                println!("{}", row(&result));
-                results.push(result);
-            }
-            Err(err) => return (results, Some(format!("{err:#}"))),
-        }
-    }
-    (results, None)
-}
-
-/// The `model name` of the first CPU in `/proc/cpuinfo`.
-pub fn cpu_model(cpuinfo: &str) -> Option<String> {
-    cpuinfo.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        let key = key.trim();
-        (key == "model name" || key == "Model" || key == "cpu model")
-            .then(|| value.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    })
-}
-
 /// What the benchmark was pointed at.
 #[derive(Debug, Clone, Serialize)]
-pub struct Setup {
+pub(crate) struct Setup {
     pub proxy: String,
     pub host: String,
     pub controller: String,
@@ -695,35 +403,21 @@ pub struct Setup {
     pub idle_timeout: String,
 }
 
-/// The `--json` document.
-#[derive(Debug, Clone, Serialize)]
-pub struct Output<'a> {
-    pub benchmark: &'static str,
-    pub setup: Setup,
-    pub machine: Machine,
-    /// Set when the run stopped early.
-    pub aborted: Option<String>,
-    pub summary: &'a Report,
-    pub cycles: &'a [Cycle],
-}
-
-/// Writes `output` as pretty JSON to `path`, creating its directory.
-pub fn write_json(path: &Path, output: &impl Serialize) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let text = serde_json::to_string_pretty(output).context("serializing the results")?;
-    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
-}
-
 /// Runs the benchmark: prints each cycle as it completes, then the summary,
 /// and writes `--json`. Fails when a cycle cannot start (the service does not
 /// return to zero) or when no cycle succeeded; the results so far are still
 /// printed and written.
-pub async fn run(args: Args) -> anyhow::Result<Report> {
+pub async fn run(args: Args) -> anyhow::Result<()> {
     if !args.path.starts_with('/') {
         bail!("--path must start with '/', got {:?}", args.path);
     }
+    let stack = stack(&args)?;
+    args.stack
+        .run("rouse-coldstart", stack, measure_all(&args))
+        .await
+}
+
+async fn measure_all(args: &Args) -> anyhow::Result<()> {
     let controller = Controller::new(args.controller);
     controller
         .service(&args.service)
@@ -736,32 +430,28 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     println!("{}", table_header());
 
     let (cycles, aborted) =
-        measure_each(args.cycles, |n| run_cycle(&args, &controller, n), table_row).await;
+        measure_each(args.cycles, |n| run_cycle(args, &controller, n), table_row).await;
 
     let report = Report::of(&cycles);
     println!();
     print!("{}", report.render());
-    let machine = Machine::detect_and_print();
-    if let Some(path) = &args.json {
-        let output = Output {
-            benchmark: "coldstart",
-            setup: Setup {
-                proxy: args.proxy.to_string(),
-                host: args.host.clone(),
-                controller: args.controller.to_string(),
-                service: args.service.clone(),
-                path: args.path.clone(),
-                cycles: args.cycles,
-                idle_timeout: humantime::format_duration(args.idle_timeout).to_string(),
-            },
-            machine,
-            aborted: aborted.clone(),
-            summary: &report,
-            cycles: &cycles,
-        };
-        write_json(path, &output)?;
-        println!("results written to {}", path.display());
+    Output {
+        benchmark: "coldstart",
+        setup: Setup {
+            proxy: args.proxy.to_string(),
+            host: args.host.clone(),
+            controller: args.controller.to_string(),
+            service: args.service.clone(),
+            path: args.path.clone(),
+            cycles: args.cycles,
+            idle_timeout: humantime::format_duration(args.idle_timeout).to_string(),
+        },
+        machine: Machine::detect_and_print(),
+        aborted: aborted.clone(),
+        summary: &report,
+        items: serde_json::json!({ "cycles": cycles }),
     }
+    .write(args.json.as_deref())?;
     if let Some(reason) = aborted {
         bail!(
             "stopped after {} of {} cycles: {reason}",
@@ -772,87 +462,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if report.ok == 0 {
         bail!("no cycle measured a good cold start");
     }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SAMPLE: &str = r#"{
-      "services": [
-        {
-          "name": "api",
-          "backend": "docker",
-          "desired": 2,
-          "ready": 2,
-          "replicas": [],
-          "held": 0, "in_flight": 3, "proxies": 1,
-          "last_scale": null, "last_error": null
-        },
-        {
-          "name": "echo",
-          "backend": "process",
-          "desired": 1,
-          "ready": 1,
-          "replicas": [
-            {"id": "echo-7", "addr": "127.0.0.1:40001", "state": "ready",
-             "started_at_us": 1700000000000000, "ready_at_us": 1700000000012500},
-            {"id": "echo-8", "addr": "127.0.0.1:40002", "state": "starting",
-             "started_at_us": 1700000000020000, "ready_at_us": null}
-          ],
-          "held": 1, "in_flight": 0, "proxies": 1,
-          "last_scale": {"from": 0, "to": 1, "reason": "wake", "at_ms": 1700000000000},
-          "last_error": null
-        }
-      ]
-    }"#;
-
-    #[test]
-    fn parses_the_status_api() {
-        let listing = parse_status(SAMPLE.as_bytes()).expect("sample parses");
-        assert_eq!(listing.services.len(), 2);
-        let echo = listing.service("echo").expect("echo present");
-        assert_eq!((echo.desired, echo.ready), (1, 1));
-        assert!(!echo.is_at_zero());
-        let ready = echo.replica("echo-7").expect("echo-7");
-        assert_eq!(ready.addr, "127.0.0.1:40001");
-        assert_eq!(ready.state, "ready");
-        assert_eq!(ready.started_at_us, 1_700_000_000_000_000);
-        assert_eq!(ready.ready_at_us, Some(1_700_000_000_012_500));
-        assert_eq!(echo.replica("echo-8").and_then(|r| r.ready_at_us), None);
-        assert!(echo.replica("nope").is_none());
-        assert!(listing.service("missing").is_none());
-        assert_eq!(listing.names(), "api, echo");
-    }
-
-    #[test]
-    fn zero_means_nothing_ready_and_no_replica_at_all() {
-        let mut listing = parse_status(SAMPLE.as_bytes()).expect("sample parses");
-        let echo = &mut listing.services[1];
-        echo.ready = 0;
-        assert!(!echo.is_at_zero(), "a starting replica is not zero");
-        echo.replicas.clear();
-        assert!(echo.is_at_zero());
-        let json = r#"{"services":[{"name":"x","desired":0,"ready":0}]}"#;
-        let listing = parse_status(json.as_bytes()).expect("replicas may be absent");
-        assert!(listing.services[0].is_at_zero());
-    }
-
-    #[test]
-    fn rejects_malformed_status() {
-        for bad in [
-            "",
-            "not json",
-            "{}",
-            r#"{"services":[{"name":"x"}]}"#,
-            r#"{"services":[{"name":"x","desired":0,"ready":0,"replicas":[{"id":"r"}]}]}"#,
-            r#"{"services":[{"name":"x","desired":-1,"ready":0}]}"#,
-        ] {
-            let err = parse_status(bad.as_bytes()).expect_err(bad);
-            assert!(format!("{err:#}").contains("/api/v1/services"), "{err:#}");
-        }
-    }
 
     #[test]
     fn finds_the_replica_in_the_greeting() {
@@ -860,38 +475,6 @@ mod tests {
         assert_eq!(replica_from_body("handled by 4242\n"), Some("4242"));
         assert_eq!(replica_from_body("handled by "), None);
         assert_eq!(replica_from_body("hello"), None);
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let sorted: Vec<f64> = (1..=10).map(f64::from).collect();
-        assert_eq!(percentile(&sorted, 50.0), Some(5.0));
-        assert_eq!(percentile(&sorted, 90.0), Some(9.0));
-        assert_eq!(percentile(&sorted, 91.0), Some(10.0));
-        assert_eq!(percentile(&sorted, 99.0), Some(10.0));
-        assert_eq!(percentile(&sorted, 100.0), Some(10.0));
-        assert_eq!(percentile(&sorted, 0.0), Some(1.0));
-        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
-        assert_eq!(percentile(&[], 50.0), None);
-        // n = 20: median is rank 10, p90 rank 18, p99 rank 20.
-        let twenty: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(percentile(&twenty, 50.0), Some(10.0));
-        assert_eq!(percentile(&twenty, 90.0), Some(18.0));
-        assert_eq!(percentile(&twenty, 99.0), Some(20.0));
-    }
-
-    #[test]
-    fn summary_sorts_and_ignores_nan() {
-        let s = summarize(&[30.0, 10.0, f64::NAN, 20.0, 40.0]).expect("values");
-        assert_eq!(s.n, 4);
-        assert_eq!(s.median, 20.0);
-        assert_eq!(s.p90, 40.0);
-        assert_eq!(s.p99, 40.0);
-        assert_eq!(s.min, 10.0);
-        assert_eq!(s.max, 40.0);
-        assert_eq!(s.mean, 25.0);
-        assert_eq!(summarize(&[]), None);
-        assert_eq!(summarize(&[f64::NAN]), None);
     }
 
     #[test]
@@ -927,16 +510,6 @@ mod tests {
         let ttfb = report.ttfb_ms.expect("ttfb");
         assert_eq!((ttfb.n, ttfb.median, ttfb.max), (1, 11.0, 11.0));
         assert!(report.render().contains("replica_ready_ms"));
-    }
-
-    #[test]
-    fn reads_the_cpu_model() {
-        let cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n";
-        assert_eq!(
-            cpu_model(cpuinfo).as_deref(),
-            Some("Intel(R) Xeon(R) CPU @ 2.20GHz")
-        );
-        assert_eq!(cpu_model("processor : 0\n"), None);
     }
 
     #[test]

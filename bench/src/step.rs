@@ -41,22 +41,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::Parser;
-use http::{header, Request};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use rouse_stack::{Service, StackBuilder};
 use serde::Serialize;
-use tokio::net::TcpStream;
 
-use crate::coldstart::{
-    measure_each, micros_between, now_us, summarize, write_json, Controller, Machine, ScaleEvent,
-    ServiceStatus, Summary,
+use crate::live::StackArgs;
+use crate::results::{
+    measure_each, micros_between, now_us, render, summaries, Machine, Metric, Output, Summary,
 };
+use crate::status::{Controller, ScaleEvent, ServiceStatus};
 
 /// Interval between two polls while a step is being measured.
-pub const STEP_POLL: Duration = Duration::from_millis(10);
-/// Interval between two polls while waiting for the service to settle.
-pub const SETTLE_POLL: Duration = Duration::from_millis(50);
+pub(crate) const STEP_POLL: Duration = Duration::from_millis(10);
 /// Pause before a client reconnects after a failed request.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 
@@ -127,13 +124,35 @@ pub struct Args {
     /// Write the runs, the summary and machine information here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+/// The stack `--start-stack` starts: one service behind --host that never
+/// goes to zero (one replica at least, up to 20, 10 in flight each), short
+/// autoscaler windows, reports every 1 s (the default).
+fn stack(args: &Args) -> anyhow::Result<StackBuilder> {
+    let echo = Service::new(&args.service, &args.host)
+        .min_replicas(1)
+        .max_replicas(20)
+        .scaling("stable_window", "5s")
+        .scaling("panic_window", "2s")
+        .scaling("scale_down_step", "1s")
+        .drain_timeout("10s")
+        .hold_max_requests(10_000);
+    Ok(args
+        .stack
+        .builder(args.proxy, args.controller)?
+        .report_interval("1s")
+        .service(echo))
 }
 
 // --- what the status API says ------------------------------------------------------
 
 /// Quiet at exactly one replica: one ready, one desired, nothing starting or
 /// draining, and nothing in flight or held in the controller's view.
-pub fn is_settled(status: &ServiceStatus) -> bool {
+pub(crate) fn is_settled(status: &ServiceStatus) -> bool {
     status.ready == 1
         && status.desired == 1
         && !status
@@ -146,7 +165,7 @@ pub fn is_settled(status: &ServiceStatus) -> bool {
 
 /// The scale-up the step at `t0_us` caused, if the status shows it: the
 /// latest scale event going up, above one replica, at or after `t0_us`.
-pub fn step_decision(status: &ServiceStatus, t0_us: u64) -> Option<&ScaleEvent> {
+pub(crate) fn step_decision(status: &ServiceStatus, t0_us: u64) -> Option<&ScaleEvent> {
     status
         .last_scale
         .as_ref()
@@ -154,7 +173,7 @@ pub fn step_decision(status: &ServiceStatus, t0_us: u64) -> Option<&ScaleEvent> 
 }
 
 /// The earliest `started_at_us` of a replica started at or after `t0_us`.
-pub fn first_new_start(status: &ServiceStatus, t0_us: u64) -> Option<u64> {
+pub(crate) fn first_new_start(status: &ServiceStatus, t0_us: u64) -> Option<u64> {
     status
         .replicas
         .iter()
@@ -167,7 +186,12 @@ pub fn first_new_start(status: &ServiceStatus, t0_us: u64) -> Option<u64> {
 /// and started before `t0_us` count from `t0_us`; of those started since,
 /// the one that completed the count gives the time (its `ready_at_us`).
 /// Falls back to `now_us` when the timestamps do not explain the count.
-pub fn ready_reached(status: &ServiceStatus, target: u32, t0_us: u64, now_us: u64) -> Option<u64> {
+pub(crate) fn ready_reached(
+    status: &ServiceStatus,
+    target: u32,
+    t0_us: u64,
+    now_us: u64,
+) -> Option<u64> {
     if status.ready < target {
         return None;
     }
@@ -187,7 +211,7 @@ pub fn ready_reached(status: &ServiceStatus, target: u32, t0_us: u64, now_us: u6
 
 /// What one run saw, folded from successive status polls.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub t0_us: u64,
     pub decision: Option<ScaleEvent>,
     /// When the poll first saw the decision.
@@ -255,7 +279,7 @@ impl Progress {
 
 /// What the clients got back.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// Requests that got an answer or failed.
     pub requests: u64,
     pub ok: u64,
@@ -306,14 +330,7 @@ struct Target {
 }
 
 async fn connect(target: &Target) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
-    let stream = TcpStream::connect(target.proxy)
-        .await
-        .with_context(|| format!("connecting to {}", target.proxy))?;
-    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP/1.1 handshake with {}", target.proxy))?;
+    let (sender, connection) = crate::client::connect(target.proxy).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -323,11 +340,7 @@ async fn connect(target: &Target) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
 /// One request on `sender`, body read to the end; the status code.
 async fn exchange(sender: &mut SendRequest<Empty<Bytes>>, target: &Target) -> anyhow::Result<u16> {
     sender.ready().await.context("connection closed")?;
-    let request = Request::get(target.path.as_str())
-        .header(header::HOST, target.host.as_str())
-        .header(header::USER_AGENT, "rouse-step")
-        .body(Empty::new())
-        .context("building the request")?;
+    let request = crate::client::get(&target.host, &target.path, "rouse-step")?;
     let response = sender
         .send_request(request)
         .await
@@ -385,19 +398,10 @@ async fn client(target: Arc<Target>, stop: Arc<AtomicBool>) -> Tally {
 
 // --- one run -----------------------------------------------------------------------
 
-/// The step decision as recorded in a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Decision {
-    pub from: u32,
-    pub to: u32,
-    pub reason: String,
-    pub at_ms: u64,
-}
-
 /// One measured load step. Timestamps are µs since the epoch; durations ms
 /// after t0.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Run {
+pub(crate) struct Run {
     pub run: u32,
     /// How long this run waited for the service to settle at one replica
     /// (the jitter included).
@@ -405,7 +409,7 @@ pub struct Run {
     /// The random wait between settling and the step.
     pub jitter_ms: f64,
     pub t0_us: u64,
-    pub decision: Option<Decision>,
+    pub decision: Option<ScaleEvent>,
     /// `at_ms − t0` (at_ms has millisecond resolution).
     pub decision_ms: Option<f64>,
     /// When the 10 ms poll first saw the decision.
@@ -436,12 +440,7 @@ impl Run {
         let t0 = progress.t0_us;
         self.t0_us = t0;
         let ms = |at: Option<u64>| at.map(|at| micros_between(t0, at));
-        self.decision = progress.decision.as_ref().map(|e| Decision {
-            from: e.from,
-            to: e.to,
-            reason: e.reason.clone(),
-            at_ms: e.at_ms,
-        });
+        self.decision.clone_from(&progress.decision);
         self.decision_ms = ms(progress
             .decision
             .as_ref()
@@ -455,32 +454,8 @@ impl Run {
     }
 }
 
-/// Polls every [`SETTLE_POLL`] until the service is settled at one replica;
-/// returns how long that took.
-async fn wait_settled(
-    controller: &Controller,
-    service: &str,
-    limit: Duration,
-) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    loop {
-        let last = match controller.service(service).await {
-            Ok(status) if is_settled(&status) => return Ok(start.elapsed()),
-            Ok(status) => describe(&status),
-            Err(err) => format!("{err:#}"),
-        };
-        if start.elapsed() >= limit {
-            bail!(
-                "service {service:?} did not settle at one quiet replica within {} (last seen: {last})",
-                humantime::format_duration(limit)
-            );
-        }
-        tokio::time::sleep(SETTLE_POLL).await;
-    }
-}
-
 /// A uniformly random duration in `[0, limit)` (zero when `limit` is zero).
-pub fn random_below(limit: Duration) -> Duration {
+pub(crate) fn random_below(limit: Duration) -> Duration {
     let micros = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX);
     if micros == 0 {
         return Duration::ZERO;
@@ -488,35 +463,21 @@ pub fn random_below(limit: Duration) -> Duration {
     Duration::from_micros(fastrand::u64(..micros))
 }
 
-fn describe(status: &ServiceStatus) -> String {
-    format!(
-        "ready={} desired={} in_flight={} held={} replicas=[{}]",
-        status.ready,
-        status.desired,
-        status.in_flight,
-        status.held,
-        status
-            .replicas
-            .iter()
-            .map(|r| format!("{}:{}", r.id, r.state))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
-
 /// Measures one load step. Only a failure to settle is an `Err`; everything
 /// else is recorded in the run's `error`.
-pub async fn run_step(args: &Args, controller: &Controller, n: u32) -> anyhow::Result<Run> {
-    let mut settle = wait_settled(controller, &args.service, args.settle_timeout)
-        .await
-        .with_context(|| format!("run {n}"))?;
+pub(crate) async fn run_step(args: &Args, controller: &Controller, n: u32) -> anyhow::Result<Run> {
+    let settled = || async {
+        let what = "settle at one quiet replica";
+        controller
+            .wait_for(&args.service, what, args.settle_timeout, is_settled)
+            .await
+            .with_context(|| format!("run {n}"))
+    };
+    let mut settle = settled().await?;
     let jitter = random_below(args.jitter);
     if !jitter.is_zero() {
         tokio::time::sleep(jitter).await;
-        settle += jitter
-            + wait_settled(controller, &args.service, args.settle_timeout)
-                .await
-                .with_context(|| format!("run {n}"))?;
+        settle += jitter + settled().await?;
     }
     let mut run = Run {
         run: n,
@@ -592,7 +553,7 @@ pub async fn run_step(args: &Args, controller: &Controller, n: u32) -> anyhow::R
 
 /// Summaries of the good runs, one per metric, and the clients' answers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub runs: usize,
     pub ok: usize,
     pub errors: usize,
@@ -605,8 +566,7 @@ pub struct Report {
     pub requests: Tally,
 }
 
-type Metric = (&'static str, fn(&Run) -> Option<f64>);
-const METRICS: [Metric; 5] = [
+const METRICS: [Metric<Run>; 5] = [
     ("decision_ms", |r| r.decision_ms),
     ("first_start_ms", |r| r.first_start_ms),
     ("decision_seen_ms", |r| r.decision_seen_ms),
@@ -617,9 +577,7 @@ const METRICS: [Metric; 5] = [
 impl Report {
     pub fn of(runs: &[Run]) -> Self {
         let good: Vec<&Run> = runs.iter().filter(|r| r.ok()).collect();
-        let metric = |get: fn(&Run) -> Option<f64>| {
-            summarize(&good.iter().filter_map(|r| get(r)).collect::<Vec<_>>())
-        };
+        let [decision, first_start, seen, scaled_up, full] = summaries(&METRICS, &good);
         let mut requests = Tally::default();
         for run in runs {
             requests.add(&run.tally);
@@ -628,11 +586,11 @@ impl Report {
             runs: runs.len(),
             ok: good.len(),
             errors: runs.len() - good.len(),
-            decision_ms: metric(METRICS[0].1),
-            first_start_ms: metric(METRICS[1].1),
-            decision_seen_ms: metric(METRICS[2].1),
-            scaled_up_ms: metric(METRICS[3].1),
-            full_ms: metric(METRICS[4].1),
+            decision_ms: decision.1,
+            first_start_ms: first_start.1,
+            decision_seen_ms: seen.1,
+            scaled_up_ms: scaled_up.1,
+            full_ms: full.1,
             requests,
         }
     }
@@ -649,26 +607,7 @@ impl Report {
 
     /// The summary table.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<18} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "metric (ms)", "n", "median", "p90", "min", "max", "mean"
-        );
-        for (name, summary) in self.metrics() {
-            match summary {
-                Some(s) => {
-                    let _ = writeln!(
-                        out,
-                        "{name:<18} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                        s.n, s.median, s.p90, s.min, s.max, s.mean
-                    );
-                }
-                None => {
-                    let _ = writeln!(out, "{name:<18} {:>5} (no data)", 0);
-                }
-            }
-        }
+        let mut out = render(&self.metrics(), 1, false);
         let r = &self.requests;
         let _ = writeln!(
             out,
@@ -683,7 +622,7 @@ impl Report {
 }
 
 /// Header of the per-run table.
-pub fn table_header() -> String {
+pub(crate) fn table_header() -> String {
     format!(
         "{:>3} {:>7} {:>9} {:>9} {:>8} {:>9} {:>9} {:>6} {:>7} {:>6}  {}",
         "run",
@@ -701,7 +640,7 @@ pub fn table_header() -> String {
 }
 
 /// One row of the per-run table (durations in ms).
-pub fn table_row(r: &Run) -> String {
+pub(crate) fn table_row(r: &Run) -> String {
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
     let step = r
         .decision
@@ -725,7 +664,7 @@ pub fn table_row(r: &Run) -> String {
 
 /// What the benchmark was pointed at.
 #[derive(Debug, Clone, Serialize)]
-pub struct Setup {
+pub(crate) struct Setup {
     pub proxy: String,
     pub host: String,
     pub controller: String,
@@ -739,26 +678,21 @@ pub struct Setup {
     pub settle_timeout: String,
 }
 
-/// The `--json` document.
-#[derive(Debug, Clone, Serialize)]
-pub struct Output<'a> {
-    pub benchmark: &'static str,
-    pub setup: Setup,
-    pub machine: Machine,
-    /// Set when the run stopped early.
-    pub aborted: Option<String>,
-    pub summary: &'a Report,
-    pub runs: &'a [Run],
-}
-
 /// Runs the benchmark: prints each run as it completes, then the summary,
 /// and writes `--json`. Fails when a run cannot start (the service does not
 /// settle), when no run saw a decision, or when any client got an answer
 /// other than 200; the results so far are still printed and written.
-pub async fn run(args: Args) -> anyhow::Result<Report> {
+pub async fn run(args: Args) -> anyhow::Result<()> {
     if !args.path.starts_with('/') {
         bail!("--path must start with '/', got {:?}", args.path);
     }
+    let stack = stack(&args)?;
+    args.stack
+        .run("rouse-step", stack, measure_all(&args))
+        .await
+}
+
+async fn measure_all(args: &Args) -> anyhow::Result<()> {
     let controller = Controller::new(args.controller);
     controller
         .service(&args.service)
@@ -771,36 +705,33 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     println!("{}", table_header());
 
     let (runs, aborted) =
-        measure_each(args.runs, |n| run_step(&args, &controller, n), table_row).await;
+        measure_each(args.runs, |n| run_step(args, &controller, n), table_row).await;
 
     let report = Report::of(&runs);
     println!();
     print!("{}", report.render());
-    let machine = Machine::detect_and_print();
-    if let Some(path) = &args.json {
-        let output = Output {
-            benchmark: "step",
-            setup: Setup {
-                proxy: args.proxy.to_string(),
-                host: args.host.clone(),
-                controller: args.controller.to_string(),
-                service: args.service.clone(),
-                path: args.path.clone(),
-                runs: args.runs,
-                clients: args.clients,
-                load_for: humantime::format_duration(args.load_for).to_string(),
-                jitter: humantime::format_duration(args.jitter).to_string(),
-                scale_timeout: humantime::format_duration(args.scale_timeout).to_string(),
-                settle_timeout: humantime::format_duration(args.settle_timeout).to_string(),
-            },
-            machine,
-            aborted: aborted.clone(),
-            summary: &report,
-            runs: &runs,
-        };
-        write_json(path, &output)?;
-        println!("results written to {}", path.display());
+    let duration = |d| humantime::format_duration(d).to_string();
+    Output {
+        benchmark: "step",
+        setup: Setup {
+            proxy: args.proxy.to_string(),
+            host: args.host.clone(),
+            controller: args.controller.to_string(),
+            service: args.service.clone(),
+            path: args.path.clone(),
+            runs: args.runs,
+            clients: args.clients,
+            load_for: duration(args.load_for),
+            jitter: duration(args.jitter),
+            scale_timeout: duration(args.scale_timeout),
+            settle_timeout: duration(args.settle_timeout),
+        },
+        machine: Machine::detect_and_print(),
+        aborted: aborted.clone(),
+        summary: &report,
+        items: serde_json::json!({ "runs": runs }),
     }
+    .write(args.json.as_deref())?;
     if let Some(reason) = aborted {
         bail!(
             "stopped after {} of {} runs: {reason}",
@@ -818,13 +749,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             report.requests.requests
         );
     }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coldstart::parse_status;
+    use crate::status::parse_status;
 
     const T0_US: u64 = 1_700_000_000_000_000;
 

@@ -1,5 +1,5 @@
 //! HTTP helpers: requests through the proxy (routed by `Host`), the
-//! controller's status API, and Prometheus text parsing.
+//! controller's status API; Prometheus text parsing is `rouse-stack`'s.
 //!
 //! Clients ignore any proxy env (`no_proxy()`), since all traffic is to
 //! 127.0.0.1, and every request has an overall timeout so that a hung proxy
@@ -17,6 +17,8 @@ use reqwest::header::{HeaderMap, HOST};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
+
+pub use rouse_stack::metric_value;
 
 /// Upper bound of any single request made by the harness.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
@@ -179,39 +181,9 @@ impl ServiceStatus {
     }
 }
 
-/// The value of the first sample of `name` whose labels include
-/// `service="<service>"` in Prometheus text `text`.
-pub fn metric_value(text: &str, name: &str, service: &str) -> Option<f64> {
-    let label = format!("service=\"{service}\"");
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') && rest.contains(&label))
-        })
-        .find_map(|line| {
-            line.rsplit_once('}')?
-                .1
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_metric_samples() {
-        let text = "# HELP rouse_held held\n# TYPE rouse_held gauge\n\
-                    rouse_held{service=\"a\"} 0\nrouse_held{service=\"slow\"} 2\n\
-                    rouse_held_total{service=\"slow\"} 9\n";
-        assert_eq!(metric_value(text, "rouse_held", "slow"), Some(2.0));
-        assert_eq!(metric_value(text, "rouse_held", "a"), Some(0.0));
-        assert_eq!(metric_value(text, "rouse_held", "b"), None);
-    }
 
     #[test]
     fn finds_service_status() {

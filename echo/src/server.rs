@@ -1,0 +1,179 @@
+//! The process around the handler: command line, start-up delay, the
+//! HTTP/1.1 + h2c accept loop and graceful shutdown on SIGTERM / SIGINT.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::handler::{handle, Echo};
+
+/// How long in-flight requests get to finish after SIGTERM / SIGINT.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the accept
+/// loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "rouse-echo", version, about = "Demo HTTP backend for rouse")]
+pub struct Args {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT")]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub bind: IpAddr,
+
+    /// Replica id reported by `GET /` and `/stats` (defaults to the pid).
+    #[arg(long, env = "ROUSE_REPLICA_ID")]
+    pub id: Option<String>,
+
+    /// Wait this long before binding, to stand in for a slow cold start
+    /// (e.g. `500ms`, `2s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub startup_delay: Option<Duration>,
+}
+
+impl Args {
+    /// The replica id: `--id`, else `ROUSE_REPLICA_ID`, else the pid.
+    pub fn replica_id(&self) -> String {
+        match self.id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => std::process::id().to_string(),
+        }
+    }
+}
+
+/// Runs `rouse-echo` until SIGTERM / SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Install the handlers first so that a signal during startup (or right
+    // after the port opens) is a graceful stop, not the default kill.
+    let mut shutdown = pin!(shutdown_signal().context("installing signal handlers")?);
+    let echo = Arc::new(Echo::new(args.replica_id()));
+    if let Some(delay) = args.startup_delay {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+    let addr = SocketAddr::new(args.bind, args.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    eprintln!("rouse-echo {} listening on {local}", echo.id());
+    serve(listener, echo, shutdown).await;
+    Ok(())
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting and
+/// gives in-flight requests up to [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(listener: TcpListener, echo: Arc<Echo>, shutdown: impl Future<Output = ()>) {
+    let builder = server_builder();
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => serve_connection(&builder, &graceful, stream, &echo),
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests still running after {SHUTDOWN_GRACE:?}");
+    }
+}
+
+fn server_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+fn serve_connection(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    echo: &Arc<Echo>,
+) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(%err, "could not set TCP_NODELAY");
+    }
+    let echo = Arc::clone(echo);
+    let service = service_fn(move |req| {
+        let echo = Arc::clone(&echo);
+        async move { Ok::<_, Infallible>(handle(&echo, req).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            tracing::debug!(%err, "connection ended with an error");
+        }
+    });
+}
+
+#[cfg(unix)]
+fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    })
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_id_falls_back_to_pid() {
+        let args = |id: Option<&str>| Args {
+            port: 0,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            id: id.map(str::to_owned),
+            startup_delay: None,
+        };
+        assert_eq!(args(Some("r-1")).replica_id(), "r-1");
+        let pid = std::process::id().to_string();
+        assert_eq!(args(None).replica_id(), pid);
+        assert_eq!(args(Some(" ")).replica_id(), pid);
+    }
+}

@@ -1,0 +1,339 @@
+//! Writes the one YAML config file both binaries read (DESIGN.md, "Config").
+//!
+//! The harness emits YAML by hand, with every string as a JSON string (a
+//! valid YAML double-quoted scalar), so it needs no YAML library and the
+//! text is predictable line by line: the `--check` tests rely on that to
+//! break one key and compute the line number the error must name.
+//!
+//! Only keys from the DESIGN.md contract are written. Defaults suit tests:
+//! fast load reports (200ms), nothing scales to zero unless a test asks
+//! (`scale_to_zero_after: 300s`), short drains; a benchmark sets what it
+//! measures with.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::bins::Bins;
+
+/// A YAML scalar for `s`: a JSON string is a valid YAML double-quoted one.
+fn q(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// A flow sequence of strings: `["a", "b"]`.
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// One entry of `services:`.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// `None`: the key is left out (the default is `["/"]`).
+    pub paths: Option<Vec<String>>,
+    /// `None`: `[<rouse-echo>, "--port", "{port}"]` plus [`Service::extra_args`].
+    pub command: Option<Vec<String>>,
+    /// Appended to the default rouse-echo command (e.g. `--startup-delay 10s`).
+    pub extra_args: Vec<String>,
+    /// Env of the replicas; the cluster adds its marker to it.
+    pub env: BTreeMap<String, String>,
+    /// `readiness.http_get`.
+    pub readiness_http_get: String,
+    /// `readiness.period`, when set.
+    pub readiness_period: Option<String>,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub target_concurrency: u32,
+    pub scale_to_zero_after: String,
+    pub drain_timeout: String,
+    pub hold_timeout: String,
+    pub hold_max_requests: u32,
+    /// More `scaling:` keys, written as given (e.g. `container_concurrency: 4`).
+    pub scaling_extra: Vec<(String, String)>,
+}
+
+impl Service {
+    /// A rouse-echo service called `name` answering for `host`, at zero,
+    /// with test-friendly defaults.
+    pub fn new(name: &str, host: &str) -> Service {
+        Service {
+            name: name.to_string(),
+            hosts: vec![host.to_string()],
+            paths: None,
+            command: None,
+            extra_args: Vec::new(),
+            env: BTreeMap::new(),
+            readiness_http_get: "/healthz".to_string(),
+            readiness_period: None,
+            min_replicas: 0,
+            max_replicas: 2,
+            target_concurrency: 10,
+            scale_to_zero_after: "300s".to_string(),
+            drain_timeout: "5s".to_string(),
+            hold_timeout: "30s".to_string(),
+            hold_max_requests: 1000,
+            scaling_extra: Vec::new(),
+        }
+    }
+
+    /// How often ready replicas are re-probed.
+    pub fn readiness_period(mut self, period: &str) -> Self {
+        self.readiness_period = Some(period.to_string());
+        self
+    }
+
+    /// Any other `scaling:` key (`stable_window`, `container_concurrency`, ...).
+    pub fn scaling(mut self, key: &str, value: &str) -> Self {
+        self.scaling_extra
+            .push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn hosts(mut self, hosts: &[&str]) -> Self {
+        self.hosts = hosts.iter().map(|h| h.to_string()).collect();
+        self
+    }
+
+    pub fn paths(mut self, paths: &[&str]) -> Self {
+        self.paths = Some(paths.iter().map(|p| p.to_string()).collect());
+        self
+    }
+
+    /// Replaces the whole backend command (no rouse-echo).
+    pub fn command(mut self, argv: &[&str]) -> Self {
+        self.command = Some(argv.iter().map(|a| a.to_string()).collect());
+        self
+    }
+
+    /// Extra rouse-echo arguments, e.g. `&["--startup-delay", "10s"]`.
+    pub fn echo_args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn min_replicas(mut self, n: u32) -> Self {
+        self.min_replicas = n;
+        self
+    }
+
+    pub fn max_replicas(mut self, n: u32) -> Self {
+        self.max_replicas = n;
+        self
+    }
+
+    pub fn target_concurrency(mut self, n: u32) -> Self {
+        self.target_concurrency = n;
+        self
+    }
+
+    pub fn scale_to_zero_after(mut self, d: &str) -> Self {
+        self.scale_to_zero_after = d.to_string();
+        self
+    }
+
+    pub fn drain_timeout(mut self, d: &str) -> Self {
+        self.drain_timeout = d.to_string();
+        self
+    }
+
+    pub fn hold_timeout(mut self, d: &str) -> Self {
+        self.hold_timeout = d.to_string();
+        self
+    }
+
+    pub fn hold_max_requests(mut self, n: u32) -> Self {
+        self.hold_max_requests = n;
+        self
+    }
+
+    /// The argv the controller will run, with rouse-echo from `bins`.
+    pub fn argv(&self, bins: &Bins) -> Vec<String> {
+        match &self.command {
+            Some(argv) => argv.clone(),
+            None => {
+                let mut argv = vec![
+                    bins.path("rouse-echo").to_string_lossy().into_owned(),
+                    "--port".to_string(),
+                    "{port}".to_string(),
+                ];
+                argv.extend(self.extra_args.iter().cloned());
+                argv
+            }
+        }
+    }
+
+    fn write_yaml(&self, out: &mut String, marker: &str, bins: &Bins) {
+        let mut env = self.env.clone();
+        env.insert(crate::MARKER_ENV.to_string(), marker.to_string());
+        let _ = writeln!(out, "  - name: {}", q(&self.name));
+        let _ = writeln!(out, "    hosts: {}", list(&self.hosts));
+        if let Some(paths) = &self.paths {
+            let _ = writeln!(out, "    paths: {}", list(paths));
+        }
+        out.push_str("    backend:\n");
+        out.push_str("      process:\n");
+        let _ = writeln!(out, "        command: {}", list(&self.argv(bins)));
+        out.push_str("        env:\n");
+        for (key, value) in &env {
+            let _ = writeln!(out, "          {}: {}", q(key), q(value));
+        }
+        out.push_str("    readiness:\n");
+        let _ = writeln!(out, "      http_get: {}", q(&self.readiness_http_get));
+        if let Some(period) = &self.readiness_period {
+            let _ = writeln!(out, "      period: {}", q(period));
+        }
+        out.push_str("    scaling:\n");
+        let _ = writeln!(out, "      min_replicas: {}", self.min_replicas);
+        let _ = writeln!(out, "      max_replicas: {}", self.max_replicas);
+        let _ = writeln!(out, "      target_concurrency: {}", self.target_concurrency);
+        let _ = writeln!(
+            out,
+            "      scale_to_zero_after: {}",
+            q(&self.scale_to_zero_after)
+        );
+        let _ = writeln!(out, "      drain_timeout: {}", q(&self.drain_timeout));
+        for (key, value) in &self.scaling_extra {
+            let _ = writeln!(out, "      {key}: {value}");
+        }
+        out.push_str("    hold:\n");
+        let _ = writeln!(out, "      timeout: {}", q(&self.hold_timeout));
+        let _ = writeln!(out, "      max_requests: {}", self.hold_max_requests);
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub proxy_listen: SocketAddr,
+    pub proxy_admin: SocketAddr,
+    pub report_interval: String,
+    /// `proxy.worker_threads`, when set (default: one per core).
+    pub worker_threads: Option<u32>,
+    pub controller_admin: SocketAddr,
+    pub state_dir: PathBuf,
+    /// Put into every service's env as `ROUSE_E2E_MARKER`.
+    pub marker: String,
+    pub services: Vec<Service>,
+    /// Where the services' default command finds rouse-echo.
+    pub bins: Bins,
+}
+
+impl Config {
+    /// A config with fresh ports on 127.0.0.1, a 200ms report interval and no
+    /// services.
+    pub fn new(nats_url: &str, state_dir: &Path, marker: &str) -> Config {
+        Config {
+            nats_url: nats_url.to_string(),
+            proxy_listen: crate::free_addr(),
+            proxy_admin: crate::free_addr(),
+            report_interval: "200ms".to_string(),
+            worker_threads: None,
+            controller_admin: crate::free_addr(),
+            state_dir: state_dir.to_path_buf(),
+            marker: marker.to_string(),
+            services: Vec::new(),
+            bins: Bins::default(),
+        }
+    }
+
+    pub fn service(mut self, service: Service) -> Self {
+        self.services.push(service);
+        self
+    }
+
+    /// The YAML text.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# written by rouse-stack\n");
+        out.push_str("nats:\n");
+        let _ = writeln!(out, "  url: {}", q(&self.nats_url));
+        out.push_str("proxy:\n");
+        let _ = writeln!(out, "  listen: {}", q(&self.proxy_listen.to_string()));
+        let _ = writeln!(out, "  admin_listen: {}", q(&self.proxy_admin.to_string()));
+        let _ = writeln!(out, "  report_interval: {}", q(&self.report_interval));
+        if let Some(threads) = self.worker_threads {
+            let _ = writeln!(out, "  worker_threads: {threads}");
+        }
+        out.push_str("controller:\n");
+        let _ = writeln!(
+            out,
+            "  admin_listen: {}",
+            q(&self.controller_admin.to_string())
+        );
+        let _ = writeln!(out, "  state_dir: {}", q(&self.state_dir.to_string_lossy()));
+        if self.services.is_empty() {
+            out.push_str("services: []\n");
+        } else {
+            out.push_str("services:\n");
+            for service in &self.services {
+                service.write_yaml(&mut out, &self.marker, &self.bins);
+            }
+        }
+        out
+    }
+
+    /// Writes the YAML to `path`.
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, self.to_yaml())
+            .unwrap_or_else(|e| panic!("write config {}: {e}", path.display()));
+    }
+}
+
+/// 1-based number of the first line of `yaml` whose trimmed text starts with
+/// `prefix`, searching from line `after` (1-based, exclusive; 0 = from the top).
+pub fn line_of(yaml: &str, prefix: &str, after: usize) -> Option<usize> {
+    yaml.lines()
+        .enumerate()
+        .skip(after)
+        .find(|(_, line)| line.trim_start().starts_with(prefix))
+        .map(|(i, _)| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_has_the_contract_keys_one_per_line() {
+        let config = Config::new("nats://127.0.0.1:4222", Path::new("/tmp/s"), "m1").service(
+            Service::new("echo", "echo.localhost")
+                .command(&["/bin/echo-it", "--port", "{port}"])
+                .paths(&["/api"]),
+        );
+        let yaml = config.to_yaml();
+        for key in [
+            "nats:",
+            "url:",
+            "proxy:",
+            "listen:",
+            "admin_listen:",
+            "report_interval: \"200ms\"",
+            "controller:",
+            "state_dir: \"/tmp/s\"",
+            "services:",
+            "- name: \"echo\"",
+            "hosts: [\"echo.localhost\"]",
+            "paths: [\"/api\"]",
+            "command: [\"/bin/echo-it\", \"--port\", \"{port}\"]",
+            "\"ROUSE_E2E_MARKER\": \"m1\"",
+            "http_get: \"/healthz\"",
+            "scale_to_zero_after: \"300s\"",
+            "max_requests: 1000",
+        ] {
+            assert!(line_of(&yaml, key, 0).is_some(), "missing {key} in\n{yaml}");
+        }
+        assert_eq!(line_of(&yaml, "nats:", 0), Some(2));
+        let scaling = line_of(&yaml, "scaling:", 0).unwrap();
+        assert!(line_of(&yaml, "min_replicas:", 0).unwrap() == scaling + 1);
+    }
+}
