@@ -43,7 +43,7 @@ fi
 NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
 
 say "building release binaries"
-cargo build --release --bins -p rouse-proxy -p rouse-controller -p rouse-echo
+scripts/release-build
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 # --- start everything -------------------------------------------------------
