@@ -158,7 +158,7 @@ impl Replicas {
         self.map.values().filter(|r| predicate(r.phase)).count() as u32
     }
 
-    /// Ids in `phase` (compared by name), oldest in that phase first.
+    /// Ids of the replicas whose phase matches, oldest in that phase first.
     pub fn oldest_first(&self, phase: fn(Phase) -> bool) -> Vec<String> {
         let mut found: Vec<(Instant, &String)> = self
             .map

@@ -165,14 +165,20 @@ impl ServiceLoop {
             Err(err) => return self.fail(ReconcileError::List(err), now),
         };
         let timeout = self.backend.startup_timeout();
-        let mut gone = Vec::new();
+        // Replicas to forget, with the failure that took them (none when
+        // the backend simply no longer lists them).
+        let mut gone: Vec<(String, Option<ReconcileError>)> = Vec::new();
         for replica in &listed {
             if replica.health != Health::Running {
                 if self.replicas.contains(&replica.id) {
                     let Health::Exited(reason) = &replica.health else {
                         continue;
                     };
-                    gone.push((replica.id.clone(), Some(reason.clone())));
+                    let failure = ReconcileError::ReplicaFailed {
+                        id: replica.id.clone(),
+                        reason: reason.clone(),
+                    };
+                    gone.push((replica.id.clone(), Some(failure)));
                 }
                 continue;
             }
@@ -194,27 +200,20 @@ impl ServiceLoop {
             } else if tracked.phase == Phase::Starting
                 && now.duration_since(tracked.since) > timeout
             {
-                gone.push((id.clone(), Some(String::new())));
+                let failure = ReconcileError::StartupTimeout {
+                    id: id.clone(),
+                    timeout,
+                };
+                gone.push((id.clone(), Some(failure)));
             }
         }
-        for (id, reason) in gone {
+        for (id, failure) in gone {
             let Some(replica) = self.replicas.remove(&id) else {
                 continue;
             };
-            let Some(reason) = reason else { continue };
+            let Some(failure) = failure else { continue };
             if replica.phase != Phase::Stopping {
-                let err = if reason.is_empty() {
-                    ReconcileError::StartupTimeout {
-                        id: id.clone(),
-                        timeout,
-                    }
-                } else {
-                    ReconcileError::ReplicaFailed {
-                        id: id.clone(),
-                        reason,
-                    }
-                };
-                self.fail(err, now);
+                self.fail(failure, now);
             }
             self.stop_in_background(id);
         }
