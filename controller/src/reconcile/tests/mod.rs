@@ -316,6 +316,57 @@ async fn a_count_based_backend_is_asked_once_and_its_reported_readiness_is_used(
     );
     assert_eq!(h.backend.state().ensure_calls.len(), 1);
     assert_eq!(h.publisher.events(), [(0, 1, "wake".to_string())]);
+    // The platform takes it out of rotation: so do the proxies.
+    h.backend
+        .set(&pod.id, |r| r.readiness = Readiness::Reported(false));
+    assert!(
+        h.until(secs(2), |h| h.endpoints(EndpointState::Ready).is_empty())
+            .await
+    );
+    let error = h.status().and_then(|s| s.last_error).expect("last_error");
+    assert!(error.contains(&pod.id), "{error}");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn requested_replicas_that_never_appear_are_reported_and_asked_for_again() {
+    let mut h = Harness::new();
+    h.backend.state().by_count = true;
+    h.start();
+    // Held requests keep the service wanting one replica; none ever appears.
+    let held = |h: &Harness| {
+        h.wake();
+        h.backend.state().ensure_calls.len() >= 2
+    };
+    assert!(
+        h.until(secs(30), held).await,
+        "asked again after the timeout"
+    );
+    let calls = h.backend.state().ensure_calls.clone();
+    assert!(
+        calls[1].0.duration_since(calls[0].0) >= secs(10),
+        "not before startup_timeout: {calls:?}"
+    );
+    let error = h.status().and_then(|s| s.last_error).expect("last_error");
+    assert!(error.contains("did not appear within 10s"), "{error}");
+    assert!(h.backend_errors() >= 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn scaling_down_takes_back_requested_replicas_first() {
+    let mut h = Harness::new();
+    h.backend.state().by_count = true;
+    h.start();
+    h.wake();
+    assert!(h.until(secs(2), |h| h.backend.state().target == 1).await);
+    // Nothing held any more and the pod never came: past
+    // scale_to_zero_after (and before startup_timeout) the request is
+    // withdrawn by lowering the count, with no error.
+    assert!(h.until(secs(9), |h| h.backend.state().target == 0).await);
+    assert_eq!(h.status().map(|s| s.desired), Some(0));
+    assert_eq!(h.status().and_then(|s| s.last_error), None);
+    assert!(h.backend.state().stopped.is_empty());
     h.stop().await;
 }
 
