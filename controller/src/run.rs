@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::backend::{Backend, ProcessBackend};
+use crate::backend::{Backend, DockerBackend, Engine, ProcessBackend};
 use crate::intake::{self, Inbox};
 use crate::metrics::ControllerMetrics;
 use crate::reconcile::{NatsPublisher, Publisher, ServiceLoop, Wiring};
@@ -30,9 +30,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let subjects = Subjects::new(config.nats.prefix.clone());
 
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    let mut engine = None;
     for service in &config.services {
         backends.push(
-            build_backend(service, &config).with_context(|| format!("service {}", service.name))?,
+            build_backend(service, &config, &mut engine)
+                .with_context(|| format!("service {}", service.name))?,
         );
     }
 
@@ -152,11 +154,13 @@ async fn intake_forever(
     }
 }
 
-/// The backend a service's config names. Validation admits only built
-/// backends, so anything else here is a config that bypassed it.
+/// The backend a service's config names; docker services share one engine
+/// connection (`DOCKER_HOST`), made for the first of them. Validation admits
+/// only built backends, so anything else here is a config that bypassed it.
 fn build_backend(
     service: &rouse_nats::config::ServiceConfig,
     config: &Config,
+    engine: &mut Option<Arc<Engine>>,
 ) -> anyhow::Result<Arc<dyn Backend>> {
     match service.backend.selected() {
         Some(BackendSpec::Process(process)) => {
@@ -164,6 +168,15 @@ fn build_backend(
                 ProcessBackend::new(&service.name, process.clone(), &config.controller.state_dir)?;
             Ok(Arc::new(backend))
         }
-        _ => anyhow::bail!("only the process backend is built"),
+        Some(BackendSpec::Docker(docker)) => {
+            let engine = match engine {
+                Some(engine) => Arc::clone(engine),
+                None => Arc::clone(engine.insert(Arc::new(Engine::from_env()?))),
+            };
+            let backend =
+                DockerBackend::new(&service.name, &config.controller.id, docker.clone(), engine);
+            Ok(Arc::new(backend))
+        }
+        _ => anyhow::bail!("the kubernetes backend is not built yet"),
     }
 }

@@ -10,7 +10,7 @@
 //! | | `ensure(n)` | `list()` | `stop(id)` | readiness |
 //! |---|---|---|---|---|
 //! | process (here) | spawns the missing replicas, returns them | its own children and adopted pid files | SIGTERM, SIGKILL after the grace period | probed by the controller |
-//! | docker | creates and starts the missing containers, returns them | containers labelled `rouse.service=<name>` | engine stop with timeout, then remove | probed |
+//! | docker | creates and starts the missing containers, returns them | containers labelled `rouse.service=<name>` and `rouse.controller=<id>` | engine stop with `stop_timeout`, then remove | the image's HEALTHCHECK ([`Readiness::Reported`]) when it has one, else probed |
 //! | kubernetes | sets the target's `/scale` to `n`, returns nothing: the ReplicaSet picks the pods | pods of the service's EndpointSlices | marks the pod with the lowest deletion cost and lowers `/scale` by one | [`Readiness::Reported`] from the EndpointSlice conditions |
 //!
 //! A backend that cannot name its new replicas at once (the cluster creates
@@ -19,8 +19,10 @@
 //! for twice. `ensure` never removes replicas: scale-down always goes
 //! through drain and `stop`, one replica at a time, so none is lost.
 
+mod docker;
 mod process;
 
+pub use docker::{DockerBackend, Engine};
 pub use process::ProcessBackend;
 
 use std::time::Duration;
@@ -50,10 +52,8 @@ pub enum Health {
 pub enum Readiness {
     /// The controller probes it (`readiness.http_get` / `tcp`).
     Probe,
-    /// The platform already probes it and says (Kubernetes' ready condition).
-    /// No backend built so far reports readiness; the loop's handling of it
-    /// is exercised by the reconcile tests.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The platform already probes it and says (the engine's health of an
+    /// image with a HEALTHCHECK, Kubernetes' ready condition).
     Reported(bool),
 }
 
@@ -80,6 +80,21 @@ pub enum BackendError {
         what: String,
         source: std::io::Error,
     },
+    /// The container engine refused a call, or could not be reached.
+    #[error("{what}: {message}")]
+    Engine { what: String, message: String },
+    #[error("image `{image}` is not on the engine and `pull` is `never`")]
+    ImageMissing { image: String },
+    #[error("pulling image `{image}`: {message}")]
+    Pull { image: String, message: String },
+}
+
+/// A port the kernel just handed out on loopback; released before use, which
+/// leaves a small window for another process to take it (the replica then
+/// fails to bind and is replaced).
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// The backend of one service.

@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use rouse_nats::config::ProcessBackend as ProcessConfig;
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, BackendError, Health, Readiness, Replica, Started};
+use super::{free_port, Backend, BackendError, Health, Readiness, Replica, Started};
 
 /// What survives a controller restart, one file per replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,14 +282,6 @@ impl Backend for ProcessBackend {
         let _ = fs::remove_file(self.log_path(id));
         Ok(())
     }
-}
-
-/// A port the kernel just handed out on loopback; released before use, which
-/// leaves a small window for another process to take it (the replica then
-/// fails to bind and is replaced).
-fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks.

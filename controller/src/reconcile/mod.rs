@@ -80,6 +80,12 @@ pub struct ServiceLoop {
     last_error: Option<String>,
     start_failures: u32,
     retry_at: Option<Instant>,
+    /// The backend's replicas were taken over (see `adopt`).
+    adopted: bool,
+    /// Failed `list` calls in a row, and when to try again: an engine that
+    /// is down is asked on the RESUBSCRIBE schedule, not every tick.
+    list_failures: u32,
+    list_retry_at: Option<Instant>,
 }
 
 impl ServiceLoop {
@@ -109,12 +115,15 @@ impl ServiceLoop {
             last_error: None,
             start_failures: 0,
             retry_at: None,
+            adopted: false,
+            list_failures: 0,
+            list_retry_at: None,
         }
     }
 
     /// Runs until shutdown is signalled.
     pub async fn run(mut self) {
-        self.adopt().await;
+        self.adopt(now()).await;
         let mut tick = tokio::time::interval(self.wiring.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.wiring.shutdown.clone();
@@ -136,6 +145,12 @@ impl ServiceLoop {
     /// restart); others are probed like new ones.
     async fn reconcile(&mut self) {
         let now = now();
+        // Until the backend could be listed once, nothing it runs is known:
+        // decide nothing, publish nothing, so the set a previous controller
+        // left keeps serving.
+        if !self.adopted && !self.adopt(now).await {
+            return;
+        }
         self.sync_backend(now).await;
         let observation = self.inbox.observations().observe(now);
         let active = self.active();
@@ -276,13 +291,21 @@ impl ServiceLoop {
         self.stop_in_background(id.to_string());
     }
 
+    /// Stops a replica in a task; a failed stop (the engine down) comes
+    /// back as [`ProbeEvent::StopFailed`] and is tried again once the
+    /// backend lists the replica again.
     fn stop_in_background(&self, id: String) {
         let backend = Arc::clone(&self.backend);
         let service = self.name.clone();
+        let events = self.probe_tx.clone();
         tokio::spawn(async move {
             if let Err(source) = backend.stop(&id).await {
-                let err = ReconcileError::Stop { id, source };
+                let err = ReconcileError::Stop {
+                    id: id.clone(),
+                    source,
+                };
                 tracing::warn!(%service, error = %err, "stopping replica failed");
+                let _ = events.send(ProbeEvent::StopFailed(id));
             }
         });
     }

@@ -59,6 +59,8 @@ pub struct Tracked {
     /// Wall-clock microseconds: asked of the backend, and first passing probe.
     pub started_at_us: u64,
     pub ready_at_us: Option<u64>,
+    /// A `Stopping` replica whose stop failed, to be stopped again.
+    pub stop_failed: bool,
     probe: Option<JoinHandle<()>>,
 }
 
@@ -84,6 +86,9 @@ pub enum ProbeEvent {
     Ready(String),
     /// A ready replica failed [`LIVENESS_FAILURES`] probes in a row.
     Unready(String),
+    /// Stopping the replica failed (its engine was down): stop it again
+    /// once the backend answers.
+    StopFailed(String),
 }
 
 /// The replicas of one service and the generation of their endpoint set.
@@ -133,6 +138,7 @@ impl Replicas {
             since: now,
             started_at_us,
             ready_at_us: None,
+            stop_failed: false,
             probe: None,
         };
         self.map.insert(id, tracked);

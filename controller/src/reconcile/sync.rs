@@ -15,7 +15,12 @@ use crate::backend::{Health, Readiness, Replica};
 use crate::metrics::ControllerMetrics;
 
 impl ServiceLoop {
-    pub(super) async fn adopt(&mut self) {
+    /// Takes over the replicas a previous controller left; `false` while the
+    /// backend cannot be listed (tried again on later passes).
+    pub(super) async fn adopt(&mut self, now: Instant) -> bool {
+        if self.list_retry_at.is_some_and(|at| now < at) {
+            return false;
+        }
         let listed = match self
             .published
             .read(&self.name, &mut self.replicas, &*self.wiring.publisher)
@@ -23,14 +28,14 @@ impl ServiceLoop {
         {
             Ok(listed) => listed,
             Err(err) => {
-                self.fail(ReconcileError::Publish(err), now());
+                self.fail(ReconcileError::Publish(err), now);
                 None
             }
         };
-        let Ok(replicas) = self.backend.list().await else {
-            return;
+        let Some(replicas) = self.list(now).await else {
+            return false;
         };
-        let now = now();
+        self.adopted = true;
         for replica in replicas {
             if replica.health != Health::Running {
                 let _ = self.backend.stop(&replica.id).await;
@@ -51,6 +56,30 @@ impl ServiceLoop {
         self.replicas.rebase(0);
         self.publish_endpoints(now).await;
         self.update_status(now);
+        true
+    }
+
+    /// The backend's replicas, or `None` after counting the failure; a
+    /// failing backend is asked again on the RESUBSCRIBE schedule.
+    async fn list(&mut self, now: Instant) -> Option<Vec<Replica>> {
+        match self.backend.list().await {
+            Ok(listed) => {
+                if self.list_failures > 0 {
+                    tracing::info!(service = %self.name, "backend answers again");
+                    self.list_failures = 0;
+                    self.list_retry_at = None;
+                    self.last_error = None;
+                }
+                Some(listed)
+            }
+            Err(err) => {
+                let delay = rouse_nats::backoff::RESUBSCRIBE.nth(self.list_failures as usize);
+                self.list_failures += 1;
+                self.list_retry_at = Some(now + delay);
+                self.fail(ReconcileError::List(err), now);
+                None
+            }
+        }
     }
 
     pub(super) fn track(
@@ -105,6 +134,11 @@ impl ServiceLoop {
         match event {
             ProbeEvent::Ready(id) => self.on_ready(&id, Readiness::Probe),
             ProbeEvent::Unready(id) => self.on_unready(&id, Readiness::Probe),
+            ProbeEvent::StopFailed(id) => {
+                if let Some(replica) = self.replicas.get_mut(&id) {
+                    replica.stop_failed = replica.phase == Phase::Stopping;
+                }
+            }
         }
     }
 
@@ -160,27 +194,38 @@ impl ServiceLoop {
     /// Exits, vanished replicas, startup timeouts, new replicas the backend
     /// started on its own (a count it was given), reported readiness.
     pub(super) async fn sync_backend(&mut self, now: Instant) {
-        let listed = match self.backend.list().await {
-            Ok(listed) => listed,
-            Err(err) => return self.fail(ReconcileError::List(err), now),
+        if self.list_retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let Some(listed) = self.list(now).await else {
+            return;
         };
         let timeout = self.backend.startup_timeout();
         // Replicas to forget, with the failure that took them (none when
         // the backend simply no longer lists them).
         let mut gone: Vec<(String, Option<ReconcileError>)> = Vec::new();
+        // Replicas the backend still runs or keeps that must go: stops that
+        // failed, and dead ones nobody tracks (their containers would litter).
+        let mut stop_again: Vec<String> = Vec::new();
         for replica in &listed {
             if replica.health != Health::Running {
-                if self.replicas.contains(&replica.id) {
-                    let Health::Exited(reason) = &replica.health else {
-                        continue;
-                    };
-                    let failure = ReconcileError::ReplicaFailed {
-                        id: replica.id.clone(),
-                        reason: reason.clone(),
-                    };
-                    gone.push((replica.id.clone(), Some(failure)));
+                match &replica.health {
+                    Health::Exited(reason) if self.replicas.contains(&replica.id) => {
+                        let failure = ReconcileError::ReplicaFailed {
+                            id: replica.id.clone(),
+                            reason: reason.clone(),
+                        };
+                        gone.push((replica.id.clone(), Some(failure)));
+                    }
+                    _ => stop_again.push(replica.id.clone()),
                 }
                 continue;
+            }
+            if let Some(tracked) = self.replicas.get_mut(&replica.id) {
+                if std::mem::take(&mut tracked.stop_failed) {
+                    stop_again.push(replica.id.clone());
+                    continue;
+                }
             }
             if !self.replicas.contains(&replica.id) {
                 // Asked for by count, or a partly failed start: probe it like
@@ -215,6 +260,9 @@ impl ServiceLoop {
             if replica.phase != Phase::Stopping {
                 self.fail(failure, now);
             }
+            self.stop_in_background(id);
+        }
+        for id in stop_again {
             self.stop_in_background(id);
         }
         if self.requested > 0 && now.duration_since(self.requested_at) > timeout {

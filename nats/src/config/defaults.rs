@@ -101,3 +101,12 @@ pub fn hold_timeout() -> Duration {
 pub fn hold_max_requests() -> usize {
     10_000
 }
+pub fn docker_network() -> String {
+    "rouse".into()
+}
+pub fn publish_ip() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+}
+pub fn controller_id() -> String {
+    "rouse".into()
+}

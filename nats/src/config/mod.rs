@@ -128,6 +128,11 @@ pub struct ControllerConfig {
     /// What SIGTERM does to the replicas.
     #[serde(default = "defaults::on_shutdown")]
     pub on_shutdown: ShutdownPolicy,
+    /// Names this controller's containers (label `rouse.controller`): a
+    /// restarted controller with the same id adopts them, and controllers
+    /// with other ids sharing the engine leave them alone.
+    #[serde(default = "defaults::controller_id")]
+    pub id: String,
 }
 
 /// One service: where its traffic comes from and what serves it.
@@ -206,14 +211,84 @@ pub struct ProcessBackend {
     pub startup_timeout: Duration,
 }
 
-/// Docker containers through the Engine API.
+/// Docker containers through the Engine API (`DOCKER_HOST`, default the
+/// local unix socket). Keys follow `docker run`; `command` and `args` follow
+/// Kubernetes: `command` replaces the image's ENTRYPOINT, `args` its CMD.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DockerBackend {
     pub image: String,
+    /// The port the app listens on inside the container. On the `host`
+    /// network each replica gets a free port instead, in `PORT` and `{port}`.
     pub port: u16,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Replaces the image's ENTRYPOINT; `{port}` is replaced as for processes.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's CMD; `{port}` is replaced as for processes.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// `host`, or a user network, created by the controller when missing.
+    #[serde(default = "defaults::docker_network")]
+    pub network: String,
+    /// How proxies reach a replica (ignored on the `host` network).
+    #[serde(default)]
+    pub address: DockerAddress,
+    /// Where `address: published` ports are bound on the engine's host.
+    #[serde(default = "defaults::publish_ip")]
+    pub publish_ip: std::net::IpAddr,
+    /// Added to the container's labels (`rouse.*` ones are rouse's own).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `docker run -v` syntax: `source:target[:options]`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Memory limit, e.g. `256MiB` (`m` alone means MB, 10^6 bytes).
+    #[serde(default)]
+    pub memory: Option<bytesize::ByteSize>,
+    /// CPU limit in cores, e.g. `0.5`.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub pull: PullPolicy,
+    /// The engine's stop timeout: SIGTERM, then SIGKILL this much later.
+    #[serde(default = "defaults::grace_period", with = "humantime_serde")]
+    pub stop_timeout: Duration,
+    /// A replica not ready this long after it was started is replaced.
+    #[serde(default = "defaults::startup_timeout", with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// Use the image's HEALTHCHECK, when it has one, as the replica's
+    /// readiness (the engine's `healthy`); `false` turns it off in the
+    /// container, and `readiness` probes decide.
+    #[serde(default = "defaults::yes")]
+    pub healthcheck: bool,
+}
+
+/// How proxies reach a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerAddress {
+    /// A port the engine publishes on `publish_ip`: the proxy runs on the
+    /// engine's host, outside its networks.
+    #[default]
+    Published,
+    /// The container's own address on `network`: the proxy shares that
+    /// network (compose) or routes to it (Linux hosts reach bridge networks).
+    Container,
+}
+
+/// When the controller pulls a service's image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Only when the engine does not have it.
+    #[default]
+    IfNotPresent,
+    /// Before every scale-up, so a moved tag is followed.
+    Always,
+    /// Never: a missing image is an error.
+    Never,
 }
 
 /// A Kubernetes Deployment.

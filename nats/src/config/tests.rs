@@ -153,24 +153,78 @@ fn panic_window_defaults_to_a_tenth_of_the_stable_window() {
 }
 
 #[test]
-fn backends_not_built_yet_fail_the_check_naming_their_key() {
-    for (backend, key) in [
-        ("docker: {image: x, port: 80}", "services[0].backend.docker"),
-        (
-            "kubernetes: {deployment: x, service: x, port: 80}",
-            "services[0].backend.kubernetes",
+fn the_kubernetes_backend_fails_the_check_naming_its_key() {
+    let source = VALID.replace(
+        "process:\n        command: [rouse-echo, --port, \"{port}\"]",
+        "kubernetes: {deployment: x, service: x, port: 80}",
+    );
+    assert_ne!(source, VALID, "the fixture names a process backend");
+    let found = issues(&source);
+    assert!(
+        found.iter().any(
+            |i| i.key == "services[0].backend.kubernetes" && i.reason.contains("not built yet")
         ),
-    ] {
-        let source = VALID.replace(
-            "process:\n        command: [rouse-echo, --port, \"{port}\"]",
-            backend,
-        );
-        assert_ne!(source, VALID, "the fixture names a process backend");
-        let found = issues(&source);
-        assert!(found.iter().any(|i| i.key == key), "{found:?}");
-        assert!(
-            found.iter().any(|i| i.reason.contains("not built yet")),
-            "{found:?}"
-        );
-    }
+        "{found:?}"
+    );
+}
+
+/// The fixture with its process backend replaced by `docker` lines.
+fn with_docker(lines: &str) -> String {
+    let source = VALID.replace(
+        "process:\n        command: [rouse-echo, --port, \"{port}\"]",
+        &format!("docker:\n{lines}"),
+    );
+    assert_ne!(source, VALID, "the fixture names a process backend");
+    source
+}
+
+#[test]
+fn a_docker_backend_parses_with_docker_run_defaults() {
+    let source = with_docker(
+        "        image: rouse:dev\n        port: 8080\n        memory: 256MiB\n        cpus: 0.5",
+    );
+    let config = Config::parse(Path::new("rouse.yaml"), &source).expect("valid");
+    let Some(Backend::Docker(docker)) = config.services[0].backend.selected() else {
+        panic!("docker backend expected");
+    };
+    assert_eq!(docker.image, "rouse:dev");
+    assert_eq!(docker.memory.map(|m| m.as_u64()), Some(256 * 1024 * 1024));
+    assert_eq!(docker.cpus, Some(0.5));
+    assert_eq!(docker.network, "rouse");
+    assert_eq!(docker.address, DockerAddress::Published);
+    assert_eq!(docker.pull, PullPolicy::IfNotPresent);
+    assert!(docker.healthcheck);
+    assert_eq!(config.controller.id, "rouse");
+}
+
+#[test]
+fn bad_docker_keys_name_file_line_and_key() {
+    let source = with_docker(
+        "        image: rouse:dev\n        port: 0\n        cpus: -1\n        memory: 1MiB\n        labels: {rouse.service: x}",
+    );
+    let found = issues(&source);
+    let at = |key: &str| {
+        found
+            .iter()
+            .find(|i| i.key == key)
+            .unwrap_or_else(|| panic!("no issue for {key}: {found:?}"))
+    };
+    let port = at("services[0].backend.docker.port");
+    let line = source
+        .lines()
+        .position(|l| l.contains("port: 0"))
+        .map(|i| i + 1);
+    assert_eq!(port.line, line, "{port:?}");
+    at("services[0].backend.docker.cpus");
+    at("services[0].backend.docker.memory");
+    at("services[0].backend.docker.labels.rouse.service");
+
+    let bad_pull = with_docker("        image: x\n        port: 80\n        pull: sometimes");
+    let found = issues(&bad_pull);
+    assert!(
+        found
+            .iter()
+            .any(|i| i.key.ends_with("pull") && i.reason.contains("if_not_present")),
+        "{found:?}"
+    );
 }

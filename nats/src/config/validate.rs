@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{Backend, BackendConfig, Config, ServiceConfig};
+use super::{Backend, BackendConfig, Config, DockerBackend, ServiceConfig};
 
 type Problems = Vec<(String, String)>;
 
@@ -69,6 +69,12 @@ fn check_globals(config: &Config, problems: &mut Problems) {
     }
     if config.controller.tick.is_zero() {
         problems.push(("controller.tick".into(), "must be above 0".into()));
+    }
+    if !is_valid_name(&config.controller.id) {
+        problems.push((
+            "controller.id".into(),
+            "must be letters, digits, `-` or `_`".into(),
+        ));
     }
     let prefix = &config.nats.prefix;
     if prefix.is_empty() || !prefix.split('.').all(is_subject_token) {
@@ -240,17 +246,65 @@ fn check_backend(at: &str, backend: &BackendConfig, problems: &mut Problems) {
                 ));
             }
         }
-        // Their keys are the contract's, so a config naming them parses,
-        // but --check must not pass a service the controller cannot run.
-        Some(Backend::Docker(_)) => problems.push((
-            format!("{at}.docker"),
-            "the docker backend is not built yet; use `process`".into(),
-        )),
+        Some(Backend::Docker(docker)) => check_docker(&format!("{at}.docker"), docker, problems),
         Some(Backend::Kubernetes(_)) => problems.push((
             format!("{at}.kubernetes"),
             "the kubernetes backend is not built yet; use `process`".into(),
         )),
     }
+}
+
+fn check_docker(at: &str, docker: &DockerBackend, problems: &mut Problems) {
+    if docker.image.trim().is_empty() {
+        problems.push((format!("{at}.image"), "needs an image name".into()));
+    }
+    if docker.port == 0 {
+        problems.push((
+            format!("{at}.port"),
+            "must be a port from 1 to 65535".into(),
+        ));
+    }
+    if docker.network.trim().is_empty() {
+        problems.push((
+            format!("{at}.network"),
+            "needs a network name (or `host`)".into(),
+        ));
+    }
+    if let Some(cpus) = docker.cpus {
+        if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) {
+            problems.push((
+                format!("{at}.cpus"),
+                "must be a number of cores above 0, e.g. 0.5".into(),
+            ));
+        }
+    }
+    // The engine refuses limits below 6 MiB; say so before it does.
+    if docker.memory.is_some_and(|m| m.as_u64() < 6 * 1024 * 1024) {
+        problems.push((format!("{at}.memory"), "must be at least 6MiB".into()));
+    }
+    for key in docker.labels.keys() {
+        if key.starts_with("rouse.") {
+            problems.push((
+                format!("{at}.labels.{key}"),
+                "labels starting with `rouse.` are set by rouse".into(),
+            ));
+        }
+    }
+    for (i, volume) in docker.volumes.iter().enumerate() {
+        if volume.trim().is_empty() {
+            problems.push((
+                format!("{at}.volumes[{i}]"),
+                "needs `source:target[:options]` or a container path".into(),
+            ));
+        }
+    }
+    check_durations(
+        &[
+            (format!("{at}.stop_timeout"), docker.stop_timeout),
+            (format!("{at}.startup_timeout"), docker.startup_timeout),
+        ],
+        problems,
+    );
 }
 
 fn check_readiness(at: &str, service: &ServiceConfig, problems: &mut Problems) {
