@@ -52,6 +52,11 @@ pub mod nats {
     pub use rouse_stack::NatsServer;
 }
 
+/// A private Docker engine (`rouse-stack`'s) for the container tests.
+pub mod docker {
+    pub use rouse_stack::{dockerd_bin, DockerEngine};
+}
+
 /// A child process with its log file (`rouse-stack`'s).
 pub mod proc {
     pub use rouse_stack::{read_lossy, Proc};

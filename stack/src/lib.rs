@@ -26,6 +26,7 @@
 //! - `config`: the YAML file both binaries read ([`Config`], [`Service`]);
 //! - `proc`: one child process with its log file ([`Proc`]);
 //! - `nats`: the private `nats-server` ([`NatsServer`]);
+//! - `docker`: a private Docker engine for container tests ([`DockerEngine`]);
 //! - `http`: the one small HTTP client readiness, status and metrics need
 //!   ([`http_get`], [`wait_http_ok`], [`metric_value`]);
 //! - `stack`: the whole deployment ([`StackBuilder`], [`Stack`]);
@@ -41,6 +42,7 @@
 
 mod bins;
 mod config;
+mod docker;
 mod http;
 mod nats;
 mod proc;
@@ -55,6 +57,7 @@ use std::time::{Duration, Instant};
 
 pub use bins::{bin, target_dir, workspace_root, Bins};
 pub use config::{line_of, Config, Service};
+pub use docker::{dockerd_bin, DockerEngine};
 pub use http::{http_get, metric_value, wait_http_ok};
 pub use nats::NatsServer;
 pub use proc::{read_lossy, Proc};

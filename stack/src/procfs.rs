@@ -68,6 +68,23 @@ pub fn replica_pids(marker: &str) -> Vec<u32> {
     pids
 }
 
+/// Pids of live processes with an argument containing `needle` (e.g. the
+/// container shims of one engine, by its exec root).
+pub fn pids_with_arg(needle: &str) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| String::from_utf8_lossy(arg).contains(needle))
+                && !is_zombie_or_gone(*pid)
+        })
+        .collect()
+}
+
 /// Whether `/proc/<pid>/stat` says zombie (`Z`) or dead (`X`), or is gone.
 fn is_zombie_or_gone(pid: u32) -> bool {
     let state = stat_fields(pid).and_then(|fields| fields.into_iter().next());

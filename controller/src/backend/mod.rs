@@ -10,7 +10,7 @@
 //! | | `ensure(n)` | `list()` | `stop(id)` | readiness |
 //! |---|---|---|---|---|
 //! | process (here) | spawns the missing replicas, returns them | its own children and adopted pid files | SIGTERM, SIGKILL after the grace period | probed by the controller |
-//! | docker | creates and starts the missing containers, returns them | containers labelled `rouse.service=<name>` and `rouse.controller=<id>` | engine stop with `stop_timeout`, then remove | the image's HEALTHCHECK ([`Readiness::Reported`]) when it has one, else probed |
+//! | docker | creates and starts the missing containers, returns them | containers labelled `rouse.service=<name>` and `rouse.controller=<id>` | engine stop with `stop_timeout`, then remove | probed; the image's HEALTHCHECK verdict ([`Readiness::Reported`]) once the engine has one |
 //! | kubernetes | sets the target's `/scale` to `n`, returns nothing: the ReplicaSet picks the pods | pods of the service's EndpointSlices | marks the pod with the lowest deletion cost and lowers `/scale` by one | [`Readiness::Reported`] from the EndpointSlice conditions |
 //!
 //! A backend that cannot name its new replicas at once (the cluster creates

@@ -258,9 +258,10 @@ pub struct DockerBackend {
     /// A replica not ready this long after it was started is replaced.
     #[serde(default = "defaults::startup_timeout", with = "humantime_serde")]
     pub startup_timeout: Duration,
-    /// Use the image's HEALTHCHECK, when it has one, as the replica's
-    /// readiness (the engine's `healthy`); `false` turns it off in the
-    /// container, and `readiness` probes decide.
+    /// Heed the image's HEALTHCHECK, when it has one: once the engine has
+    /// checked, `healthy` puts a replica in rotation and `unhealthy` takes it
+    /// out (before that, `readiness` probes decide). `false` turns the check
+    /// off in the container.
     #[serde(default = "defaults::yes")]
     pub healthcheck: bool,
 }

@@ -235,11 +235,14 @@ fn address_of(
 }
 
 /// The engine's health of a container with a HEALTHCHECK, as `docker ps`
-/// shows it (`Up 3 seconds (health: starting)`); probed when it has none.
+/// shows it (`Up 3 seconds (healthy)`). Until the engine's first check
+/// (which comes only after the check's interval) and for images without
+/// one, the controller's probe decides, so a cold start is not held for the
+/// interval; once the engine has a verdict, it stands.
 fn readiness_of(status: &str) -> Readiness {
     if status.contains("(healthy)") {
         Readiness::Reported(true)
-    } else if status.contains("(unhealthy)") || status.contains("(health: starting)") {
+    } else if status.contains("(unhealthy)") {
         Readiness::Reported(false)
     } else {
         Readiness::Probe
@@ -393,10 +396,10 @@ mod tests {
     }
 
     #[test]
-    fn the_images_healthcheck_is_the_readiness_when_there_is_one() {
+    fn the_images_healthcheck_decides_once_the_engine_has_checked() {
         let cfg = config("{image: x, port: 8080}");
         for (status, readiness) in [
-            ("Up 1 second (health: starting)", Readiness::Reported(false)),
+            ("Up 1 second (health: starting)", Readiness::Probe),
             ("Up 9 seconds (healthy)", Readiness::Reported(true)),
             ("Up 2 minutes (unhealthy)", Readiness::Reported(false)),
             ("Up 2 minutes", Readiness::Probe),
