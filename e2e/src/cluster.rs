@@ -61,6 +61,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// The controller drives the Docker engine at `host` (`DOCKER_HOST`).
+    pub fn docker_host(mut self, host: &str) -> Self {
+        self.stack = self.stack.controller_env("DOCKER_HOST", host);
+        self
+    }
+
     /// Starts nats-server, the controller and the proxies, and waits until
     /// the controller's `/healthz` and every proxy's `/readyz` answer 200.
     pub async fn start(self) -> Cluster {

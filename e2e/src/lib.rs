@@ -24,6 +24,8 @@
 //! - `cluster`: a [`Stack`](rouse_stack::Stack) for one test, with
 //!   panicking waits and requests that dump every log on failure;
 //! - `http`: requests through the proxy (reqwest), the controller's status;
+//! - `load`: bursts and steady load through a proxy, and the replicas'
+//!   own count of what reached them ("exactly once");
 //! - `protocols`: h2c and HTTP/1.1 Upgrade clients written against the wire;
 //! - `bins`, `config`, `nats`, `proc`, `pids`: `rouse-stack`'s pieces under
 //!   the paths the tests (the proxy's too) import them by.
@@ -35,6 +37,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod load;
 pub mod protocols;
 
 /// Where the binaries under test are (`rouse-stack`'s).

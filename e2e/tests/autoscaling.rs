@@ -3,34 +3,15 @@
 //! concurrency cap is never exceeded, and scale-down under continuous load
 //! drains replicas without failing a request.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use reqwest::Method;
-use rouse_e2e::{request, Cluster, Service};
+use rouse_e2e::load::{self, Statuses};
+use rouse_e2e::{Cluster, Service};
 use serde_json::Value;
 
-/// Sends `n` concurrent GETs and returns the count per status (errors as 0).
-async fn burst(cluster: &Cluster, host: &str, path: &str, n: usize) -> BTreeMap<u16, usize> {
-    let addr = cluster.proxy_addr(0);
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let client = cluster.client.clone();
-            let (host, path) = (host.to_string(), path.to_string());
-            tokio::spawn(
-                async move { request(&client, Method::GET, addr, &host, &path, None).await },
-            )
-        })
-        .collect();
-    let mut statuses = BTreeMap::new();
-    for task in futures::future::join_all(tasks).await {
-        let status = match task {
-            Ok(Ok(resp)) => resp.status,
-            _ => 0,
-        };
-        *statuses.entry(status).or_insert(0) += 1;
-    }
-    statuses
+/// Sends `n` concurrent GETs through the first proxy.
+async fn burst(cluster: &Cluster, host: &str, path: &str, n: usize) -> Statuses {
+    load::burst(&cluster.client, cluster.proxy_addr(0), host, path, n).await
 }
 
 /// rouse-echo's own `/stats` of one replica.
@@ -144,42 +125,15 @@ async fn drain_under_continuous_load_loses_nothing() {
         .scaling("panic_window", "2s")
         .scaling("scale_down_step", "1s")])
     .await;
-    let addr = cluster.proxy_addr(0);
     let run = |clients: usize, seconds: u64| {
-        let client = cluster.client.clone();
-        async move {
-            let until = Instant::now() + Duration::from_secs(seconds);
-            let workers: Vec<_> = (0..clients)
-                .map(|_| {
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
-                        // Bounded by time and by count.
-                        for _ in 0..10_000 {
-                            if Instant::now() >= until {
-                                break;
-                            }
-                            let status =
-                                match request(&client, Method::GET, addr, HOST, "/sleep/50", None)
-                                    .await
-                                {
-                                    Ok(resp) => resp.status,
-                                    Err(_) => 0,
-                                };
-                            *statuses.entry(status).or_insert(0) += 1;
-                        }
-                        statuses
-                    })
-                })
-                .collect();
-            let mut total: BTreeMap<u16, usize> = BTreeMap::new();
-            for worker in futures::future::join_all(workers).await {
-                for (status, count) in worker.unwrap_or_default() {
-                    *total.entry(status).or_insert(0) += count;
-                }
-            }
-            total
-        }
+        load::steady(
+            &cluster.client,
+            cluster.proxy_addr(0),
+            HOST,
+            "/sleep/50",
+            clients,
+            Duration::from_secs(seconds),
+        )
     };
     let high = run(40, 8).await;
     let peak = cluster
@@ -191,12 +145,7 @@ async fn drain_under_continuous_load_loses_nothing() {
     // Read right after the light phase: the scale-down happened under load.
     let after = cluster.service_status("drain").await;
     let scaled_down = after.as_ref().is_some_and(|s| s.desired < peak);
-    let failures: usize = high
-        .iter()
-        .chain(low.iter())
-        .filter(|(status, _)| **status != 200)
-        .map(|(_, count)| count)
-        .sum();
+    let failures = load::failures(&high) + load::failures(&low);
     if failures > 0 || peak < 2 || !scaled_down {
         cluster
             .fail(&format!(

@@ -14,26 +14,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::Method;
-use rouse_e2e::{request, Cluster, Service};
-use serde_json::Value;
+use rouse_e2e::{load, request, Cluster, Service};
 
 const HOST: &str = "burst.localhost";
 const BURST: usize = 500;
-
-/// `requests` from a replica's `/stats`.
-async fn stats_requests(client: &reqwest::Client, addr: &str) -> anyhow::Result<u64> {
-    let url = format!("http://{addr}/stats");
-    let v: Value = client
-        .get(&url)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    v.get("requests")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| anyhow::anyhow!("{url}: no integer `requests` in {v}"))
-}
 
 /// Criterion 2: 500 concurrent GET / at zero → exactly 500 answers, all
 /// 200, and the replicas together counted exactly 500 requests.
@@ -88,45 +72,16 @@ async fn burst_of_500_at_zero_all_succeed_exactly_once() {
             |s| s.ready >= 1 && !s.replicas.is_empty(),
         )
         .await;
-    let mut low = 0u64;
-    let mut high = 0u64;
-    let mut seen = Vec::new();
-    for replica in &status.replicas {
-        let first = stats_requests(&cluster.client, &replica.addr).await;
-        let second = stats_requests(&cluster.client, &replica.addr).await;
-        match (first, second) {
-            (Ok(first), Ok(second)) => {
-                // If /stats counts itself, the second call sees one more.
-                let self_counted = second.checked_sub(first).unwrap_or(u64::MAX);
-                assert!(
-                    self_counted <= 1,
-                    "replica {} got other traffic between two /stats calls: {first} then {second}",
-                    replica.addr
-                );
-                // Counted at arrival, the first call includes itself;
-                // counted at completion it does not: allow both.
-                low += first - self_counted.min(first);
-                high += first;
-                seen.push((replica.id.clone(), replica.state.clone(), first, second));
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                if replica.state == "ready" || replica.state == "draining" {
-                    cluster
-                        .fail(&format!(
-                            "/stats of {} replica {}: {e:#}",
-                            replica.state, replica.addr
-                        ))
-                        .await;
-                }
-                seen.push((replica.id.clone(), replica.state.clone(), 0, 0));
-            }
-        }
-    }
-    if !(low..=high).contains(&(BURST as u64)) {
+    let served = match load::served(&cluster.client, &status).await {
+        Ok(served) => served,
+        Err(e) => cluster.fail(&format!("{e:#}")).await,
+    };
+    if !served.is(BURST as u64) {
         cluster
             .fail(&format!(
-                "replicas counted between {low} and {high} requests for {BURST} sent: \
-                 (id, state, requests, requests after one more /stats) = {seen:?}"
+                "replicas counted between {} and {} requests for {BURST} sent: \
+                 (id, state, requests, requests after one more /stats) = {:?}",
+                served.low, served.high, served.seen
             ))
             .await;
     }

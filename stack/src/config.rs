@@ -54,6 +54,9 @@ pub struct Service {
     pub hold_max_requests: u32,
     /// More `scaling:` keys, written as given (e.g. `container_concurrency: 4`).
     pub scaling_extra: Vec<(String, String)>,
+    /// `backend.docker` keys, values written as given (YAML), instead of
+    /// the process backend; `env` gets the marker as for processes.
+    pub docker: Option<Vec<(String, String)>>,
 }
 
 impl Service {
@@ -77,7 +80,19 @@ impl Service {
             hold_timeout: "30s".to_string(),
             hold_max_requests: 1000,
             scaling_extra: Vec::new(),
+            docker: None,
         }
+    }
+
+    /// A containers service: `backend.docker` with these keys (values are
+    /// YAML, e.g. `("image", "rouse:dev")`, `("args", "[--port, '8080']")`).
+    pub fn docker(mut self, keys: &[(&str, &str)]) -> Self {
+        self.docker = Some(
+            keys.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        self
     }
 
     /// How often ready replicas are re-probed.
@@ -180,8 +195,18 @@ impl Service {
             let _ = writeln!(out, "    paths: {}", list(paths));
         }
         out.push_str("    backend:\n");
-        out.push_str("      process:\n");
-        let _ = writeln!(out, "        command: {}", list(&self.argv(bins)));
+        match &self.docker {
+            Some(keys) => {
+                out.push_str("      docker:\n");
+                for (key, value) in keys {
+                    let _ = writeln!(out, "        {key}: {value}");
+                }
+            }
+            None => {
+                out.push_str("      process:\n");
+                let _ = writeln!(out, "        command: {}", list(&self.argv(bins)));
+            }
+        }
         out.push_str("        env:\n");
         for (key, value) in &env {
             let _ = writeln!(out, "          {}: {}", q(key), q(value));

@@ -175,26 +175,39 @@ impl DockerEngine {
         ids
     }
 
-    /// Builds the rouse image from this workspace's debug binaries (the
-    /// offline path of the Dockerfile: `scripts/image --debug --no-build`).
+    /// Builds the rouse image from this workspace's debug binaries, the
+    /// offline way the README gives (`scripts/image --debug --no-build`).
+    /// The root filesystem is assembled once per test process (tests run
+    /// in parallel threads and share it); each engine then only builds.
     pub fn build_rouse_image(&self, tag: &str) -> anyhow::Result<()> {
-        for name in ["rouse-proxy", "rouse-controller", "rouse-echo"] {
-            crate::bin(name);
-        }
-        let script = crate::workspace_root().join("scripts/image");
-        let out = Command::new(&script)
-            .args(["--debug", "--no-build", "--tag", tag])
-            .env("DOCKER_HOST", self.host())
-            .current_dir(crate::workspace_root())
+        static ROOTFS: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+        let mut assembled = ROOTFS.lock().unwrap_or_else(|e| e.into_inner());
+        let root = crate::workspace_root();
+        let mut cmd = if *assembled {
+            let mut cmd = self.command();
+            cmd.args(["build", "--target", "prebuilt", "--tag", tag, "."]);
+            cmd
+        } else {
+            for name in ["rouse-proxy", "rouse-controller", "rouse-echo"] {
+                crate::bin(name);
+            }
+            let mut cmd = Command::new(root.join("scripts/image"));
+            cmd.args(["--debug", "--no-build", "--tag", tag])
+                .env("DOCKER_HOST", self.host());
+            cmd
+        };
+        let out = cmd
+            .current_dir(&root)
             .output()
-            .with_context(|| format!("running {}", script.display()))?;
+            .context("building the rouse image")?;
         anyhow::ensure!(
             out.status.success(),
-            "scripts/image failed ({}):\n{}\n{}",
+            "building the rouse image failed ({}):\n{}\n{}",
             out.status,
             crate::tail(&String::from_utf8_lossy(&out.stdout), 20),
             crate::tail(&String::from_utf8_lossy(&out.stderr), 40)
         );
+        *assembled = true;
         Ok(())
     }
 

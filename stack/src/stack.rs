@@ -42,6 +42,8 @@ pub struct StackBuilder {
     nats_port: Option<u16>,
     dir: Option<PathBuf>,
     keep: bool,
+    /// Added to the controller's environment (e.g. `DOCKER_HOST`).
+    controller_env: BTreeMap<String, String>,
 }
 
 impl Default for StackBuilder {
@@ -53,6 +55,7 @@ impl Default for StackBuilder {
             nats_port: None,
             dir: None,
             keep: false,
+            controller_env: BTreeMap::new(),
         }
     }
 }
@@ -127,6 +130,13 @@ impl StackBuilder {
     /// Keep the temporary directory after the stack is gone (and say where).
     pub fn keep(mut self, keep: bool) -> Self {
         self.keep = keep;
+        self
+    }
+
+    /// Sets `key=value` in the controller's environment (e.g. `DOCKER_HOST`).
+    pub fn controller_env(mut self, key: &str, value: &str) -> Self {
+        self.controller_env
+            .insert(key.to_string(), value.to_string());
         self
     }
 
@@ -211,7 +221,7 @@ impl StackBuilder {
             "rouse-controller",
             &base.bins.path("rouse-controller"),
             &config_args(&controller_config),
-            &BTreeMap::new(),
+            &self.controller_env,
             &dir.join("controller.log"),
         )?;
         let mut stack = Stack {
