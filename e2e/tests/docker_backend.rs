@@ -429,3 +429,80 @@ async fn scale_down_under_load_loses_no_request() {
         .await;
     }
 }
+
+/// `oom` events the engine recorded since `since` (a `docker events` time).
+fn oom_events(engine: &DockerEngine, since: &str) -> Vec<String> {
+    engine
+        .cli_ok(&[
+            "events",
+            "--since",
+            since,
+            "--until",
+            "0s",
+            "--filter",
+            "event=oom",
+            "--format",
+            "{{.Actor.Attributes.name}}",
+        ])
+        .map(|out| out.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// A memory-heavy service under a container memory limit: each request
+/// holds 64 MiB for 300 ms and a replica takes at most 2 at a time in
+/// 192 MiB. Load from 8 clients scales it out, every request gets 200 and
+/// no container is OOM-killed. The limit is real: one request for more
+/// than it kills its container, and the engine says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_heavy_replicas_scale_out_and_stay_within_their_limit() {
+    const HOST: &str = "mem.localhost";
+    let d = Docker::start(vec![echo_with(
+        "mem",
+        HOST,
+        &[("address", "container"), ("memory", "192MiB")],
+    )
+    .max_replicas(4)
+    .target_concurrency(2)
+    .scaling("container_concurrency", "2")
+    .hold_timeout("60s")])
+    .await;
+    // Unix seconds, a second early: the events window starts before the load.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.as_secs().saturating_sub(1).to_string())
+        .unwrap_or_default();
+    let (client, addr) = (&d.cluster.client, d.cluster.proxy_addr(0));
+    let statuses = load::steady(
+        client,
+        addr,
+        HOST,
+        "/mem/64?hold_ms=300",
+        8,
+        Duration::from_secs(12),
+    )
+    .await;
+    let peak = d.running("mem").len();
+    let ooms = oom_events(&d.engine, &since);
+    if load::failures(&statuses) > 0 || peak < 2 || !ooms.is_empty() {
+        d.fail(&format!(
+            "answers {statuses:?}, containers at the end of the load {peak}, OOM kills {ooms:?}"
+        ))
+        .await;
+    }
+
+    // Negative control: past the limit, the kernel kills the container.
+    let resp = d.cluster.get(HOST, "/mem/400").await;
+    assert_ne!(
+        resp.status, 200,
+        "400 MiB fit in a 192 MiB container: {resp}"
+    );
+    rouse_e2e::wait_until(
+        "the engine reports an OOM kill",
+        Duration::from_secs(30),
+        || {
+            let killed = !oom_events(&d.engine, &since).is_empty();
+            async move { killed }
+        },
+    )
+    .await;
+}

@@ -211,7 +211,7 @@ async fn respond<B>(
         Route::WebSocket => websocket(parts),
         Route::Sleep(ms) => sleep(ms).await,
         Route::Cpu(ms) => cpu(ms).await,
-        Route::Mem(mb) => mem(mb).await,
+        Route::Mem(mb) => mem(mb, hold_ms(parts.uri.query())).await,
         Route::EchoBody => echo_body(&parts.headers, body),
         Route::BadParam(message) => text(StatusCode::BAD_REQUEST, message),
         Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -280,9 +280,25 @@ fn burn_cpu(budget: Duration) {
     }
 }
 
-async fn mem<B>(mb: u64) -> Response<EchoBody<B>> {
+/// `?hold_ms=N` of `/mem/{mb}`: how long the memory stays allocated before
+/// the answer (0 when absent or not a number up to [`MAX_DURATION_MS`]).
+fn hold_ms(query: Option<&str>) -> u64 {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "hold_ms")
+        .and_then(|(_, value)| parse_param(&value, MAX_DURATION_MS))
+        .unwrap_or(0)
+}
+
+/// Allocates and touches `mb` MiB, keeps it `hold_ms`, then answers (and
+/// frees it): a memory-heavy request whose footprint lasts while it is in
+/// flight, as a real one's would.
+async fn mem<B>(mb: u64, hold_ms: u64) -> Response<EchoBody<B>> {
     match tokio::task::spawn_blocking(move || allocate_and_touch(mb)).await {
-        Ok(Some(_held)) => text(StatusCode::OK, format!("allocated {mb}MiB")),
+        Ok(Some(held)) => {
+            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+            drop(held);
+            text(StatusCode::OK, format!("allocated {mb}MiB"))
+        }
         Ok(None) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("could not allocate {mb}MiB\n"),
@@ -514,5 +530,23 @@ mod tests {
         assert_eq!(stats["requests"], 4);
         assert_eq!(stats["in_flight"], 0);
         assert_eq!(stats["peak_in_flight"], 1);
+    }
+
+    #[test]
+    fn mem_holds_only_when_asked_to() {
+        assert_eq!(hold_ms(None), 0);
+        assert_eq!(hold_ms(Some("hold_ms=250")), 250);
+        assert_eq!(hold_ms(Some("x=1&hold_ms=7")), 7);
+        assert_eq!(hold_ms(Some("hold_ms=-1")), 0);
+        assert_eq!(hold_ms(Some("hold_ms=99999999999")), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mem_keeps_its_memory_for_the_hold() {
+        let echo = Echo::new("unit");
+        let started = tokio::time::Instant::now();
+        let resp = handle(&echo, request(Method::GET, "/mem/1?hold_ms=300")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }
