@@ -92,6 +92,12 @@ pub struct Args {
     #[arg(long)]
     pub json: Option<PathBuf>,
 
+    /// With --start-stack: run the service as containers of this image
+    /// (one holding rouse-echo, e.g. the rouse image) on the engine at
+    /// `DOCKER_HOST`, instead of local processes.
+    #[arg(long)]
+    pub docker_image: Option<String>,
+
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -99,7 +105,20 @@ pub struct Args {
 /// The stack `--start-stack` starts: one service behind --host that scales
 /// to zero 1 s after its last request, at most one replica, fast reports.
 fn stack(args: &Args) -> anyhow::Result<StackBuilder> {
-    let echo = Service::new(&args.service, &args.host)
+    let mut echo = Service::new(&args.service, &args.host);
+    if let Some(image) = &args.docker_image {
+        let image = serde_json::to_string(image)?;
+        echo = echo.docker(&[
+            ("image", &image),
+            ("command", "[rouse-echo]"),
+            ("args", "[--bind, 0.0.0.0, --port, \"8080\"]"),
+            ("port", "8080"),
+            ("address", "container"),
+            ("pull", "never"),
+            ("healthcheck", "false"),
+        ]);
+    }
+    let echo = echo
         .max_replicas(1)
         .scale_to_zero_after("1s")
         .scaling("stable_window", "1s")

@@ -11,9 +11,14 @@ use rouse_e2e::bin;
 use rouse_e2e::bins::workspace_root;
 
 fn check_script(script: &str, parts: &[&str]) {
+    check_script_with(script, parts, &[]);
+}
+
+fn check_script_with(script: &str, parts: &[&str], env: &[(&str, &str)]) {
     let controller = bin("rouse-controller");
     let bin_dir = controller.parent().expect("binary directory");
     let output = Command::new(workspace_root().join("bench").join(script))
+        .envs(env.iter().copied())
         .env("ROUSE_BENCH_CHECK_CONFIG", "1")
         .env("ROUSE_BENCH_BIN", bin_dir)
         .output()
@@ -36,6 +41,15 @@ fn check_script(script: &str, parts: &[&str]) {
 #[test]
 fn cold_start_benchmark_config_is_valid() {
     check_script("coldstart", &[""]);
+}
+
+#[test]
+fn cold_start_benchmark_config_on_containers_is_valid() {
+    check_script_with(
+        "coldstart",
+        &[""],
+        &[("ROUSE_BENCH_DOCKER_IMAGE", "rouse:dev")],
+    );
 }
 
 #[test]
