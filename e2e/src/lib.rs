@@ -57,7 +57,7 @@ pub mod nats {
 
 /// A private Docker engine (`rouse-stack`'s) for the container tests.
 pub mod docker {
-    pub use rouse_stack::{dockerd_bin, DockerEngine};
+    pub use rouse_stack::{dockerd_bin, podman_bin, DockerEngine};
 }
 
 /// A child process with its log file (`rouse-stack`'s).

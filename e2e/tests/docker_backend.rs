@@ -29,6 +29,11 @@ impl Docker {
         let engine = DockerEngine::start()
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
+        Self::on(engine, services).await
+    }
+
+    /// The cluster on an engine already started (podman's).
+    async fn on(engine: DockerEngine, services: Vec<Service>) -> Docker {
         engine
             .build_rouse_image(IMAGE)
             .unwrap_or_else(|e| panic!("{e:#}"));
@@ -85,6 +90,41 @@ fn echo_with(name: &str, host: &str, extra: &[(&str, &str)]) -> Service {
         keys.push((key, value));
     }
     Service::new(name, host).docker(&keys)
+}
+
+/// Podman's Docker-compatible service is an engine too: a cold request is
+/// served by a new container on the host network (each replica on its own
+/// port), and scale to zero removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_serves_a_cold_request_and_scales_to_zero() {
+    const HOST: &str = "podman.localhost";
+    let engine = DockerEngine::start_podman()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let d = Docker::on(
+        engine,
+        vec![echo_with(
+            "podman",
+            HOST,
+            &[("network", "host"), ("args", "[--port, \"{port}\"]")],
+        )
+        .scale_to_zero_after("3s")],
+    )
+    .await;
+    let resp = d.cluster.get(HOST, "/").await;
+    if resp.status != 200 || !resp.cold_start() || d.running("podman").len() != 1 {
+        d.fail(&format!("cold request on podman: {resp}")).await;
+    }
+    let engine = &d.engine;
+    rouse_e2e::wait_until(
+        "podman's container is removed after scale_to_zero_after",
+        Duration::from_secs(60),
+        || {
+            let none = engine.containers("rouse.service=podman").is_empty();
+            async move { none }
+        },
+    )
+    .await;
 }
 
 /// Criterion 1: a request at zero gets 200 from a new container, marked as

@@ -9,6 +9,10 @@
 //! keeps containers running while the engine is stopped, which is what the
 //! "engine down, warm traffic flows" test needs.
 //!
+//! [`DockerEngine::start_podman`] starts the other engine that serves the
+//! same API: podman's service (`podman system service`), with its own
+//! storage in the temp dir and the `runc` runtime.
+//!
 //! Dropping a [`DockerEngine`] removes every container, stops the engine
 //! and kills what is left of its container shims.
 
@@ -36,6 +40,18 @@ pub fn dockerd_bin() -> anyhow::Result<PathBuf> {
         .context(
             "dockerd not found: install Debian's docker.io (scripts/test does) or set DOCKERD_BIN",
         )
+}
+
+/// `podman` from `PODMAN_BIN` or `PATH`.
+pub fn podman_bin() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("PODMAN_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("podman"))
+        .find(|p| p.is_file())
+        .context("podman not found: install Debian's podman (scripts/test does) or set PODMAN_BIN")
 }
 
 /// A running private engine.
@@ -85,6 +101,53 @@ impl DockerEngine {
         Ok(engine)
     }
 
+    /// Starts podman's Docker-compatible service instead of dockerd. Its
+    /// containers get open-file and process limits within this process's
+    /// own (podman's defaults are higher than a sandbox may grant).
+    pub async fn start_podman() -> anyhow::Result<DockerEngine> {
+        let dir = tempfile::Builder::new()
+            .prefix("rpm")
+            .tempdir_in("/tmp")
+            .context("create the engine's temp dir")?;
+        let socket = dir.path().join("podman.sock");
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .context("reading RLIMIT_NOFILE")?;
+        let nofile = hard.min(65536);
+        let conf = dir.path().join("containers.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc=4096:4096\"]\n\
+                 [engine]\nruntime = \"runc\"\n"
+            ),
+        )
+        .context("write containers.conf")?;
+        let args: Vec<std::ffi::OsString> = vec![
+            "--root".into(),
+            dir.path().join("root").into(),
+            "--runroot".into(),
+            dir.path().join("exec").into(),
+            "system".into(),
+            "service".into(),
+            "--time=0".into(),
+            format!("unix://{}", socket.display()).into(),
+        ];
+        let env = std::collections::BTreeMap::from([(
+            "CONTAINERS_CONF".to_string(),
+            conf.to_string_lossy().into_owned(),
+        )]);
+        let proc = Proc::try_spawn(
+            "podman",
+            &podman_bin()?,
+            &args,
+            &env,
+            &dir.path().join("podman.log"),
+        )?;
+        let mut engine = DockerEngine { proc, socket, dir };
+        engine.wait_ready().await?;
+        Ok(engine)
+    }
+
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let ready = crate::poll(START_DEADLINE, || {
             let answered = self.socket.exists()
@@ -96,7 +159,7 @@ impl DockerEngine {
         .await;
         if ready.is_none() {
             anyhow::bail!(
-                "dockerd did not answer within {START_DEADLINE:?}; its log:\n{}",
+                "the engine did not answer within {START_DEADLINE:?}; its log:\n{}",
                 crate::tail(&self.logs(), 40)
             );
         }
@@ -254,11 +317,13 @@ impl Drop for DockerEngine {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        // Overlay mounts of a killed engine would keep the data root busy.
-        let _ = Command::new("umount")
-            .args(["-R", "-l"])
-            .arg(self.dir.path().join("data"))
-            .output();
+        // Overlay mounts of a killed engine would keep its storage busy.
+        for storage in ["data", "root"] {
+            let _ = Command::new("umount")
+                .args(["-R", "-l"])
+                .arg(self.dir.path().join(storage))
+                .output();
+        }
     }
 }
 

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 pub use bins::{bin, target_dir, workspace_root, Bins};
 pub use config::{line_of, Config, Service};
-pub use docker::{dockerd_bin, DockerEngine};
+pub use docker::{dockerd_bin, podman_bin, DockerEngine};
 pub use http::{http_get, metric_value, wait_http_ok};
 pub use nats::NatsServer;
 pub use proc::{read_lossy, Proc};
