@@ -184,7 +184,8 @@ async fn a_cold_request_starts_a_container_and_idle_removes_it() {
 }
 
 /// Criterion 2: 500 concurrent requests at zero all get 200, each reaches a
-/// container exactly once, and more than one container served them.
+/// container exactly once, and more than one container served them (each
+/// takes at most 10 at a time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_500_at_zero_is_served_once_each_by_several_containers() {
     const HOST: &str = "burst.localhost";
@@ -192,6 +193,9 @@ async fn a_burst_of_500_at_zero_is_served_once_each_by_several_containers() {
     let d = Docker::start(vec![echo_with("burst", HOST, &[("address", "container")])
         .max_replicas(4)
         .target_concurrency(10)
+        // One container alone would serve the whole burst of 100 ms sleeps
+        // at once; 10 at a time it needs 5 s, and the others come.
+        .scaling("container_concurrency", "10")
         .hold_max_requests(10_000)
         .hold_timeout("90s")])
     .await;

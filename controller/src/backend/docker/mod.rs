@@ -46,7 +46,7 @@ pub struct DockerBackend {
     engine: Arc<Engine>,
     /// Set once the service's network is known to exist.
     network_ready: OnceCell<()>,
-    /// Why each exited container stopped, asked of the engine once.
+    /// Why each exited replica's container stopped, asked of the engine once.
     exit_reasons: Mutex<HashMap<String, String>>,
 }
 
@@ -233,7 +233,7 @@ impl DockerBackend {
 
     /// The engine's word on why `listed` stopped, with its last output.
     async fn exit_reason(&self, docker: &Docker, listed: &Listed) -> String {
-        let cached = self.lock_reasons().get(&listed.container).cloned();
+        let cached = self.lock_reasons().get(&listed.replica.id).cloned();
         if let Some(reason) = cached {
             return reason;
         }
@@ -263,7 +263,7 @@ impl DockerBackend {
             reason = format!("{reason}; last output: {tail}");
         }
         self.lock_reasons()
-            .insert(listed.container.clone(), reason.clone());
+            .insert(listed.replica.id.clone(), reason.clone());
         reason
     }
 
@@ -359,28 +359,23 @@ impl Backend for DockerBackend {
 
     async fn stop(&self, id: &str) -> Result<(), BackendError> {
         let docker = self.engine.client().await?;
-        let listed = self.listed(docker).await?;
-        for entry in listed.iter().filter(|l| l.replica.id == id) {
-            if !entry.exited {
-                let options = StopContainerOptions {
-                    t: Some(self.config.stop_timeout.as_secs().min(i32::MAX as u64) as i32),
-                    ..Default::default()
-                };
-                match docker.stop_container(&entry.container, Some(options)).await {
-                    Ok(()) => {}
-                    Err(e) if is_not_found(&e) => continue,
-                    // 304: stopped already.
-                    Err(bollard::errors::Error::DockerResponseServerError {
-                        status_code: 304,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(self.engine.error(&format!("stopping replica {id}"), e)),
-                }
-            }
-            self.remove(docker, &entry.container).await;
-            self.lock_reasons().remove(&entry.container);
-            tracing::info!(service = %self.owner.service, replica = %id, "stopped and removed container");
+        let name = Owner::container_name(id);
+        let options = StopContainerOptions {
+            t: Some(self.config.stop_timeout.as_secs().min(i32::MAX as u64) as i32),
+            ..Default::default()
+        };
+        match docker.stop_container(&name, Some(options)).await {
+            Ok(()) => {}
+            // 304: it had stopped by itself; removed below.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(self.engine.error(&format!("stopping replica {id}"), e)),
         }
+        self.remove(docker, &name).await;
+        self.lock_reasons().remove(id);
+        tracing::info!(service = %self.owner.service, replica = %id, "stopped and removed container");
         Ok(())
     }
 }
