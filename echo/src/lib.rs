@@ -6,18 +6,22 @@
 //! hungry (`/cpu`) or memory hungry (`/mem`), counts what it served
 //! (`/stats`), echoes request bodies (any `POST`), reflects the forwarding
 //! headers it received, echoes bytes on an upgraded connection (`/ws`), and
-//! can fake a slow cold start (`--startup-delay`).
+//! can fake a slow cold start (`--startup-delay`). `rouse-echo healthcheck`
+//! checks a health URL instead of serving.
 //!
 //! It speaks HTTP/1.1 and h2c (prior knowledge) on the same port and shuts
 //! down gracefully on SIGTERM / SIGINT.
 //!
 //! Modules, in the order a request meets them:
-//! - `server`: the command line ([`Args`]), the start-up delay, the accept
+//! - `server`: the command line ([`Cli`], [`Args`]), the start-up delay, the accept
 //!   loop and graceful shutdown ([`run`]);
 //! - `handler`: the route and response of one request, and the per-process
-//!   counters `/stats` shows.
+//!   counters `/stats` shows;
+//! - [`healthcheck`]: `rouse-echo healthcheck`, the one `GET` the rouse
+//!   image's `HEALTHCHECK` runs (the image has no shell and no curl).
 
 mod handler;
+pub mod healthcheck;
 mod server;
 
-pub use server::{run, Args};
+pub use server::{run, Args, Cli, Command};

@@ -1,10 +1,11 @@
 //! `rouse-echo`: demo HTTP backend for rouse. See [`rouse_echo`].
 
+use std::ffi::OsStr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rouse_echo::Args;
+use rouse_echo::{healthcheck, Cli, Command};
 use rouse_nats::runtime::Threads;
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +14,13 @@ use tracing_subscriber::EnvFilter;
 const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
+    if let Some(Command::Healthcheck(args)) = &cli.command {
+        return healthcheck::main(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -25,6 +32,19 @@ fn main() -> ExitCode {
         "rouse-echo",
         Threads::Pool(None),
         Some(RUNTIME_SHUTDOWN),
-        rouse_echo::run(args),
+        rouse_echo::run(cli.serve),
     )
+}
+
+/// Prints a command-line error (or `--help`) the way clap does; for
+/// `healthcheck` the status is 1, not clap's 2, since Docker reserves 2 in a
+/// HEALTHCHECK (a malformed `PORT` in the environment, for one, lands here).
+fn usage_error(err: &clap::Error) -> ExitCode {
+    let _ = err.print();
+    let healthcheck = std::env::args_os().nth(1).as_deref() == Some(OsStr::new("healthcheck"));
+    match err.exit_code() {
+        0 => ExitCode::SUCCESS,
+        _ if healthcheck => ExitCode::FAILURE,
+        code => ExitCode::from(u8::try_from(code).unwrap_or(2)),
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,6 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::handler::{handle, Echo};
+use crate::healthcheck::HealthcheckArgs;
 
 /// How long in-flight requests get to finish after SIGTERM / SIGINT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -25,12 +26,37 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The command line: serve (`rouse-echo --port N ...`), or a subcommand.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "rouse-echo", version, about = "Demo HTTP backend for rouse")]
+#[command(
+    name = "rouse-echo",
+    version,
+    about = "Demo HTTP backend for rouse",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub serve: Args,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What rouse-echo can do besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// GET a health URL once; exit 0 on a 2xx answer, 1 otherwise (the
+    /// rouse image's HEALTHCHECK).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// How to serve.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "PORT")]
-    pub port: u16,
+    /// Port to listen on (0 picks a free one); required to serve.
+    #[arg(long, env = "PORT", required = true)]
+    pub port: Option<u16>,
 
     /// Address to listen on.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
@@ -68,7 +94,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             () = &mut shutdown => return Ok(()),
         }
     }
-    let addr = SocketAddr::new(args.bind, args.port);
+    // Only a subcommand lifts clap's requirement, and none gets here.
+    let port = args.port.context("--port (or PORT) is required")?;
+    let addr = SocketAddr::new(args.bind, port);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -166,7 +194,7 @@ mod tests {
     #[test]
     fn replica_id_falls_back_to_pid() {
         let args = |id: Option<&str>| Args {
-            port: 0,
+            port: Some(0),
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             id: id.map(str::to_owned),
             startup_delay: None,

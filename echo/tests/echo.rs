@@ -488,3 +488,100 @@ async fn ws_without_upgrade_headers_is_refused() {
     assert_eq!(reply.status, StatusCode::UPGRADE_REQUIRED);
     assert_eq!(reply.headers["upgrade"], "websocket");
 }
+
+/// Runs `rouse-echo healthcheck <args>` with `env` (and neither `PORT` nor
+/// `ROUSE_HEALTHCHECK_URL` from this process); returns its exit code,
+/// stdout and stderr.
+fn healthcheck(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rouse-echo"))
+        .arg("healthcheck")
+        .args(args)
+        .env_remove("PORT")
+        .env_remove("ROUSE_HEALTHCHECK_URL")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running rouse-echo healthcheck");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn healthcheck_passes_on_2xx_from_the_url_or_its_own_port() {
+    let echo = EchoProcess::start(&[]).await;
+    let url = echo.url("/healthz");
+
+    let (code, stdout, stderr) = healthcheck(&[], &[("ROUSE_HEALTHCHECK_URL", &url)]);
+    assert_eq!(code, Some(0), "stdout {stdout:?} stderr {stderr:?}");
+    assert!(stdout.contains("200"), "{stdout:?}");
+
+    let (code, _, stderr) = healthcheck(&["--url", &url], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Without a URL it checks rouse-echo's own /healthz on $PORT.
+    let port = echo.port.to_string();
+    let (code, stdout, stderr) = healthcheck(&[], &[("PORT", &port)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with(&url), "{stdout:?}");
+}
+
+#[tokio::test]
+async fn healthcheck_fails_with_1_and_a_reason() {
+    let echo = EchoProcess::start(&[]).await;
+
+    // Another status.
+    let (code, _, stderr) = healthcheck(&["--url", &echo.url("/nope")], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("404"), "{stderr}");
+
+    // Nothing listening.
+    let closed = format!("http://127.0.0.1:{}/healthz", free_port());
+    let (code, _, stderr) = healthcheck(&["--url", &closed], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("connecting"), "{stderr}");
+
+    // An answer slower than the timeout: it gives up in about that time.
+    let start = Instant::now();
+    let slow = echo.url("/sleep/20000");
+    let (code, _, stderr) = healthcheck(&["--url", &slow, "--timeout", "300ms"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no answer within 300ms"), "{stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Bad input is 1 as well (Docker reserves 2), never a panic.
+    for (args, env) in [
+        (vec!["--url", "https://127.0.0.1/healthz"], vec![]),
+        (vec!["--url", "not a url"], vec![]),
+        (vec![], vec![("PORT", "http")]),
+    ] {
+        let (code, _, stderr) = healthcheck(&args, &env);
+        assert_eq!(code, Some(1), "{args:?} {env:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn serving_still_needs_a_port_and_healthcheck_takes_none() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rouse-echo"))
+            .args(args)
+            .env_remove("PORT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running rouse-echo")
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
+    // Serving flags and the subcommand do not mix.
+    let out = run(&["--port", "1", "healthcheck"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used"));
+}
