@@ -386,6 +386,36 @@ async fn a_container_that_exits_at_start_is_reported_with_its_output() {
     .await;
 }
 
+/// The image's HEALTHCHECK counts: a replica the probe finds ready serves,
+/// and when the engine's check (here pointed at a path rouse-echo does not
+/// have) calls it unhealthy, it leaves rotation and the error says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_container_by_its_image_healthcheck_leaves_rotation() {
+    const HOST: &str = "health.localhost";
+    let d = Docker::start(vec![echo("health", HOST).env(
+        "ROUSE_HEALTHCHECK_URL",
+        "http://127.0.0.1:8080/no-such-path",
+    )])
+    .await;
+    d.cluster.get_ok(HOST, "/").await;
+    // The rouse image checks every 10 s, 3 failures make it unhealthy; the
+    // controller's own probe (/healthz) passes all along, so only the
+    // engine's verdict can take it out.
+    d.cluster
+        .wait_status(
+            "health",
+            "the unhealthy replica is out of rotation",
+            Duration::from_secs(120),
+            |s| {
+                s.ready == 0
+                    && s.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("unhealthy"))
+            },
+        )
+        .await;
+}
+
 /// Criterion 5: with the engine stopped, warm traffic keeps flowing to the
 /// running containers (live-restore keeps them; the proxies reach them by
 /// container address), the controller reports the engine down, and it

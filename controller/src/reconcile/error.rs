@@ -26,6 +26,8 @@ pub enum ReconcileError {
     NotListed { missing: u32, timeout: Duration },
     #[error("replica {id} failed {failures} readiness probes in a row")]
     Unready { id: String, failures: u32 },
+    #[error("replica {id} is unhealthy (its platform's health check says so)")]
+    Unhealthy { id: String },
     #[error("stopping replica {id}: {source}")]
     Stop {
         id: String,
@@ -64,7 +66,7 @@ impl ReconcileError {
                 counted: true,
                 back_off: true,
             },
-            List(_) | Unready { .. } => Policy {
+            List(_) | Unready { .. } | Unhealthy { .. } => Policy {
                 counted: true,
                 back_off: false,
             },

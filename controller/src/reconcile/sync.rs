@@ -178,17 +178,15 @@ impl ServiceLoop {
         replica.since = now();
         self.watch(id, readiness);
         self.replicas.changed();
-        let failures = match readiness {
-            Readiness::Probe => LIVENESS_FAILURES,
-            Readiness::Reported(_) => 1,
-        };
-        self.fail(
-            ReconcileError::Unready {
-                id: id.to_string(),
-                failures,
+        let id = id.to_string();
+        let failure = match readiness {
+            Readiness::Probe => ReconcileError::Unready {
+                id,
+                failures: LIVENESS_FAILURES,
             },
-            now(),
-        );
+            Readiness::Reported(_) => ReconcileError::Unhealthy { id },
+        };
+        self.fail(failure, now());
     }
 
     /// Exits, vanished replicas, startup timeouts, new replicas the backend
