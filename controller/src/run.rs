@@ -171,7 +171,9 @@ fn build_backend(
         Some(BackendSpec::Docker(docker)) => {
             let engine = match engine {
                 Some(engine) => Arc::clone(engine),
-                None => Arc::clone(engine.insert(Arc::new(Engine::from_env()?))),
+                None => {
+                    Arc::clone(engine.insert(Arc::new(Engine::from_env(&config.controller.id)?)))
+                }
             };
             let backend =
                 DockerBackend::new(&service.name, &config.controller.id, docker.clone(), engine);

@@ -129,10 +129,17 @@ async fn podman_serves_a_cold_request_and_scales_to_zero() {
 
 /// Criterion 1: a request at zero gets 200 from a new container, marked as
 /// a cold start; after `scale_to_zero_after` no labelled container is left.
+/// Another service on the same engine is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_request_starts_a_container_and_idle_removes_it() {
     const HOST: &str = "cold.localhost";
-    let d = Docker::start(vec![echo("cold", HOST).scale_to_zero_after("3s")]).await;
+    // A second service on the same engine: the services share one list of
+    // the controller's containers, and each must see only its own.
+    let d = Docker::start(vec![
+        echo("cold", HOST).scale_to_zero_after("3s"),
+        echo("idle", "idle.localhost"),
+    ])
+    .await;
     assert!(
         d.containers("cold").is_empty(),
         "containers before any request"
@@ -166,6 +173,11 @@ async fn a_cold_request_starts_a_container_and_idle_removes_it() {
         .await;
     }
 
+    let idle = d.cluster.service_status("idle").await;
+    if !idle.as_ref().is_some_and(|s| s.replicas.is_empty()) || !d.containers("idle").is_empty() {
+        d.fail(&format!("the other service took a replica: {idle:?}"))
+            .await;
+    }
     let engine = &d.engine;
     rouse_e2e::wait_until(
         "no labelled container is left after scale_to_zero_after",

@@ -1,5 +1,14 @@
 //! The connection to the Docker Engine, shared by every docker-backed
-//! service of a controller.
+//! service of a controller, and the one list of that controller's
+//! containers they share.
+//!
+//! Every service's loop lists its replicas on every pass; asking the engine
+//! once per service would cost it `services / tick` calls a second. So the
+//! engine is asked for all of this controller's containers at once, and a
+//! list up to [`SNAPSHOT_MAX_AGE`] old is handed to the next service that
+//! asks, unless this controller created, started or stopped a container
+//! since (then the next one asks again: a loop always sees its own changes).
+//! Concurrent askers wait for the one list in flight.
 //!
 //! The API version is negotiated on first use, not at start-up: a controller
 //! must start (and keep warm traffic flowing) while the engine is down, and
@@ -7,10 +16,21 @@
 //! than themselves. Until negotiation succeeds each call tries again, so an
 //! engine that comes up later is found.
 
-use bollard::Docker;
-use tokio::sync::OnceCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::ListContainersOptions;
+use bollard::Docker;
+use tokio::sync::{Mutex, OnceCell};
+
+use super::spec;
 use crate::backend::BackendError;
+
+/// How old a shared list of containers may be when handed out again:
+/// well under a reconcile tick, so exits are seen about as soon as before.
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(250);
 
 /// Where the engine listens when `DOCKER_HOST` is not set.
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -19,29 +39,81 @@ const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 pub struct Engine {
     host: String,
     negotiated: OnceCell<Docker>,
+    /// `controller.id`: whose containers [`Engine::containers`] lists.
+    controller: String,
+    snapshot: Mutex<Option<Snapshot>>,
+    /// Bumped by every change this controller makes to its containers.
+    changes: AtomicU64,
+}
+
+/// One list of the controller's containers.
+struct Snapshot {
+    taken: Instant,
+    /// [`Engine::changes`] when the list was asked for.
+    changes: u64,
+    containers: Arc<Vec<ContainerSummary>>,
 }
 
 impl Engine {
-    /// An engine at `DOCKER_HOST` (unix socket or `tcp://`), not yet contacted.
-    pub fn from_env() -> Result<Self, BackendError> {
+    /// The engine at `DOCKER_HOST` (unix socket or `tcp://`) as controller
+    /// `controller` sees it; not yet contacted.
+    pub fn from_env(controller: &str) -> Result<Self, BackendError> {
         let host = std::env::var("DOCKER_HOST")
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| DEFAULT_HOST.to_string());
-        Self::at(&host)
+        Self::at(&host, controller)
     }
 
     /// An engine at `host`, not yet contacted. A host bollard cannot use at
     /// all is an error now; a unix socket that is not there yet is not (the
     /// engine may start after the controller).
-    pub fn at(host: &str) -> Result<Self, BackendError> {
+    pub fn at(host: &str, controller: &str) -> Result<Self, BackendError> {
         if !host.starts_with("unix://") {
             Self::connect(host)?;
         }
         Ok(Self {
             host: host.to_string(),
             negotiated: OnceCell::new(),
+            controller: controller.to_string(),
+            snapshot: Mutex::new(None),
+            changes: AtomicU64::new(0),
         })
+    }
+
+    /// Every container (running or not) labelled with this controller's id,
+    /// from the shared list (see the module docs).
+    pub async fn containers(&self) -> Result<Arc<Vec<ContainerSummary>>, BackendError> {
+        let docker = self.client().await?;
+        let mut snapshot = self.snapshot.lock().await;
+        let changes = self.changes.load(Ordering::Acquire);
+        if let Some(taken) = snapshot.as_ref() {
+            if taken.changes == changes && taken.taken.elapsed() < SNAPSHOT_MAX_AGE {
+                return Ok(Arc::clone(&taken.containers));
+            }
+        }
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(spec::controller_filters(&self.controller)),
+            ..Default::default()
+        };
+        let containers = Arc::new(
+            docker
+                .list_containers(Some(options))
+                .await
+                .map_err(|e| self.error("listing containers", e))?,
+        );
+        *snapshot = Some(Snapshot {
+            taken: Instant::now(),
+            changes,
+            containers: Arc::clone(&containers),
+        });
+        Ok(containers)
+    }
+
+    /// This controller changed a container: the next list is fresh.
+    pub fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     fn connect(host: &str) -> Result<Docker, BackendError> {
@@ -118,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_engine_that_is_not_there_is_named_in_the_error() {
-        let engine = Engine::at("unix:///nonexistent/rouse-test/docker.sock")
+        let engine = Engine::at("unix:///nonexistent/rouse-test/docker.sock", "test")
             .expect("a missing socket is not an error before first use");
         let err = engine.client().await.expect_err("no engine there");
         let text = err.to_string();

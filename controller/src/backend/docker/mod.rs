@@ -1,7 +1,8 @@
 //! Replicas as Docker containers, through the Engine API (bollard).
 //!
-//! The engine is the source of truth: `list()` asks it for the containers
-//! labelled with this service and this controller's `controller.id`, so a
+//! The engine is the source of truth: `list()` takes the containers
+//! labelled with this service from the engine's list of this controller's
+//! (`controller.id`) containers, shared by its services (see `engine`), so a
 //! restarted controller finds the containers it left (and the loop removes
 //! the exited ones) with nothing kept on disk. `ensure` creates and starts
 //! the missing containers in parallel, after making sure the network exists
@@ -24,8 +25,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -65,18 +66,12 @@ impl DockerBackend {
         }
     }
 
-    async fn listed(&self, docker: &Docker) -> Result<Vec<Listed>, BackendError> {
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(self.owner.filters()),
-            ..Default::default()
-        };
-        let summaries = docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| self.engine.error("listing containers", e))?;
-        Ok(summaries
+    /// This service's containers, from the engine's shared list.
+    async fn listed(&self) -> Result<Vec<Listed>, BackendError> {
+        let containers = self.engine.containers().await?;
+        Ok(containers
             .iter()
+            .filter(|s| self.owner.owns(s))
             .filter_map(|s| spec::replica_of(&self.config, s))
             .collect())
     }
@@ -195,14 +190,18 @@ impl DockerBackend {
                     e,
                 )
             })?;
-        if let Err(e) = docker.start_container(&created.id, None).await {
+        self.engine.changed();
+        let started = docker.start_container(&created.id, None).await;
+        // Whatever the answer, the container changed: the next list is fresh.
+        self.engine.changed();
+        if let Err(e) = started {
             // A port already taken, a bad mount: the engine says which.
             let err = self.engine.error(&format!("starting container {name}"), e);
             self.remove(docker, &created.id).await;
             return Err(err);
         }
         tracing::info!(service = %self.owner.service, replica = %id, container = %created.id, "started container");
-        let listed = self.listed(docker).await?;
+        let listed = self.listed().await?;
         let replica = listed
             .into_iter()
             .map(|l| l.replica)
@@ -222,7 +221,9 @@ impl DockerBackend {
             v: true,
             ..Default::default()
         };
-        match docker.remove_container(container, Some(options)).await {
+        let removed = docker.remove_container(container, Some(options)).await;
+        self.engine.changed();
+        match removed {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => {
@@ -310,12 +311,7 @@ impl Backend for DockerBackend {
     async fn ensure(&self, n: usize) -> Result<Started, BackendError> {
         let docker = self.engine.client().await?;
         self.prepare_network(docker).await?;
-        let running = self
-            .listed(docker)
-            .await?
-            .iter()
-            .filter(|l| !l.exited)
-            .count();
+        let running = self.listed().await?.iter().filter(|l| !l.exited).count();
         if running >= n {
             return Ok(Started::default());
         }
@@ -345,7 +341,7 @@ impl Backend for DockerBackend {
 
     async fn list(&self) -> Result<Vec<Replica>, BackendError> {
         let docker = self.engine.client().await?;
-        let listed = self.listed(docker).await?;
+        let listed = self.listed().await?;
         let mut replicas = Vec::with_capacity(listed.len());
         for entry in listed {
             let mut replica = entry.replica.clone();
@@ -364,7 +360,9 @@ impl Backend for DockerBackend {
             t: Some(self.config.stop_timeout.as_secs().min(i32::MAX as u64) as i32),
             ..Default::default()
         };
-        match docker.stop_container(&name, Some(options)).await {
+        let stopped = docker.stop_container(&name, Some(options)).await;
+        self.engine.changed();
+        match stopped {
             Ok(()) => {}
             // 304: it had stopped by itself; removed below.
             Err(bollard::errors::Error::DockerResponseServerError {

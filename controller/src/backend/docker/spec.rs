@@ -33,16 +33,22 @@ pub struct Owner {
     pub controller: String,
 }
 
+/// The engine's `label=k=v` filter for the containers of `controller`.
+pub fn controller_filters(controller: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        vec![format!("{CONTROLLER_LABEL}={controller}")],
+    )])
+}
+
 impl Owner {
-    /// `label=k=v` filters that list exactly this service's containers.
-    pub fn filters(&self) -> HashMap<String, Vec<String>> {
-        HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{SERVICE_LABEL}={}", self.service),
-                format!("{CONTROLLER_LABEL}={}", self.controller),
-            ],
-        )])
+    /// Whether a container of this controller serves this service.
+    pub fn owns(&self, summary: &ContainerSummary) -> bool {
+        summary
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_LABEL))
+            .is_some_and(|service| *service == self.service)
     }
 
     /// The engine's name for a replica's container: `docker ps` shows it.
@@ -290,11 +296,20 @@ mod tests {
         assert_eq!(labels[REPLICA_LABEL], "echo-1");
         assert_eq!(labels[CONTROLLER_LABEL], "ctl");
         assert_eq!(labels["team"], "web");
-        let filters = owner().filters();
         assert_eq!(
-            filters["label"],
-            vec!["rouse.service=echo", "rouse.controller=ctl"]
+            controller_filters("ctl")["label"],
+            vec!["rouse.controller=ctl"]
         );
+        let mine = ContainerSummary {
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        assert!(owner().owns(&mine));
+        let other = Owner {
+            service: "other".into(),
+            controller: "ctl".into(),
+        };
+        assert!(!other.owns(&mine));
     }
 
     #[test]
