@@ -356,6 +356,41 @@ async fn a_missing_image_answers_503_and_names_the_image() {
     assert!(errors.is_some_and(|n| n >= 1.0), "{metrics}");
 }
 
+/// A pull that fails (a registry on loopback that is not there: nothing
+/// leaves the machine) is a 503 for held requests and a `last_error` that
+/// names the image and the pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pull_answers_503_and_names_the_image() {
+    const HOST: &str = "pull.localhost";
+    let d = Docker::start(vec![echo_with(
+        "pull",
+        HOST,
+        &[
+            ("image", "\"127.0.0.1:1/rouse/missing:1\""),
+            ("pull", "if_not_present"),
+        ],
+    )
+    .hold_timeout("4s")])
+    .await;
+    let resp = d.cluster.get(HOST, "/").await;
+    if resp.status != 503 || resp.header("retry-after").is_none() {
+        d.fail(&format!("held request with a failing pull: {resp}"))
+            .await;
+    }
+    d.cluster
+        .wait_status(
+            "pull",
+            "last_error names the pull and the image",
+            Duration::from_secs(30),
+            |s| {
+                s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("pulling image `127.0.0.1:1/rouse/missing:1`"))
+            },
+        )
+        .await;
+}
+
 /// A container that exits right after its start: held requests get 503,
 /// and `last_error` carries its exit code and its last output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
