@@ -391,6 +391,42 @@ async fn a_failed_pull_answers_503_and_names_the_image() {
         .await;
 }
 
+/// A port conflict as users hit it: on the host network the app is told
+/// to listen on a port something else holds. The container exits, and
+/// `last_error` carries the app's own words about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_conflict_is_reported_with_the_apps_words() {
+    const HOST: &str = "conflict.localhost";
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to hold");
+    let port = taken.local_addr().expect("local addr").port();
+    let args = format!("[--port, \"{port}\"]");
+    let d = Docker::start(vec![echo_with(
+        "conflict",
+        HOST,
+        &[("network", "host"), ("args", &args)],
+    )
+    .hold_timeout("4s")])
+    .await;
+    let resp = d.cluster.get(HOST, "/").await;
+    if resp.status != 503 {
+        d.fail(&format!("held request while the port is taken: {resp}"))
+            .await;
+    }
+    d.cluster
+        .wait_status(
+            "conflict",
+            "last_error says the address is in use",
+            Duration::from_secs(30),
+            |s| {
+                s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("exited with code") && e.contains("in use"))
+            },
+        )
+        .await;
+    drop(taken);
+}
+
 /// A container that exits right after its start: held requests get 503,
 /// and `last_error` carries its exit code and its last output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
