@@ -317,13 +317,9 @@ impl Drop for DockerEngine {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        // Overlay mounts of a killed engine would keep its storage busy.
-        for storage in ["data", "root"] {
-            let _ = Command::new("umount")
-                .args(["-R", "-l"])
-                .arg(self.dir.path().join(storage))
-                .output();
-        }
+        // Mounts the engine leaves (podman's storage, a network namespace
+        // of a killed dockerd) would keep the temp dir from being removed.
+        unmount_below(self.dir.path());
     }
 }
 
@@ -346,4 +342,21 @@ fn address_pool() -> anyhow::Result<String> {
         }
     }
     anyhow::bail!("no free 10.x.0.0/16 for the engine's networks")
+}
+
+/// Detaches every mount at or below `dir`, deepest first.
+fn unmount_below(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .map(PathBuf::from)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for point in points {
+        let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
