@@ -24,8 +24,18 @@ const TASKS: &[Task] = &[
     },
     Task {
         name: "test",
-        help: "every test: unit tests and the end-to-end suite against a real nats-server and processes (scripts/test)",
+        help: "every test: unit tests and the end-to-end suite against a real nats-server, processes and Docker engines (scripts/test)",
         commands: &[&["scripts/test"]],
+    },
+    Task {
+        name: "image",
+        help: "the rouse image (proxy, controller, echo on scratch), built offline from this machine's binaries (scripts/image [--debug] [--tag T])",
+        commands: &[&["scripts/image"]],
+    },
+    Task {
+        name: "compose",
+        help: "docker-compose -f deploy/compose/compose.yaml ARGS: the compose demo (`cargo xtask compose up -d`, `... down -v`; `cargo xtask image` first)",
+        commands: &[&["docker-compose", "-f", "deploy/compose/compose.yaml"]],
     },
     Task {
         name: "lint",
