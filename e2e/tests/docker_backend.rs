@@ -68,6 +68,37 @@ impl Docker {
             ))
             .await
     }
+
+    /// The failure path a user sees: a held request answered `503` with a
+    /// `Retry-After` (at `hold.timeout`, generously bounded), then the
+    /// service's `last_error` saying so (`says` checks it).
+    async fn held_request_fails(
+        &self,
+        service: &str,
+        host: &str,
+        why: &str,
+        says: impl Fn(&str) -> bool,
+    ) {
+        let started = Instant::now();
+        let resp = self.cluster.get(host, "/").await;
+        let waited = started.elapsed();
+        if resp.status != 503 || resp.header("retry-after").is_none() {
+            self.fail(&format!("held request ({why}): {resp}")).await;
+        }
+        // The hold timeout plus scheduling on a busy machine.
+        assert!(
+            waited < Duration::from_secs(30),
+            "answered after {waited:?}"
+        );
+        self.cluster
+            .wait_status(
+                service,
+                &format!("last_error: {why}"),
+                Duration::from_secs(30),
+                |s| s.last_error.as_deref().is_some_and(&says),
+            )
+            .await;
+    }
 }
 
 /// A rouse-echo service in containers of the rouse image.
@@ -319,31 +350,11 @@ async fn a_missing_image_answers_503_and_names_the_image() {
     )
     .hold_timeout("4s")])
     .await;
-    let started = Instant::now();
-    let resp = d.cluster.get(HOST, "/").await;
-    let waited = started.elapsed();
-    if resp.status != 503 || resp.header("retry-after").is_none() {
-        d.fail(&format!("held request with no image: {resp}")).await;
-    }
-    // Generous: the hold timeout plus scheduling on a busy machine.
-    assert!(
-        waited < Duration::from_secs(30),
-        "answered after {waited:?}"
-    );
-    let status = d
-        .cluster
-        .wait_status(
-            "missing",
-            "last_error names the image",
-            Duration::from_secs(30),
-            |s| {
-                s.last_error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("rouse-missing:nowhere") && e.contains("never"))
-            },
-        )
-        .await;
-    assert!(d.containers("missing").is_empty(), "{status:?}");
+    d.held_request_fails("missing", HOST, "names the image", |e| {
+        e.contains("rouse-missing:nowhere") && e.contains("never")
+    })
+    .await;
+    assert!(d.containers("missing").is_empty());
     let metrics = rouse_stack::http_get(
         d.cluster.controller_admin(),
         "/metrics",
@@ -372,23 +383,10 @@ async fn a_failed_pull_answers_503_and_names_the_image() {
     )
     .hold_timeout("4s")])
     .await;
-    let resp = d.cluster.get(HOST, "/").await;
-    if resp.status != 503 || resp.header("retry-after").is_none() {
-        d.fail(&format!("held request with a failing pull: {resp}"))
-            .await;
-    }
-    d.cluster
-        .wait_status(
-            "pull",
-            "last_error names the pull and the image",
-            Duration::from_secs(30),
-            |s| {
-                s.last_error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("pulling image `127.0.0.1:1/rouse/missing:1`"))
-            },
-        )
-        .await;
+    d.held_request_fails("pull", HOST, "names the pull and the image", |e| {
+        e.contains("pulling image `127.0.0.1:1/rouse/missing:1`")
+    })
+    .await;
 }
 
 /// A port conflict as users hit it: on the host network the app is told
@@ -407,23 +405,10 @@ async fn a_port_conflict_is_reported_with_the_apps_words() {
     )
     .hold_timeout("4s")])
     .await;
-    let resp = d.cluster.get(HOST, "/").await;
-    if resp.status != 503 {
-        d.fail(&format!("held request while the port is taken: {resp}"))
-            .await;
-    }
-    d.cluster
-        .wait_status(
-            "conflict",
-            "last_error says the address is in use",
-            Duration::from_secs(30),
-            |s| {
-                s.last_error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("exited with code") && e.contains("in use"))
-            },
-        )
-        .await;
+    d.held_request_fails("conflict", HOST, "says the address is in use", |e| {
+        e.contains("exited with code") && e.contains("in use")
+    })
+    .await;
     drop(taken);
 }
 
@@ -439,23 +424,10 @@ async fn a_container_that_exits_at_start_is_reported_with_its_output() {
     )
     .hold_timeout("4s")])
     .await;
-    let resp = d.cluster.get(HOST, "/").await;
-    if resp.status != 503 || resp.header("retry-after").is_none() {
-        d.fail(&format!("held request for a crashing image: {resp}"))
-            .await;
-    }
-    d.cluster
-        .wait_status(
-            "crash",
-            "last_error has the exit code and the output",
-            Duration::from_secs(30),
-            |s| {
-                s.last_error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("exited with code 2") && e.contains("not-a-port"))
-            },
-        )
-        .await;
+    d.held_request_fails("crash", HOST, "has the exit code and the output", |e| {
+        e.contains("exited with code 2") && e.contains("not-a-port")
+    })
+    .await;
     // Replaced with backoff, and the dead ones removed: never a pile.
     let engine = &d.engine;
     assert_stays(
