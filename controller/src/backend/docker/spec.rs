@@ -102,7 +102,9 @@ pub fn create_body(
         network_mode: Some(config.network.clone()),
         port_bindings,
         binds: (!config.volumes.is_empty()).then(|| config.volumes.clone()),
-        memory: config.memory.map(|m| m.as_u64() as i64),
+        memory: config
+            .memory
+            .map(|m| i64::try_from(m.as_u64()).unwrap_or(i64::MAX)),
         nano_cpus: config.cpus.map(|c| (c * 1e9) as i64),
         // rouse replaces failed replicas itself; an engine restart would hide
         // the failure from it.
