@@ -145,7 +145,11 @@ async fn intake_forever(
         )
         .await;
         match result {
-            Ok(()) => tracing::warn!("report subscriptions ended; resubscribing"),
+            // They had been working: a new failure starts the schedule over.
+            Ok(()) => {
+                tracing::warn!("report subscriptions ended; resubscribing");
+                delays.reset();
+            }
             Err(err) => {
                 tracing::error!(error = %err, "cannot subscribe to proxy reports; retrying")
             }
