@@ -292,8 +292,8 @@ impl ServiceLoop {
     }
 
     /// Stops a replica in a task; a failed stop (the engine down) comes
-    /// back as [`ProbeEvent::StopFailed`] and is tried again once the
-    /// backend lists the replica again.
+    /// back as [`ProbeEvent::StopFailed`] and is tried again, on a backoff,
+    /// while the backend still lists the replica.
     fn stop_in_background(&self, id: String) {
         let backend = Arc::clone(&self.backend);
         let service = self.name.clone();

@@ -59,8 +59,11 @@ pub struct Tracked {
     /// Wall-clock microseconds: asked of the backend, and first passing probe.
     pub started_at_us: u64,
     pub ready_at_us: Option<u64>,
-    /// A `Stopping` replica whose stop failed, to be stopped again.
-    pub stop_failed: bool,
+    /// A `Stopping` replica whose stop failed: how often, and when to stop
+    /// it again (on the RESUBSCRIBE schedule, so an engine that refuses at
+    /// once is not asked in a tight loop).
+    pub stop_failures: u32,
+    pub stop_again_at: Option<Instant>,
     probe: Option<JoinHandle<()>>,
 }
 
@@ -138,7 +141,8 @@ impl Replicas {
             since: now,
             started_at_us,
             ready_at_us: None,
-            stop_failed: false,
+            stop_failures: 0,
+            stop_again_at: None,
             probe: None,
         };
         self.map.insert(id, tracked);

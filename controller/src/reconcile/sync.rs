@@ -18,9 +18,9 @@ impl ServiceLoop {
     /// Takes over the replicas a previous controller left; `false` while the
     /// backend cannot be listed (tried again on later passes).
     pub(super) async fn adopt(&mut self, now: Instant) -> bool {
-        if self.list_retry_at.is_some_and(|at| now < at) {
+        let Some(replicas) = self.list(now).await else {
             return false;
-        }
+        };
         let listed = match self
             .published
             .read(&self.name, &mut self.replicas, &*self.wiring.publisher)
@@ -31,9 +31,6 @@ impl ServiceLoop {
                 self.fail(ReconcileError::Publish(err), now);
                 None
             }
-        };
-        let Some(replicas) = self.list(now).await else {
-            return false;
         };
         self.adopted = true;
         for replica in replicas {
@@ -60,8 +57,12 @@ impl ServiceLoop {
     }
 
     /// The backend's replicas, or `None` after counting the failure; a
-    /// failing backend is asked again on the RESUBSCRIBE schedule.
+    /// failing backend is asked again on the RESUBSCRIBE schedule, and not
+    /// at all (`None`) until then.
     async fn list(&mut self, now: Instant) -> Option<Vec<Replica>> {
+        if self.list_retry_at.is_some_and(|at| now < at) {
+            return None;
+        }
         match self.backend.list().await {
             Ok(listed) => {
                 if self.list_failures > 0 {
@@ -136,7 +137,12 @@ impl ServiceLoop {
             ProbeEvent::Unready(id) => self.on_unready(&id, Readiness::Probe),
             ProbeEvent::StopFailed(id) => {
                 if let Some(replica) = self.replicas.get_mut(&id) {
-                    replica.stop_failed = replica.phase == Phase::Stopping;
+                    if replica.phase == Phase::Stopping {
+                        let delay =
+                            rouse_nats::backoff::RESUBSCRIBE.nth(replica.stop_failures as usize);
+                        replica.stop_failures += 1;
+                        replica.stop_again_at = Some(now() + delay);
+                    }
                 }
             }
         }
@@ -192,9 +198,6 @@ impl ServiceLoop {
     /// Exits, vanished replicas, startup timeouts, new replicas the backend
     /// started on its own (a count it was given), reported readiness.
     pub(super) async fn sync_backend(&mut self, now: Instant) {
-        if self.list_retry_at.is_some_and(|at| now < at) {
-            return;
-        }
         let Some(listed) = self.list(now).await else {
             return;
         };
@@ -220,8 +223,11 @@ impl ServiceLoop {
                 continue;
             }
             if let Some(tracked) = self.replicas.get_mut(&replica.id) {
-                if std::mem::take(&mut tracked.stop_failed) {
-                    stop_again.push(replica.id.clone());
+                if let Some(at) = tracked.stop_again_at {
+                    if now >= at {
+                        tracked.stop_again_at = None;
+                        stop_again.push(replica.id.clone());
+                    }
                     continue;
                 }
             }

@@ -29,6 +29,19 @@ pub struct BackendState {
     pub target: usize,
     pub ensure_calls: Vec<(Instant, usize)>,
     pub stopped: Vec<String>,
+    /// Like an engine that is down: `list` and `stop` fail while set.
+    pub unreachable: bool,
+    /// `stop` fails while set (`list` still answers).
+    pub stop_fails: bool,
+    pub list_calls: usize,
+    pub stop_calls: usize,
+}
+
+fn unreachable() -> BackendError {
+    BackendError::Engine {
+        what: "listing containers".into(),
+        message: "cannot reach the engine".into(),
+    }
 }
 
 #[derive(Default)]
@@ -107,11 +120,20 @@ impl Backend for FakeBackend {
     }
 
     async fn list(&self) -> Result<Vec<Replica>, BackendError> {
-        Ok(self.state().replicas.values().cloned().collect())
+        let mut state = self.state();
+        state.list_calls += 1;
+        if state.unreachable {
+            return Err(unreachable());
+        }
+        Ok(state.replicas.values().cloned().collect())
     }
 
     async fn stop(&self, id: &str) -> Result<(), BackendError> {
         let mut state = self.state();
+        state.stop_calls += 1;
+        if state.unreachable || state.stop_fails {
+            return Err(unreachable());
+        }
         if state.replicas.remove(id).is_some() {
             state.stopped.push(id.to_string());
         }

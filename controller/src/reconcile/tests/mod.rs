@@ -401,3 +401,118 @@ async fn shutdown_clears_the_set_and_stops_every_replica() {
     assert!(publisher.current().is_some_and(|s| s.endpoints.is_empty()));
     assert_eq!(backend.state().stopped, [id]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_backend_is_asked_on_a_backoff_and_the_set_keeps_serving() {
+    let mut h = Harness::new();
+    h.start();
+    let id = h.warm().await;
+    {
+        let mut state = h.backend.state();
+        state.unreachable = true;
+        state.list_calls = 0;
+    }
+    // Traffic goes on. 10 s of ticks (every 500 ms) would be 20 lists;
+    // RESUBSCRIBE's 250 ms, 500 ms, 1 s, 2 s, 4 s, 5 s asks about 6 times.
+    let busy = {
+        let id = id.clone();
+        move |_: &Harness| vec![(id.clone(), 5)]
+    };
+    h.reporting_until(secs(10), busy, |_| false).await;
+    let calls = h.backend.state().list_calls;
+    assert!((4..=8).contains(&calls), "{calls} lists in 10 s");
+    assert_eq!(h.endpoints(EndpointState::Ready), [id.as_str()]);
+    let error = h.status().and_then(|s| s.last_error).expect("last_error");
+    assert!(error.contains("cannot reach the engine"), "{error}");
+    assert!(h.backend_errors() >= 4);
+
+    h.backend.state().unreachable = false;
+    assert!(
+        h.until(secs(10), |h| h
+            .status()
+            .is_some_and(|s| s.last_error.is_none()))
+            .await
+    );
+    assert_eq!(h.endpoints(EndpointState::Ready), [id.as_str()]);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn adoption_waits_for_a_backend_that_cannot_be_listed() {
+    let h = Harness::new();
+    let ready = h.backend.add(Readiness::Probe);
+    let previous = EndpointSet {
+        v: VERSION,
+        generation: 7,
+        endpoints: vec![Endpoint {
+            id: ready.id.clone(),
+            addr: ready.addr.clone(),
+            state: EndpointState::Ready,
+        }],
+    };
+    *h.publisher.set.lock().unwrap_or_else(|p| p.into_inner()) = Some(previous.clone());
+    h.backend.state().unreachable = true;
+    let mut h = h;
+    h.start();
+    // Held requests keep waking it: nothing is started, nothing written.
+    tokio::time::sleep(secs(5)).await;
+    h.wake();
+    tokio::time::sleep(secs(1)).await;
+    assert!(h.backend.state().ensure_calls.is_empty());
+    assert_eq!(h.publisher.current(), Some(previous));
+
+    h.backend.state().unreachable = false;
+    assert!(
+        h.until(secs(10), |h| h
+            .publisher
+            .current()
+            .is_some_and(|s| s.generation > 7))
+            .await
+    );
+    assert_eq!(h.endpoints(EndpointState::Ready), [ready.id.as_str()]);
+    assert!(h.backend.state().ensure_calls.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_failed_is_tried_again_until_it_takes() {
+    let mut h = Harness::new();
+    h.start();
+    let id = h.warm().await;
+    h.backend.state().stop_fails = true;
+    // Idle (the proxy reports nothing in flight): scaled to zero after 5 s,
+    // drained, stopped; the stop fails, and is tried again.
+    let idle = |_: &Harness| Vec::new();
+    assert!(
+        h.reporting_until(secs(30), idle, |h| h.backend.state().stop_calls >= 3)
+            .await
+    );
+    // On a backoff, not every pass: 10 s more is a handful of tries.
+    let before = h.backend.state().stop_calls;
+    h.reporting_until(secs(10), idle, |_| false).await;
+    let tries = h.backend.state().stop_calls - before;
+    assert!((1..=6).contains(&tries), "{tries} stops in 10 s");
+    assert_eq!(h.backend.running(), [id.as_str()]);
+    h.backend.state().stop_fails = false;
+    assert!(
+        h.reporting_until(secs(10), idle, |h| h.backend.running().is_empty())
+            .await
+    );
+    assert_eq!(h.backend.state().stopped, [id]);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_replica_nobody_tracks_is_removed() {
+    let mut h = Harness::new();
+    h.start();
+    h.warm().await;
+    let dead = h.backend.add(Readiness::Probe);
+    h.backend
+        .set(&dead.id, |r| r.health = Health::Exited("exit 1".into()));
+    assert!(
+        h.until(secs(5), |h| h.backend.state().stopped.contains(&dead.id))
+            .await
+    );
+    h.stop().await;
+}
