@@ -118,3 +118,24 @@ pub fn bin(name: &str) -> PathBuf {
         ),
     }
 }
+
+/// A program of the machine the tests need (`nats-server`, `dockerd`,
+/// `podman`): `$<env>` when set, else the first `name` on `PATH`, else in
+/// `/usr/sbin` or `/usr/bin`. The error says how to get it (`install`).
+pub fn system_program(name: &str, env: &str, install: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        anyhow::ensure!(
+            path.exists(),
+            "{env}={} does not exist; {install}",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("{name} not found on PATH nor in {env}: {install}"))
+}

@@ -29,29 +29,20 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// `dockerd` from `DOCKERD_BIN`, `PATH`, or Debian's place.
 pub fn dockerd_bin() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("DOCKERD_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join("dockerd"))
-        .find(|p| p.is_file())
-        .context(
-            "dockerd not found: install Debian's docker.io (scripts/test does) or set DOCKERD_BIN",
-        )
+    crate::bins::system_program(
+        "dockerd",
+        "DOCKERD_BIN",
+        "install Debian's docker.io (scripts/test does)",
+    )
 }
 
-/// `podman` from `PODMAN_BIN` or `PATH`.
+/// `podman` from `PODMAN_BIN`, `PATH`, or Debian's place.
 pub fn podman_bin() -> anyhow::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("PODMAN_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("podman"))
-        .find(|p| p.is_file())
-        .context("podman not found: install Debian's podman (scripts/test does) or set PODMAN_BIN")
+    crate::bins::system_program(
+        "podman",
+        "PODMAN_BIN",
+        "install Debian's podman (scripts/test does)",
+    )
 }
 
 /// A running private engine.

@@ -24,21 +24,11 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The `nats-server` binary: `$NATS_SERVER_BIN`, else the first on `PATH`,
 /// else `/usr/sbin` or `/usr/bin`.
 pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        anyhow::ensure!(
-            path.exists(),
-            "NATS_SERVER_BIN={} does not exist; install nats-server (apt-get install -y nats-server)",
-            path.display()
-        );
-        return Ok(path);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let on_path = std::env::split_paths(&path).map(|dir| dir.join("nats-server"));
-    let system = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].map(PathBuf::from);
-    on_path.chain(system).find(|p| p.is_file()).ok_or_else(|| {
-        anyhow::anyhow!("nats-server not found on PATH nor in NATS_SERVER_BIN: install nats-server (apt-get install -y nats-server)")
-    })
+    crate::bins::system_program(
+        "nats-server",
+        "NATS_SERVER_BIN",
+        "install nats-server (apt-get install -y nats-server)",
+    )
 }
 
 /// A running (or stopped) nats-server bound to 127.0.0.1.
