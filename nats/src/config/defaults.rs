@@ -110,3 +110,16 @@ pub fn publish_ip() -> std::net::IpAddr {
 pub fn controller_id() -> String {
     "rouse".into()
 }
+pub fn kubernetes_startup_timeout() -> Duration {
+    // Pulling an image and scheduling a pod take longer than a process.
+    Duration::from_secs(300)
+}
+pub fn lease_name() -> String {
+    "rouse-controller".into()
+}
+pub fn lease_duration() -> Duration {
+    Duration::from_secs(10)
+}
+pub fn lease_retry() -> Duration {
+    Duration::from_secs(2)
+}

@@ -133,6 +133,46 @@ pub struct ControllerConfig {
     /// with other ids sharing the engine leave them alone.
     #[serde(default = "defaults::controller_id")]
     pub id: String,
+    /// Serves KEDA's external scaler gRPC API here (off when unset).
+    #[serde(default)]
+    pub keda_listen: Option<SocketAddr>,
+    /// Lets several controllers run, one leading (off when unset: this
+    /// controller leads alone).
+    #[serde(default)]
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Which lease elects the leading controller, and its timing.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderElection {
+    pub lease: LeaseKind,
+    /// The lease's name: a `coordination.k8s.io` Lease, or a key of the
+    /// NATS KV bucket `<prefix>-leases`.
+    #[serde(default = "defaults::lease_name")]
+    pub name: String,
+    /// Namespace of the Kubernetes Lease.
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    /// A lease not renewed this long (by the standby's own clock) is taken.
+    #[serde(default = "defaults::lease_duration", with = "humantime_serde")]
+    pub duration: Duration,
+    /// How often the leader renews and standbys look.
+    #[serde(default = "defaults::lease_retry", with = "humantime_serde")]
+    pub retry_period: Duration,
+    /// This controller's name in the lease; default `<hostname>-<pid>`.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+/// Where the lease lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseKind {
+    /// A NATS KV key (processes, Docker: wherever NATS is).
+    Nats,
+    /// A `coordination.k8s.io/v1` Lease.
+    Kubernetes,
 }
 
 /// One service: where its traffic comes from and what serves it.
@@ -292,15 +332,83 @@ pub enum PullPolicy {
     Never,
 }
 
-/// A Kubernetes Deployment.
+/// A Kubernetes workload scaled through its `/scale` subresource; its
+/// replicas are the pods of `service`'s EndpointSlices.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesBackend {
     #[serde(default = "defaults::namespace")]
     pub namespace: String,
-    pub deployment: String,
+    /// Shorthand for `target: {kind: Deployment, name: ...}`.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Any resource with a `/scale` subresource (StatefulSet, a custom
+    /// resource); exactly one of `deployment` and `target`.
+    #[serde(default)]
+    pub target: Option<ScaleTarget>,
+    /// The Service whose EndpointSlices list the pods.
     pub service: String,
-    pub port: u16,
+    /// The pod port the proxies connect to: a number or an EndpointSlice
+    /// port name. Unset, or a Service port that no slice lists (80 in front
+    /// of a pod's 8080), with slices of one port: that port.
+    #[serde(default)]
+    pub port: Option<PortRef>,
+    /// A requested pod not ready this long is given up on (and replaced).
+    #[serde(
+        default = "defaults::kubernetes_startup_timeout",
+        with = "humantime_serde"
+    )]
+    pub startup_timeout: Duration,
+}
+
+/// What `/scale` is patched on, as KEDA's `scaleTargetRef`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleTarget {
+    pub kind: String,
+    pub name: String,
+    /// `group/version`; defaults to `apps/v1` for Deployment, StatefulSet
+    /// and ReplicaSet, required for anything else.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// The resource's plural name when it is not `<kind in lowercase>s`.
+    #[serde(default)]
+    pub plural: Option<String>,
+}
+
+impl ScaleTarget {
+    /// The API version, with the default for the built-in workloads.
+    pub fn api_version(&self) -> Option<&str> {
+        match (&self.api_version, self.kind.as_str()) {
+            (Some(version), _) => Some(version),
+            (None, "Deployment" | "StatefulSet" | "ReplicaSet") => Some("apps/v1"),
+            (None, _) => None,
+        }
+    }
+}
+
+/// A port by number or by name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+impl KubernetesBackend {
+    /// The scale target; validation guarantees one of the two keys.
+    pub fn scale_target(&self) -> Option<ScaleTarget> {
+        match (&self.deployment, &self.target) {
+            (Some(name), None) => Some(ScaleTarget {
+                kind: "Deployment".into(),
+                name: name.clone(),
+                api_version: Some("apps/v1".into()),
+                plural: None,
+            }),
+            (None, Some(target)) => Some(target.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// How the controller decides a replica may receive traffic.
@@ -376,6 +484,23 @@ pub struct ScalingConfig {
     /// wait in the service's queue and count as held.
     #[serde(default)]
     pub container_concurrency: u32,
+    /// Who sets the replica count: rouse's autoscaler, or KEDA through the
+    /// external scaler API (`controller.keda_listen`).
+    #[serde(default)]
+    pub driver: ScalingDriver,
+}
+
+/// Who sets a service's replica count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalingDriver {
+    /// rouse's autoscaler.
+    #[default]
+    Rouse,
+    /// KEDA (a ScaledObject of type `external-push` pointing at rouse):
+    /// rouse still holds, wakes and forwards, and follows the replicas
+    /// KEDA's HPA makes, but never scales the target itself.
+    Keda,
 }
 
 impl ScalingConfig {
@@ -401,6 +526,7 @@ impl Default for ScalingConfig {
             max_scale_down_rate: defaults::max_scale_down_rate(),
             scale_down_step: defaults::scale_down_step(),
             container_concurrency: 0,
+            driver: ScalingDriver::Rouse,
         }
     }
 }

@@ -152,20 +152,136 @@ fn panic_window_defaults_to_a_tenth_of_the_stable_window() {
     assert_eq!(found[0].line, Some(16));
 }
 
-#[test]
-fn the_kubernetes_backend_fails_the_check_naming_its_key() {
+fn with_kubernetes(backend: &str) -> String {
     let source = VALID.replace(
         "process:\n        command: [rouse-echo, --port, \"{port}\"]",
-        "kubernetes: {deployment: x, service: x, port: 80}",
+        &format!("kubernetes: {backend}"),
     );
     assert_ne!(source, VALID, "the fixture names a process backend");
-    let found = issues(&source);
-    assert!(
-        found.iter().any(
-            |i| i.key == "services[0].backend.kubernetes" && i.reason.contains("not built yet")
+    source
+}
+
+#[test]
+fn a_kubernetes_deployment_is_a_scale_target_with_defaults() {
+    let source = with_kubernetes("{deployment: echo, service: echo-svc, port: 80}");
+    let config = Config::parse(Path::new("rouse.yaml"), &source).expect("valid");
+    let Some(Backend::Kubernetes(k)) = config.services[0].backend.selected() else {
+        panic!("kubernetes backend expected");
+    };
+    assert_eq!(k.namespace, "default");
+    assert_eq!(k.port, Some(PortRef::Number(80)));
+    let target = k.scale_target().expect("target");
+    assert_eq!(
+        (
+            target.kind.as_str(),
+            target.name.as_str(),
+            target.api_version()
         ),
+        ("Deployment", "echo", Some("apps/v1"))
+    );
+    let named = with_kubernetes(
+        "{target: {kind: StatefulSet, name: db}, service: db, port: http, namespace: apps}",
+    );
+    let config = Config::parse(Path::new("rouse.yaml"), &named).expect("valid");
+    let Some(Backend::Kubernetes(k)) = config.services[0].backend.selected() else {
+        panic!("kubernetes backend expected");
+    };
+    assert_eq!(k.port, Some(PortRef::Name("http".into())));
+    assert_eq!(
+        k.scale_target()
+            .and_then(|t| t.api_version().map(String::from))
+            .as_deref(),
+        Some("apps/v1")
+    );
+}
+
+#[test]
+fn kubernetes_mistakes_name_their_key() {
+    let cases = [
+        (
+            "{service: echo}",
+            "services[0].backend.kubernetes",
+            "needs `deployment` or `target`",
+        ),
+        (
+            "{deployment: a, target: {kind: Deployment, name: b}, service: echo}",
+            "services[0].backend.kubernetes",
+            "choose one",
+        ),
+        (
+            "{target: {kind: Rollout, name: web}, service: echo}",
+            "services[0].backend.kubernetes.target.api_version",
+            "needed for kind `Rollout`",
+        ),
+        (
+            "{deployment: Echo, service: echo}",
+            "services[0].backend.kubernetes.deployment",
+            "not a Deployment name",
+        ),
+        (
+            "{deployment: echo, service: echo, port: 0}",
+            "services[0].backend.kubernetes.port",
+            "1 to 65535",
+        ),
+        (
+            "{deployment: echo, service: echo, namespace: a_b}",
+            "services[0].backend.kubernetes.namespace",
+            "not a namespace",
+        ),
+    ];
+    for (backend, key, reason) in cases {
+        let found = issues(&with_kubernetes(backend));
+        assert!(
+            found
+                .iter()
+                .any(|i| i.key == key && i.reason.contains(reason)),
+            "{backend}: {found:?}"
+        );
+        assert!(
+            found.iter().all(|i| i.line.is_some()),
+            "{backend}: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn the_keda_driver_needs_kubernetes_and_a_listen_address() {
+    let process = VALID.replace("max_replicas: 3", "max_replicas: 3\n      driver: keda");
+    let found = issues(&process);
+    assert!(
+        found.iter().any(|i| i.key == "services[0].scaling.driver"),
         "{found:?}"
     );
+    let keda = with_kubernetes("{deployment: echo, service: echo}")
+        .replace("max_replicas: 3", "max_replicas: 3\n      driver: keda");
+    let found = issues(&keda);
+    assert!(
+        found.iter().any(|i| i.key == "controller.keda_listen"),
+        "{found:?}"
+    );
+    let listening = format!("controller:\n  keda_listen: 127.0.0.1:9095\n{keda}");
+    let config = Config::parse(Path::new("rouse.yaml"), &listening).expect("valid");
+    assert_eq!(config.services[0].scaling.driver, ScalingDriver::Keda);
+}
+
+#[test]
+fn leader_election_timing_is_checked() {
+    let source = format!(
+        "controller:\n  leader_election: {{lease: nats, duration: 2s, retry_period: 2s}}\n{VALID}"
+    );
+    let found = issues(&source);
+    assert!(
+        found
+            .iter()
+            .any(|i| i.key == "controller.leader_election.duration"),
+        "{found:?}"
+    );
+    let good = format!("controller:\n  leader_election: {{lease: kubernetes}}\n{VALID}");
+    let config = Config::parse(Path::new("rouse.yaml"), &good).expect("valid");
+    let election = config.controller.leader_election.expect("set");
+    assert_eq!(election.lease, LeaseKind::Kubernetes);
+    assert_eq!(election.duration, Duration::from_secs(10));
+    assert_eq!(election.name, "rouse-controller");
 }
 
 /// The fixture with its process backend replaced by `docker` lines.

@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{Backend, BackendConfig, Config, DockerBackend, ServiceConfig};
+use super::{
+    Backend, BackendConfig, Config, DockerBackend, KubernetesBackend, LeaderElection, PortRef,
+    ScalingDriver, ServiceConfig,
+};
 
 type Problems = Vec<(String, String)>;
 
@@ -76,12 +79,59 @@ fn check_globals(config: &Config, problems: &mut Problems) {
             "must be letters, digits, `-` or `_`".into(),
         ));
     }
+    if let Some(election) = &config.controller.leader_election {
+        check_leader_election(election, problems);
+    }
+    let keda_services = config
+        .services
+        .iter()
+        .any(|s| s.scaling.driver == ScalingDriver::Keda);
+    if keda_services && config.controller.keda_listen.is_none() {
+        problems.push((
+            "controller.keda_listen".into(),
+            "needed: a service has `scaling.driver: keda`, and KEDA must reach rouse".into(),
+        ));
+    }
     let prefix = &config.nats.prefix;
     if prefix.is_empty() || !prefix.split('.').all(is_subject_token) {
         problems.push((
             "nats.prefix".into(),
             format!("`{prefix}` is not a valid NATS subject prefix"),
         ));
+    }
+}
+
+fn check_leader_election(election: &LeaderElection, problems: &mut Problems) {
+    let at = "controller.leader_election";
+    check_durations(
+        &[
+            (format!("{at}.duration"), election.duration),
+            (format!("{at}.retry_period"), election.retry_period),
+        ],
+        problems,
+    );
+    if election.retry_period.is_zero() {
+        problems.push((format!("{at}.retry_period"), "must be above 0".into()));
+    }
+    // The leader must be able to renew at least twice before its lease lapses.
+    if election.duration < election.retry_period * 2 {
+        problems.push((
+            format!("{at}.duration"),
+            "must be at least twice `retry_period`".into(),
+        ));
+    }
+    if !is_object_name(&election.name, true) {
+        problems.push((
+            format!("{at}.name"),
+            format!("`{}` is not a lease name: use [a-z0-9.-]", election.name),
+        ));
+    }
+    if election
+        .identity
+        .as_ref()
+        .is_some_and(|i| i.trim().is_empty())
+    {
+        problems.push((format!("{at}.identity"), "must not be empty".into()));
     }
 }
 
@@ -247,11 +297,91 @@ fn check_backend(at: &str, backend: &BackendConfig, problems: &mut Problems) {
             }
         }
         Some(Backend::Docker(docker)) => check_docker(&format!("{at}.docker"), docker, problems),
-        Some(Backend::Kubernetes(_)) => problems.push((
-            format!("{at}.kubernetes"),
-            "the kubernetes backend is not built yet; use `process`".into(),
-        )),
+        Some(Backend::Kubernetes(kubernetes)) => {
+            check_kubernetes(&format!("{at}.kubernetes"), kubernetes, problems)
+        }
     }
+}
+
+/// Kubernetes object names (RFC 1123 labels for namespaces and Services;
+/// workloads may also use dots).
+fn is_object_name(name: &str, dots: bool) -> bool {
+    (1..=253).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.')
+        })
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn check_kubernetes(at: &str, kubernetes: &KubernetesBackend, problems: &mut Problems) {
+    if !is_object_name(&kubernetes.namespace, false) || kubernetes.namespace.len() > 63 {
+        problems.push((
+            format!("{at}.namespace"),
+            format!("`{}` is not a namespace name", kubernetes.namespace),
+        ));
+    }
+    if !is_object_name(&kubernetes.service, false) || kubernetes.service.len() > 63 {
+        problems.push((
+            format!("{at}.service"),
+            format!("`{}` is not a Service name", kubernetes.service),
+        ));
+    }
+    match (&kubernetes.deployment, &kubernetes.target) {
+        (None, None) => problems.push((
+            at.into(),
+            "needs `deployment` or `target` (the workload to scale)".into(),
+        )),
+        (Some(_), Some(_)) => {
+            problems.push((at.into(), "choose one of `deployment` and `target`".into()))
+        }
+        (Some(name), None) if !is_object_name(name, true) => problems.push((
+            format!("{at}.deployment"),
+            format!("`{name}` is not a Deployment name"),
+        )),
+        (None, Some(target)) => {
+            if !is_object_name(&target.name, true) {
+                problems.push((
+                    format!("{at}.target.name"),
+                    format!("`{}` is not an object name", target.name),
+                ));
+            }
+            if target.kind.is_empty() || !target.kind.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                problems.push((
+                    format!("{at}.target.kind"),
+                    format!("`{}` is not a kind, e.g. StatefulSet", target.kind),
+                ));
+            }
+            match target.api_version() {
+                None => problems.push((
+                    format!("{at}.target.api_version"),
+                    format!("needed for kind `{}` (e.g. `example.com/v1`)", target.kind),
+                )),
+                Some(version) if version.split('/').count() > 2 || version.is_empty() => problems
+                    .push((
+                        format!("{at}.target.api_version"),
+                        format!("`{version}` is not `group/version` or `version`"),
+                    )),
+                Some(_) => {}
+            }
+        }
+        _ => {}
+    }
+    match &kubernetes.port {
+        Some(PortRef::Number(0)) => problems.push((
+            format!("{at}.port"),
+            "must be a port from 1 to 65535 or a port name".into(),
+        )),
+        Some(PortRef::Name(name)) if name.is_empty() => problems.push((
+            format!("{at}.port"),
+            "must be a port from 1 to 65535 or a port name".into(),
+        )),
+        _ => {}
+    }
+    check_durations(
+        &[(format!("{at}.startup_timeout"), kubernetes.startup_timeout)],
+        problems,
+    );
 }
 
 fn check_docker(at: &str, docker: &DockerBackend, problems: &mut Problems) {
@@ -364,6 +494,12 @@ fn check_scaling(at: &str, service: &ServiceConfig, problems: &mut Problems) {
         problems.push((
             format!("{at}.scaling.panic_window"),
             "must be above 0 and at most stable_window".into(),
+        ));
+    }
+    if scaling.driver == ScalingDriver::Keda && service.backend.kubernetes.is_none() {
+        problems.push((
+            format!("{at}.scaling.driver"),
+            "`keda` scales Kubernetes workloads: it needs `backend.kubernetes`".into(),
         ));
     }
     if let Some(rps) = scaling.target_rps {
