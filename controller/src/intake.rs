@@ -21,14 +21,16 @@ use crate::observations::Observations;
 /// Where a service's reports land.
 pub struct Inbox {
     observations: Mutex<Observations>,
-    pub wakeup: Notify,
+    /// Wakes the service's reconcile loop; shared with a backend that
+    /// learns of changes on its own (a Kubernetes watch).
+    pub wakeup: Arc<Notify>,
 }
 
 impl Inbox {
     pub fn new(report_interval: Duration) -> Self {
         Self {
             observations: Mutex::new(Observations::new(report_interval)),
-            wakeup: Notify::new(),
+            wakeup: Arc::new(Notify::new()),
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::backend::{Backend, DockerBackend, Engine, ProcessBackend};
+use crate::backend::{Backend, Cluster, DockerBackend, Engine, KubernetesBackend, ProcessBackend};
 use crate::intake::{self, Inbox};
 use crate::metrics::ControllerMetrics;
 use crate::reconcile::{NatsPublisher, Publisher, ServiceLoop, Wiring};
@@ -29,11 +29,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let status = Arc::new(StatusBoard::new());
     let subjects = Subjects::new(config.nats.prefix.clone());
 
+    let inboxes: HashMap<String, Arc<Inbox>> = config
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                Arc::new(Inbox::new(config.proxy.report_interval)),
+            )
+        })
+        .collect();
+    let inboxes = Arc::new(inboxes);
+
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
-    let mut engine = None;
+    let mut platforms = Platforms::default();
     for service in &config.services {
+        let changed = Arc::clone(&inboxes[&service.name]);
         backends.push(
-            build_backend(service, &config, &mut engine)
+            build_backend(service, &config, &mut platforms, changed)
+                .await
                 .with_context(|| format!("service {}", service.name))?,
         );
     }
@@ -59,17 +73,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    let inboxes: HashMap<String, Arc<Inbox>> = config
-        .services
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                Arc::new(Inbox::new(config.proxy.report_interval)),
-            )
-        })
-        .collect();
-    let inboxes = Arc::new(inboxes);
     tokio::spawn(intake_forever(
         bus.client.clone(),
         subjects.clone(),
@@ -158,13 +161,21 @@ async fn intake_forever(
     }
 }
 
-/// The backend a service's config names; docker services share one engine
-/// connection (`DOCKER_HOST`), made for the first of them. Validation admits
-/// only built backends, so anything else here is a config that bypassed it.
-fn build_backend(
+/// The API clients backends share, made for the first service that needs
+/// each: one Docker engine connection (`DOCKER_HOST`), one Kubernetes client.
+#[derive(Default)]
+struct Platforms {
+    engine: Option<Arc<Engine>>,
+    cluster: Option<Cluster>,
+}
+
+/// The backend a service's config names. Validation admits only complete
+/// backends, so a missing one here is a config that bypassed it.
+async fn build_backend(
     service: &rouse_nats::config::ServiceConfig,
     config: &Config,
-    engine: &mut Option<Arc<Engine>>,
+    platforms: &mut Platforms,
+    inbox: Arc<Inbox>,
 ) -> anyhow::Result<Arc<dyn Backend>> {
     match service.backend.selected() {
         Some(BackendSpec::Process(process)) => {
@@ -173,16 +184,32 @@ fn build_backend(
             Ok(Arc::new(backend))
         }
         Some(BackendSpec::Docker(docker)) => {
-            let engine = match engine {
+            let engine = match &platforms.engine {
                 Some(engine) => Arc::clone(engine),
-                None => {
-                    Arc::clone(engine.insert(Arc::new(Engine::from_env(&config.controller.id)?)))
-                }
+                None => Arc::clone(
+                    platforms
+                        .engine
+                        .insert(Arc::new(Engine::from_env(&config.controller.id)?)),
+                ),
             };
             let backend =
                 DockerBackend::new(&service.name, &config.controller.id, docker.clone(), engine);
             Ok(Arc::new(backend))
         }
-        _ => anyhow::bail!("the kubernetes backend is not built yet"),
+        Some(BackendSpec::Kubernetes(kubernetes)) => {
+            let cluster = match &platforms.cluster {
+                Some(cluster) => cluster.clone(),
+                None => platforms
+                    .cluster
+                    .insert(Cluster::from_env().await.context(
+                        "no Kubernetes API to talk to: set KUBECONFIG, or run in a pod with a service account",
+                    )?)
+                    .clone(),
+            };
+            let backend =
+                KubernetesBackend::new(kubernetes.clone(), &cluster, Arc::clone(&inbox.wakeup))?;
+            Ok(Arc::new(backend))
+        }
+        None => anyhow::bail!("needs exactly one backend"),
     }
 }

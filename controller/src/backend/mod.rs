@@ -20,9 +20,11 @@
 //! through drain and `stop`, one replica at a time, so none is lost.
 
 mod docker;
+mod kubernetes;
 mod process;
 
 pub use docker::{DockerBackend, Engine};
+pub use kubernetes::{Cluster, KubernetesBackend};
 pub use process::ProcessBackend;
 
 use std::time::Duration;
@@ -62,8 +64,9 @@ pub enum Readiness {
 pub struct Started {
     /// Replicas started that can be named now.
     pub replicas: Vec<Replica>,
-    /// Replicas the platform will create that cannot be named yet; they
-    /// appear in `list()` (0 for backends that start replicas themselves).
+    /// Replicas the platform will create that `list()` does not show yet,
+    /// all of them (not only those this call asked for); 0 for backends
+    /// that start replicas themselves.
     pub pending: usize,
 }
 
@@ -80,7 +83,8 @@ pub enum BackendError {
         what: String,
         source: std::io::Error,
     },
-    /// The container engine refused a call, or could not be reached.
+    /// The container engine or API server refused a call, or could not be
+    /// reached.
     #[error("{what}: {message}")]
     Engine { what: String, message: String },
     #[error("image `{image}` is not on the engine and `pull` is `never`")]
@@ -115,4 +119,16 @@ pub trait Backend: Send + Sync {
     /// Stops one replica: a polite signal, then force after the grace period.
     /// Unknown ids are not an error.
     async fn stop(&self, id: &str) -> Result<(), BackendError>;
+
+    /// Orders scale-down candidates (oldest first on entry) so that the
+    /// last is the one to remove: a platform that picks the victim itself
+    /// (a StatefulSet takes its highest ordinal) must get that one drained.
+    fn removal_order(&self, _ids: &mut [String]) {}
+
+    /// The replicas belong to a platform that runs them without rouse (a
+    /// cluster): a stopping controller leaves them, whatever
+    /// `controller.on_shutdown` says.
+    fn keeps_replicas_on_shutdown(&self) -> bool {
+        false
+    }
 }

@@ -32,7 +32,7 @@ use error::ReconcileError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rouse_nats::config::{ServiceConfig, ShutdownPolicy};
+use rouse_nats::config::{ScalingDriver, ServiceConfig, ShutdownPolicy};
 use tokio::sync::{mpsc, watch};
 
 use crate::autoscaler::{Autoscaler, Decision};
@@ -152,6 +152,13 @@ impl ServiceLoop {
             return;
         }
         self.sync_backend(now).await;
+        if self.follows_keda() {
+            // KEDA's HPA sets the count; rouse follows the pods it makes.
+            self.desired = self.active();
+            self.publish_endpoints(now).await;
+            self.update_status(now);
+            return;
+        }
         let observation = self.inbox.observations().observe(now);
         let active = self.active();
         let mut decision = self.autoscaler.decide(now, &observation, active);
@@ -168,6 +175,11 @@ impl ServiceLoop {
         self.progress_drains(now);
         self.publish_endpoints(now).await;
         self.update_status(now);
+    }
+
+    /// `scaling.driver: keda`: the replica count is KEDA's, never rouse's.
+    fn follows_keda(&self) -> bool {
+        self.spec.scaling.driver == ScalingDriver::Keda
     }
 
     /// Replicas serving or about to: starting, ready, and requested.
@@ -204,10 +216,11 @@ impl ServiceLoop {
                 for replica in started.replicas {
                     self.track(replica, Phase::Starting, now, asked_at_us);
                 }
-                if started.pending > 0 {
-                    self.requested += started.pending as u32;
+                let pending = u32::try_from(started.pending).unwrap_or(u32::MAX);
+                if pending > self.requested {
                     self.requested_at = now;
                 }
+                self.requested = pending;
                 self.record_scale(active, decision.replicas, decision.reason.as_str());
             }
             Err(err) => self.fail(ReconcileError::Start(err), now),
@@ -228,12 +241,14 @@ impl ServiceLoop {
         }
         // Then replicas still starting, newest first.
         let mut starting = self.replicas.oldest_first(|p| p == Phase::Starting);
+        self.backend.removal_order(&mut starting);
         while excess > 0 {
             let Some(id) = starting.pop() else { break };
             self.stop_replica(&id);
             excess -= 1;
         }
         let mut ready = self.replicas.oldest_first(|p| p == Phase::Ready);
+        self.backend.removal_order(&mut ready);
         if excess > 0 {
             self.replicas.changed();
         }
@@ -295,6 +310,11 @@ impl ServiceLoop {
     /// back as [`ProbeEvent::StopFailed`] and is tried again, on a backoff,
     /// while the backend still lists the replica.
     fn stop_in_background(&self, id: String) {
+        if self.follows_keda() {
+            // Stopping would lower the count KEDA set.
+            tracing::debug!(service = %self.name, replica = %id, "not stopping: KEDA sets the count");
+            return;
+        }
         let backend = Arc::clone(&self.backend);
         let service = self.name.clone();
         let events = self.probe_tx.clone();

@@ -109,7 +109,10 @@ impl ServiceLoop {
     /// On SIGTERM with `on_shutdown: stop`: take every replica out of the
     /// endpoint set, then stop them all.
     pub(super) async fn stop_everything(&mut self) {
-        if self.wiring.on_shutdown == ShutdownPolicy::Keep {
+        if self.wiring.on_shutdown == ShutdownPolicy::Keep
+            || self.backend.keeps_replicas_on_shutdown()
+            || self.follows_keda()
+        {
             tracing::info!(service = %self.name, replicas = self.replicas.len(), "leaving replicas running for the next controller");
             return;
         }

@@ -35,6 +35,10 @@ pub struct BackendState {
     pub stop_fails: bool,
     pub list_calls: usize,
     pub stop_calls: usize,
+    /// Like a cluster: replicas outlive the controller.
+    pub keeps_replicas: bool,
+    /// Like a StatefulSet: the oldest replica (lowest id) goes first.
+    pub remove_oldest: bool,
 }
 
 fn unreachable() -> BackendError {
@@ -138,6 +142,17 @@ impl Backend for FakeBackend {
             state.stopped.push(id.to_string());
         }
         Ok(())
+    }
+
+    fn removal_order(&self, ids: &mut [String]) {
+        if self.state().remove_oldest {
+            // Last is removed first: put the lowest id last.
+            ids.sort_by(|a, b| b.cmp(a));
+        }
+    }
+
+    fn keeps_replicas_on_shutdown(&self) -> bool {
+        self.state().keeps_replicas
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rouse_nats::config::ShutdownPolicy;
+use rouse_nats::config::{ServiceConfig, ShutdownPolicy};
 use rouse_nats::messages::{EndpointState, Load, Wake, VERSION};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,6 +28,8 @@ pub struct Harness {
     pub inbox: Arc<Inbox>,
     pub metrics: Arc<ControllerMetrics>,
     pub status: Arc<StatusBoard>,
+    /// The service the loop runs; change it before `start`.
+    pub spec: ServiceConfig,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     seq: u64,
@@ -43,6 +45,7 @@ impl Harness {
             inbox: Arc::new(Inbox::new(Duration::from_secs(1))),
             metrics: Arc::new(ControllerMetrics::new()),
             status: Arc::default(),
+            spec: service(),
             shutdown,
             task: None,
             seq: 0,
@@ -60,7 +63,8 @@ impl Harness {
             on_shutdown: ShutdownPolicy::Stop,
         };
         let backend = Arc::clone(&self.backend) as Arc<dyn Backend>;
-        let service_loop = ServiceLoop::new(service(), backend, Arc::clone(&self.inbox), wiring);
+        let service_loop =
+            ServiceLoop::new(self.spec.clone(), backend, Arc::clone(&self.inbox), wiring);
         self.task = Some(tokio::spawn(service_loop.run()));
     }
 

@@ -516,3 +516,68 @@ async fn a_dead_replica_nobody_tracks_is_removed() {
     );
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn under_keda_the_loop_follows_the_pods_and_never_scales() {
+    let mut h = Harness::new();
+    h.spec.scaling.driver = rouse_nats::config::ScalingDriver::Keda;
+    h.backend.state().by_count = true;
+    h.start();
+    h.wake();
+    // KEDA, not rouse, answers the wake: nothing is asked of the backend.
+    let _ = h.until(secs(3), |_| false).await;
+    assert!(h.backend.state().ensure_calls.is_empty());
+    // KEDA's HPA made a pod; it turns ready and reaches the proxies.
+    let pod = h.backend.add(Readiness::Reported(false)).id;
+    h.backend
+        .set(&pod, |r| r.readiness = Readiness::Reported(true));
+    assert!(
+        h.until(secs(2), |h| h.endpoints(EndpointState::Ready)
+            == [pod.clone()])
+            .await
+    );
+    assert_eq!(h.status().map(|s| s.desired), Some(1));
+    // Far past scale_to_zero_after with no traffic: still KEDA's call.
+    let _ = h.until(secs(30), |_| false).await;
+    assert_eq!(h.endpoints(EndpointState::Ready), [pod.clone()]);
+    // The HPA removed it: it leaves the set, and rouse stops nothing.
+    h.backend.state().replicas.clear();
+    assert!(
+        h.until(secs(2), |h| h.endpoints(EndpointState::Ready).is_empty())
+            .await
+    );
+    let state = h.backend.state();
+    assert!(state.ensure_calls.is_empty() && state.stop_calls == 0);
+    drop(state);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_keeps_its_replicas_is_not_stopped_on_shutdown() {
+    let mut h = Harness::new();
+    h.backend.state().keeps_replicas = true;
+    h.start();
+    let id = h.warm().await;
+    let backend = Arc::clone(&h.backend);
+    h.stop().await;
+    let state = backend.state();
+    assert_eq!(state.stop_calls, 0);
+    assert!(state.replicas.contains_key(&id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_down_drains_the_replica_the_backend_orders_last() {
+    let mut h = Harness::new();
+    // Like a StatefulSet: the oldest replica is the one the platform removes.
+    h.backend.state().remove_oldest = true;
+    h.start();
+    h.warm_two().await;
+    let oldest = h.backend.running()[0].clone();
+    // Idle: scale-down to one, then zero; the first drained is the oldest.
+    assert!(
+        h.until(secs(20), |h| !h.backend.state().stopped.is_empty())
+            .await
+    );
+    assert_eq!(h.backend.state().stopped[0], oldest);
+    h.stop().await;
+}
