@@ -9,12 +9,15 @@
 //!    ([`probe`]) and publishes the endpoint set and `scaled` events;
 //! 4. [`status`] and [`metrics`] record the outcome, served by [`admin`].
 //!
-//! [`run`] assembles them into the running controller.
+//! [`run`] assembles them into the running controller; with
+//! `controller.leader_election`, only the controller that holds the
+//! [`leader`] lease runs the loops.
 
 mod admin;
 pub mod autoscaler;
 mod backend;
 mod intake;
+mod leader;
 mod metrics;
 mod observations;
 mod probe;

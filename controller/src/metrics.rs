@@ -32,6 +32,8 @@ pub struct ControllerMetrics {
     pub backend_errors: Family<ServiceLabel, Counter>,
     /// Malformed or misaddressed messages from NATS, dropped.
     pub bus_rejected: Counter,
+    /// 1 while this controller leads (always, without leader election).
+    pub leader: Gauge,
 }
 
 impl Default for ControllerMetrics {
@@ -50,6 +52,7 @@ impl ControllerMetrics {
             backend_start: HistogramFamily::new_with_constructor(start_histogram),
             backend_errors: Family::default(),
             bus_rejected: Counter::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -81,6 +84,11 @@ impl ControllerMetrics {
             "rouse_bus_rejected",
             "Malformed messages received from NATS and dropped",
             metrics.bus_rejected.clone(),
+        );
+        registry.register(
+            "rouse_controller_leader",
+            "1 while this controller leads and runs the services, 0 while it stands by",
+            metrics.leader.clone(),
         );
         Self {
             registry,

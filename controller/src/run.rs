@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
-use rouse_nats::config::Backend as BackendSpec;
+use rouse_nats::config::{Backend as BackendSpec, LeaderElection, LeaseKind};
+use rouse_nats::subjects::LEASES_BUCKET;
 use rouse_nats::{bus, process, Config, Subjects};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,6 +17,9 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::backend::{Backend, Cluster, DockerBackend, Engine, KubernetesBackend, ProcessBackend};
 use crate::intake::{self, Inbox};
+use crate::leader::kube::KubeLease;
+use crate::leader::nats::NatsLease;
+use crate::leader::{Elector, LeaseStore};
 use crate::metrics::ControllerMetrics;
 use crate::reconcile::{NatsPublisher, Publisher, ServiceLoop, Wiring};
 use crate::status::StatusBoard;
@@ -41,17 +45,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
     let inboxes = Arc::new(inboxes);
 
-    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
-    let mut platforms = Platforms::default();
-    for service in &config.services {
-        let changed = Arc::clone(&inboxes[&service.name]);
-        backends.push(
-            build_backend(service, &config, &mut platforms, changed)
-                .await
-                .with_context(|| format!("service {}", service.name))?,
-        );
-    }
-
     let admin_listener = TcpListener::bind(config.controller.admin_listen)
         .await
         .with_context(|| {
@@ -64,6 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let js = jetstream::new(bus.client.clone());
     tokio::spawn({
         let prefix = config.nats.prefix.clone();
+        let js = js.clone();
         async move {
             // Best effort: if NATS is down now, events are still published
             // (core NATS) and the stream is created on the next start.
@@ -79,6 +73,62 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&inboxes),
         Arc::clone(&metrics),
     ));
+
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(AdminState {
+            metrics: Arc::clone(&metrics),
+            status: Arc::clone(&status),
+        }),
+    ));
+    tracing::info!(
+        admin = %config.controller.admin_listen,
+        services = config.services.len(),
+        state_dir = %config.controller.state_dir.display(),
+        "rouse-controller started"
+    );
+
+    let mut platforms = Platforms::default();
+    let (stop_leading, election) = match &config.controller.leader_election {
+        None => {
+            metrics.leader.set(1);
+            (None, None)
+        }
+        Some(settings) => {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let (leading_tx, mut leading_rx) = watch::channel(false);
+            let store = lease_store(settings, &mut platforms, &js).await?;
+            let elector = Elector::new(settings, store);
+            tracing::info!(identity = %elector.identity(), "standing by for the lease");
+            let mut election = tokio::spawn(elector.lead(leading_tx, stop_rx));
+            tokio::select! {
+                _ = leading_rx.wait_for(|leading| *leading) => {}
+                ended = &mut election => {
+                    anyhow::bail!("the leader election ended before this controller led: {ended:?}");
+                }
+                _ = process::terminated() => {
+                    tracing::info!("stopped while standing by");
+                    let _ = stop_tx.send(true);
+                    let _ = election.await;
+                    return Ok(());
+                }
+            }
+            metrics.leader.set(1);
+            (Some(stop_tx), Some(election))
+        }
+    };
+
+    // Built only once leading: a standby must not adopt (or clean up) what
+    // the leader runs.
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    for service in &config.services {
+        let changed = Arc::clone(&inboxes[&service.name]);
+        backends.push(
+            build_backend(service, &config, &mut platforms, changed)
+                .await
+                .with_context(|| format!("service {}", service.name))?,
+        );
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let publisher: Arc<dyn Publisher> =
@@ -99,21 +149,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         loops.push(tokio::spawn(service_loop.run()));
     }
 
-    tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::new(AdminState {
-            metrics: Arc::clone(&metrics),
-            status: Arc::clone(&status),
-        }),
-    ));
-    tracing::info!(
-        admin = %config.controller.admin_listen,
-        services = config.services.len(),
-        state_dir = %config.controller.state_dir.display(),
-        "rouse-controller started"
-    );
-
-    process::terminated().await;
+    match election {
+        Some(mut election) => tokio::select! {
+            _ = process::terminated() => {}
+            ended = &mut election => {
+                // Another controller may act now: stop at once, touching
+                // nothing, and let the supervisor restart this one.
+                metrics.leader.set(0);
+                anyhow::bail!("lost the lease ({ended:?}); exiting so that only the new leader acts");
+            }
+        },
+        None => process::terminated().await,
+    }
     tracing::info!(policy = ?config.controller.on_shutdown, "shutting down");
     let _ = shutdown_tx.send(true);
     if tokio::time::timeout(SHUTDOWN_LIMIT, futures::future::join_all(loops))
@@ -121,6 +168,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("replicas did not stop in time; exiting anyway");
+    }
+    if let Some(stop_leading) = stop_leading {
+        // Only now: the loops have stopped acting.
+        let _ = stop_leading.send(true);
     }
     match tokio::time::timeout(Duration::from_secs(2), bus.client.flush()).await {
         Ok(Err(err)) => tracing::debug!(error = %err, "flush on exit failed"),
@@ -169,6 +220,52 @@ struct Platforms {
     cluster: Option<Cluster>,
 }
 
+impl Platforms {
+    async fn cluster(&mut self) -> anyhow::Result<Cluster> {
+        if let Some(cluster) = &self.cluster {
+            return Ok(cluster.clone());
+        }
+        let cluster = Cluster::from_env().await.context(
+            "no Kubernetes API to talk to: set KUBECONFIG, or run in a pod with a service account",
+        )?;
+        Ok(self.cluster.insert(cluster).clone())
+    }
+}
+
+/// Where `controller.leader_election` keeps its lease. The NATS bucket is
+/// created if missing, waiting for NATS if it is down.
+async fn lease_store(
+    settings: &LeaderElection,
+    platforms: &mut Platforms,
+    js: &jetstream::Context,
+) -> anyhow::Result<Box<dyn LeaseStore>> {
+    match settings.lease {
+        LeaseKind::Kubernetes => {
+            let client = platforms.cluster().await?.client();
+            Ok(Box::new(KubeLease::new(
+                client,
+                &settings.namespace,
+                &settings.name,
+            )))
+        }
+        LeaseKind::Nats => {
+            let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();
+            let bucket = loop {
+                match bus::leases_bucket(js).await {
+                    Ok(bucket) => break bucket,
+                    Err(err) => tracing::warn!(error = %err, "cannot reach the leases bucket yet"),
+                }
+                tokio::time::sleep(delays.next().unwrap_or_default()).await;
+            };
+            Ok(Box::new(NatsLease::new(
+                bucket,
+                LEASES_BUCKET,
+                &settings.name,
+            )))
+        }
+    }
+}
+
 /// The backend a service's config names. Validation admits only complete
 /// backends, so a missing one here is a config that bypassed it.
 async fn build_backend(
@@ -197,15 +294,7 @@ async fn build_backend(
             Ok(Arc::new(backend))
         }
         Some(BackendSpec::Kubernetes(kubernetes)) => {
-            let cluster = match &platforms.cluster {
-                Some(cluster) => cluster.clone(),
-                None => platforms
-                    .cluster
-                    .insert(Cluster::from_env().await.context(
-                        "no Kubernetes API to talk to: set KUBECONFIG, or run in a pod with a service account",
-                    )?)
-                    .clone(),
-            };
+            let cluster = platforms.cluster().await?;
             let backend =
                 KubernetesBackend::new(kubernetes.clone(), &cluster, Arc::clone(&inbox.wakeup))?;
             Ok(Arc::new(backend))

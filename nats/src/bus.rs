@@ -13,7 +13,7 @@ use async_nats::{Client, ConnectOptions, Event};
 use tokio::sync::watch;
 
 use crate::config::NatsConfig;
-use crate::subjects::{ENDPOINTS_BUCKET, EVENTS_STREAM};
+use crate::subjects::{ENDPOINTS_BUCKET, EVENTS_STREAM, LEASES_BUCKET};
 
 /// Why talking to NATS failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +110,23 @@ fn on_event(event: Event, connected: &watch::Sender<u64>) {
 
 /// The endpoints bucket, created if missing.
 pub async fn endpoints_bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> {
+    kv_bucket(js, ENDPOINTS_BUCKET, "endpoints bucket").await
+}
+
+/// The bucket of controller leases (leader election), created if missing.
+pub async fn leases_bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> {
+    kv_bucket(js, LEASES_BUCKET, "leases bucket").await
+}
+
+/// A KV bucket, its stream created by hand (see the module doc).
+async fn kv_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    what: &'static str,
+) -> Result<kv::Store, BusError> {
     let config = stream::Config {
-        name: format!("KV_{ENDPOINTS_BUCKET}"),
-        subjects: vec![format!("$KV.{ENDPOINTS_BUCKET}.>")],
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
         allow_rollup: true,
         deny_delete: true,
@@ -123,13 +137,13 @@ pub async fn endpoints_bucket(js: &jetstream::Context) -> Result<kv::Store, BusE
     js.get_or_create_stream(config)
         .await
         .map_err(|e| BusError::JetStream {
-            what: "endpoints bucket",
+            what,
             source: e.into(),
         })?;
-    js.get_key_value(ENDPOINTS_BUCKET)
+    js.get_key_value(bucket)
         .await
         .map_err(|e| BusError::JetStream {
-            what: "endpoints bucket",
+            what,
             source: e.into(),
         })
 }

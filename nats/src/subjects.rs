@@ -5,6 +5,8 @@
 
 /// KV bucket holding each service's endpoint set, keyed by service name.
 pub const ENDPOINTS_BUCKET: &str = "rouse-endpoints";
+/// Controllers' leases (leader election), one key per lease name.
+pub const LEASES_BUCKET: &str = "rouse-leases";
 /// JetStream stream keeping `scaled` events.
 pub const EVENTS_STREAM: &str = "ROUSE_EVENTS";
 

@@ -539,7 +539,10 @@ async fn under_keda_the_loop_follows_the_pods_and_never_scales() {
     assert_eq!(h.status().map(|s| s.desired), Some(1));
     // Far past scale_to_zero_after with no traffic: still KEDA's call.
     let _ = h.until(secs(30), |_| false).await;
-    assert_eq!(h.endpoints(EndpointState::Ready), std::slice::from_ref(&pod));
+    assert_eq!(
+        h.endpoints(EndpointState::Ready),
+        std::slice::from_ref(&pod)
+    );
     // The HPA removed it: it leaves the set, and rouse stops nothing.
     h.backend.state().replicas.clear();
     assert!(
