@@ -61,6 +61,24 @@ impl ClusterBuilder {
         self
     }
 
+    /// A `controller:` key (value in YAML).
+    pub fn controller_key(mut self, key: &str, value: &str) -> Self {
+        self.stack = self.stack.controller_key(key, value);
+        self
+    }
+
+    /// `n` more controllers (standbys under leader election).
+    pub fn standby_controllers(mut self, n: usize) -> Self {
+        self.stack = self.stack.standby_controllers(n);
+        self
+    }
+
+    /// An environment variable of every controller (e.g. `KUBECONFIG`).
+    pub fn controller_env(mut self, key: &str, value: &str) -> Self {
+        self.stack = self.stack.controller_env(key, value);
+        self
+    }
+
     /// The controller drives the Docker engine at `host` (`DOCKER_HOST`).
     pub fn docker_host(mut self, host: &str) -> Self {
         self.stack = self.stack.controller_env("DOCKER_HOST", host);

@@ -57,6 +57,8 @@ pub struct Service {
     /// `backend.docker` keys, values written as given (YAML), instead of
     /// the process backend; `env` gets the marker as for processes.
     pub docker: Option<Vec<(String, String)>>,
+    /// `backend.kubernetes` keys, when the service runs on a cluster.
+    pub kubernetes: Option<Vec<(String, String)>>,
 }
 
 impl Service {
@@ -81,7 +83,19 @@ impl Service {
             hold_max_requests: 1000,
             scaling_extra: Vec::new(),
             docker: None,
+            kubernetes: None,
         }
+    }
+
+    /// A Kubernetes service: `backend.kubernetes` with these keys (values
+    /// are YAML, e.g. `("deployment", "echo")`).
+    pub fn kubernetes(mut self, keys: &[(&str, &str)]) -> Self {
+        self.kubernetes = Some(
+            keys.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        self
     }
 
     /// A containers service: `backend.docker` with these keys (values are
@@ -195,21 +209,30 @@ impl Service {
             let _ = writeln!(out, "    paths: {}", list(paths));
         }
         out.push_str("    backend:\n");
-        match &self.docker {
-            Some(keys) => {
+        match (&self.docker, &self.kubernetes) {
+            (_, Some(keys)) => {
+                // The cluster runs the pods: no env of rouse's to pass.
+                out.push_str("      kubernetes:\n");
+                for (key, value) in keys {
+                    let _ = writeln!(out, "        {key}: {value}");
+                }
+            }
+            (Some(keys), None) => {
                 out.push_str("      docker:\n");
                 for (key, value) in keys {
                     let _ = writeln!(out, "        {key}: {value}");
                 }
             }
-            None => {
+            (None, None) => {
                 out.push_str("      process:\n");
                 let _ = writeln!(out, "        command: {}", list(&self.argv(bins)));
             }
         }
-        out.push_str("        env:\n");
-        for (key, value) in &env {
-            let _ = writeln!(out, "          {}: {}", q(key), q(value));
+        if self.kubernetes.is_none() {
+            out.push_str("        env:\n");
+            for (key, value) in &env {
+                let _ = writeln!(out, "          {}: {}", q(key), q(value));
+            }
         }
         out.push_str("    readiness:\n");
         let _ = writeln!(out, "      http_get: {}", q(&self.readiness_http_get));
@@ -245,6 +268,8 @@ pub struct Config {
     /// `proxy.worker_threads`, when set (default: one per core).
     pub worker_threads: Option<u32>,
     pub controller_admin: SocketAddr,
+    /// More `controller:` keys, each a YAML value (e.g. `leader_election`).
+    pub controller_extra: Vec<(String, String)>,
     pub state_dir: PathBuf,
     /// Put into every service's env as `ROUSE_E2E_MARKER`.
     pub marker: String,
@@ -264,6 +289,7 @@ impl Config {
             report_interval: "200ms".to_string(),
             worker_threads: None,
             controller_admin: crate::free_addr(),
+            controller_extra: Vec::new(),
             state_dir: state_dir.to_path_buf(),
             marker: marker.to_string(),
             services: Vec::new(),
@@ -296,6 +322,9 @@ impl Config {
             q(&self.controller_admin.to_string())
         );
         let _ = writeln!(out, "  state_dir: {}", q(&self.state_dir.to_string_lossy()));
+        for (key, value) in &self.controller_extra {
+            let _ = writeln!(out, "  {key}: {value}");
+        }
         if self.services.is_empty() {
             out.push_str("services: []\n");
         } else {

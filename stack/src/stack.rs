@@ -44,6 +44,9 @@ pub struct StackBuilder {
     keep: bool,
     /// Added to the controller's environment (e.g. `DOCKER_HOST`).
     controller_env: BTreeMap<String, String>,
+    /// Controllers started after the first, each with its own admin port
+    /// and the same state dir (with `controller.leader_election`, standbys).
+    standbys: usize,
 }
 
 impl Default for StackBuilder {
@@ -56,6 +59,7 @@ impl Default for StackBuilder {
             dir: None,
             keep: false,
             controller_env: BTreeMap::new(),
+            standbys: 0,
         }
     }
 }
@@ -137,6 +141,20 @@ impl StackBuilder {
     pub fn controller_env(mut self, key: &str, value: &str) -> Self {
         self.controller_env
             .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// A `controller:` key (value in YAML), e.g. `leader_election`.
+    pub fn controller_key(mut self, key: &str, value: &str) -> Self {
+        self.config
+            .controller_extra
+            .push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts `n` more controllers after the first (see the field).
+    pub fn standby_controllers(mut self, n: usize) -> Self {
+        self.standbys = n;
         self
     }
 
@@ -235,8 +253,31 @@ impl StackBuilder {
             dir,
             temp,
             keep: self.keep,
+            standbys: Vec::new(),
         };
         stack.wait_controller_healthy().await?;
+        for i in 0..self.standbys {
+            let mut cfg = base.clone();
+            cfg.controller_admin = crate::free_addr();
+            let path = stack.dir.join(format!("controller-{}.yaml", i + 1));
+            cfg.write(&path);
+            let proc = Proc::try_spawn(
+                &format!("rouse-controller-{}", i + 1),
+                &base.bins.path("rouse-controller"),
+                &config_args(&path),
+                &self.controller_env,
+                &stack.dir.join(format!("controller-{}.log", i + 1)),
+            )?;
+            stack.standbys.push((proc, cfg.controller_admin));
+            let waited = crate::wait_http_ok(
+                cfg.controller_admin,
+                "/healthz",
+                STARTUP_DEADLINE,
+                stack.standbys.last_mut().map(|(proc, _)| proc),
+            )
+            .await;
+            waited.map_err(|e| anyhow::anyhow!("{e:#}\n{}", stack.dump_logs()))?;
+        }
 
         let proxy_bin = base.bins.path("rouse-proxy");
         for (i, (cfg, path)) in proxy_configs.into_iter().enumerate() {
@@ -290,6 +331,8 @@ pub struct Stack {
     /// The temporary directory behind `dir`, removed on drop unless `keep`.
     temp: Option<tempfile::TempDir>,
     keep: bool,
+    /// The controllers after the first, with their admin addresses.
+    standbys: Vec<(Proc, SocketAddr)>,
 }
 
 impl Stack {
@@ -321,6 +364,13 @@ impl Stack {
 
     pub fn controller_proc(&mut self) -> &mut Proc {
         &mut self.controller
+    }
+
+    /// Controller `i` after the first (see
+    /// [`StackBuilder::standby_controllers`]) and its admin address.
+    pub fn standby(&mut self, i: usize) -> (&mut Proc, SocketAddr) {
+        let (proc, admin) = &mut self.standbys[i];
+        (proc, *admin)
     }
 
     pub fn proxy_proc(&mut self, i: usize) -> &mut Proc {
@@ -359,6 +409,13 @@ impl Stack {
             &self.controller.logs(),
             LOG_TAIL_LINES,
         );
+        for (proc, _) in &self.standbys {
+            section(
+                &format!("standby controller {}", proc.log_path().display()),
+                &proc.logs(),
+                LOG_TAIL_LINES,
+            );
+        }
         for (i, p) in self.proxies.iter().enumerate() {
             section(
                 &format!("rouse-proxy-{i} {}", p.proc.log_path().display()),
@@ -447,6 +504,9 @@ impl Drop for Stack {
             p.proc.kill_now();
         }
         self.controller.kill_now();
+        for (proc, _) in &mut self.standbys {
+            proc.kill_now();
+        }
         // The replicas were the controller's children; kill them by marker.
         for _ in 0..200 {
             let pids = self.replica_pids();

@@ -1,0 +1,171 @@
+//! Controller HA with the NATS KV lease: two controllers on one state dir,
+//! one leads; SIGKILL the leader and the standby takes over within the
+//! lease's duration, adopting the replicas it finds (pid files) instead of
+//! starting new ones, while warm traffic never notices.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rouse_e2e::http::{self, ServiceStatus};
+use rouse_e2e::{assert_stays, poll_until, Cluster, Service};
+
+const HOST: &str = "ha.localhost";
+
+/// `rouse_controller_leader` of the controller at `admin`, if it answers.
+async fn leader_gauge(admin: SocketAddr) -> Option<f64> {
+    let url = format!("http://{admin}/metrics");
+    let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("rouse_controller_leader "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn status_at(admin: SocketAddr, name: &str) -> Option<ServiceStatus> {
+    let doc = http::services(admin).await.ok()?;
+    ServiceStatus::find(&doc, name)
+}
+
+/// Warm GETs one after another until `stop`; the non-200 answers, and how
+/// many were sent. Bounded: at most 5,000 requests.
+fn warm_traffic(
+    proxy: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    tokio::spawn(async move {
+        let client = http::client();
+        let mut failures = Vec::new();
+        let mut sent = 0;
+        while !stop.load(Ordering::SeqCst) && sent < 5_000 {
+            sent += 1;
+            match http::request(&client, reqwest::Method::GET, proxy, HOST, "/", None).await {
+                Ok(resp) if resp.status == 200 => {}
+                Ok(resp) => failures.push(format!("request {sent}: {resp}")),
+                Err(err) => failures.push(format!("request {sent}: {err:#}")),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (failures, sent)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_killed_leader_without_doubling_replicas() {
+    let mut cluster = Cluster::builder()
+        .service(
+            Service::new("ha", HOST)
+                .scale_to_zero_after("300s")
+                .max_replicas(2),
+        )
+        .controller_key(
+            "leader_election",
+            "{lease: nats, duration: 4s, retry_period: 500ms}",
+        )
+        // The leader's replicas are the standby's to adopt, not to stop.
+        .controller_key("on_shutdown", "keep")
+        .standby_controllers(1)
+        .start()
+        .await;
+    let leader_admin = cluster.controller_admin();
+    let (_, standby_admin) = cluster.standby(0);
+
+    assert_eq!(
+        leader_gauge(leader_admin).await,
+        Some(1.0),
+        "the first controller leads"
+    );
+    assert_eq!(
+        leader_gauge(standby_admin).await,
+        Some(0.0),
+        "the second stands by"
+    );
+    cluster.get_ok(HOST, "/").await;
+    cluster
+        .wait_status("ha", "ready 1", Duration::from_secs(30), |s| s.ready == 1)
+        .await;
+    let pids = cluster.replica_pids();
+    assert_eq!(pids.len(), 1, "one replica process: {pids:?}");
+    // A standby runs no service loop at all.
+    let standby_view = http::services(standby_admin).await.expect("standby status");
+    assert!(
+        ServiceStatus::find(&standby_view, "ha").is_none(),
+        "a standby must not report (or run) services: {standby_view}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = warm_traffic(cluster.proxy_addr(0), Arc::clone(&stop));
+    let killed = Instant::now();
+    cluster.kill_controller().await;
+    poll_until("the standby leads", Duration::from_secs(15), || async {
+        (leader_gauge(standby_admin).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let took_over = killed.elapsed();
+    let status = poll_until(
+        "the new leader reports the replica ready",
+        Duration::from_secs(15),
+        || async {
+            status_at(standby_admin, "ha")
+                .await
+                .filter(|s| s.ready == 1)
+        },
+    )
+    .await;
+    assert_eq!(status.desired, 1, "{:?}", status.raw);
+    assert_eq!(
+        cluster.replica_pids(),
+        pids,
+        "the new leader adopts the replica: none started, none lost"
+    );
+    let marker = cluster.marker.clone();
+    assert_stays(
+        "the replica process set stays unchanged under the new leader",
+        Duration::from_secs(3),
+        || {
+            let same = rouse_e2e::replica_pids(&marker) == pids;
+            async move { same }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let (failures, sent) = traffic.await.expect("traffic task");
+    assert!(sent > 10, "too little traffic to judge: {sent}");
+    if !failures.is_empty() {
+        cluster
+            .fail(&format!(
+                "{} of {sent} warm requests failed during the hand-over (took {took_over:?}): {:?}",
+                failures.len(),
+                &failures[..failures.len().min(5)]
+            ))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
+    let mut cluster = Cluster::builder()
+        .service(Service::new("ha-term", "ha-term.localhost").scale_to_zero_after("300s"))
+        // A long lease: only a release explains a quick take-over.
+        .controller_key(
+            "leader_election",
+            "{lease: nats, duration: 60s, retry_period: 500ms}",
+        )
+        .controller_key("on_shutdown", "keep")
+        .standby_controllers(1)
+        .start()
+        .await;
+    let (_, standby_admin) = cluster.standby(0);
+    assert_eq!(leader_gauge(standby_admin).await, Some(0.0));
+    let status = cluster.stop_controller(Duration::from_secs(30)).await;
+    assert!(status.success(), "the leader exits 0 on SIGTERM: {status}");
+    poll_until(
+        "the standby leads long before the 60 s lease ran out",
+        Duration::from_secs(20),
+        || async { (leader_gauge(standby_admin).await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    // It serves: a cold request is scaled up by the new leader.
+    let resp = http::get(cluster.proxy_addr(0), "ha-term.localhost", "/").await;
+    assert_eq!(resp.status, 200, "{resp}");
+}
