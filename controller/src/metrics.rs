@@ -16,6 +16,12 @@ pub struct ScaleLabel {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// A method of KEDA's external scaler API (`IsActive`, ...).
+    pub method: &'static str,
+}
+
 type HistogramFamily = Family<ServiceLabel, Histogram, fn() -> Histogram>;
 
 fn start_histogram() -> Histogram {
@@ -32,6 +38,10 @@ pub struct ControllerMetrics {
     pub backend_errors: Family<ServiceLabel, Counter>,
     /// Malformed or misaddressed messages from NATS, dropped.
     pub bus_rejected: Counter,
+    /// Calls to the KEDA external scaler API, by method.
+    pub keda_requests: Family<MethodLabel, Counter>,
+    /// `StreamIsActive` calls open now.
+    pub keda_streams: Gauge,
 }
 
 impl Default for ControllerMetrics {
@@ -50,6 +60,8 @@ impl ControllerMetrics {
             backend_start: HistogramFamily::new_with_constructor(start_histogram),
             backend_errors: Family::default(),
             bus_rejected: Counter::default(),
+            keda_requests: Family::default(),
+            keda_streams: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -81,6 +93,16 @@ impl ControllerMetrics {
             "rouse_bus_rejected",
             "Malformed messages received from NATS and dropped",
             metrics.bus_rejected.clone(),
+        );
+        registry.register(
+            "rouse_keda_requests",
+            "Calls to the KEDA external scaler API, by method",
+            metrics.keda_requests.clone(),
+        );
+        registry.register(
+            "rouse_keda_streams",
+            "StreamIsActive calls from KEDA open now",
+            metrics.keda_streams.clone(),
         );
         Self {
             registry,

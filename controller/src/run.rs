@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::backend::{Backend, DockerBackend, Engine, ProcessBackend};
 use crate::intake::{self, Inbox};
+use crate::keda;
 use crate::metrics::ControllerMetrics;
 use crate::reconcile::{NatsPublisher, Publisher, ServiceLoop, Wiring};
 use crate::status::StatusBoard;
@@ -46,6 +47,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.controller.admin_listen
             )
         })?;
+    let keda_listener = match config.controller.keda_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding controller.keda_listen {addr}"))?,
+        ),
+        None => None,
+    };
     let bus = bus::connect(&config.nats, "rouse-controller").await?;
     let js = jetstream::new(bus.client.clone());
     tokio::spawn({
@@ -76,6 +85,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&inboxes),
         Arc::clone(&metrics),
     ));
+
+    if let Some(listener) = keda_listener {
+        let scaler = keda::Scaler::new(&config.services, &inboxes, Arc::clone(&metrics));
+        tokio::spawn(keda::serve(listener, scaler));
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let publisher: Arc<dyn Publisher> =
