@@ -245,6 +245,8 @@ pub struct Config {
     /// `proxy.worker_threads`, when set (default: one per core).
     pub worker_threads: Option<u32>,
     pub controller_admin: SocketAddr,
+    /// `controller.keda_listen`, when set (default: off).
+    pub keda_listen: Option<SocketAddr>,
     pub state_dir: PathBuf,
     /// Put into every service's env as `ROUSE_E2E_MARKER`.
     pub marker: String,
@@ -264,6 +266,7 @@ impl Config {
             report_interval: "200ms".to_string(),
             worker_threads: None,
             controller_admin: crate::free_addr(),
+            keda_listen: None,
             state_dir: state_dir.to_path_buf(),
             marker: marker.to_string(),
             services: Vec::new(),
@@ -296,6 +299,9 @@ impl Config {
             q(&self.controller_admin.to_string())
         );
         let _ = writeln!(out, "  state_dir: {}", q(&self.state_dir.to_string_lossy()));
+        if let Some(keda) = self.keda_listen {
+            let _ = writeln!(out, "  keda_listen: {}", q(&keda.to_string()));
+        }
         if self.services.is_empty() {
             out.push_str("services: []\n");
         } else {
@@ -360,5 +366,19 @@ mod tests {
         assert_eq!(line_of(&yaml, "nats:", 0), Some(2));
         let scaling = line_of(&yaml, "scaling:", 0).unwrap();
         assert!(line_of(&yaml, "min_replicas:", 0).unwrap() == scaling + 1);
+        assert!(
+            line_of(&yaml, "keda_listen:", 0).is_none(),
+            "off unless asked"
+        );
+    }
+
+    #[test]
+    fn keda_listen_goes_under_controller() {
+        let mut config = Config::new("nats://127.0.0.1:4222", Path::new("/tmp/s"), "m1");
+        config.keda_listen = Some(SocketAddr::from(([127, 0, 0, 1], 9095)));
+        let yaml = config.to_yaml();
+        let controller = line_of(&yaml, "controller:", 0).unwrap();
+        let keda = line_of(&yaml, "keda_listen: \"127.0.0.1:9095\"", 0).unwrap();
+        assert!(keda > controller && line_of(&yaml, "services:", 0).unwrap() > keda);
     }
 }
