@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use rouse_e2e::keda::{self, ExternalScalerClient, GetMetricsRequest, IsActiveResponse};
-use rouse_e2e::{poll_until, Cluster, Service};
+use rouse_e2e::{bin, poll_until, Cluster, Config, Service};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
@@ -89,6 +89,36 @@ async fn a_held_request_is_pushed_as_active_and_idleness_as_inactive() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keda_listen_address_in_use_stops_the_controller_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("local addr");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // NATS is a closed port: the listener is bound before NATS is dialled.
+    let mut config = Config::new("nats://127.0.0.1:1", &dir.path().join("state"), "keda-bind")
+        .service(Service::new("echo", HOST));
+    config.keda_listen = Some(addr);
+    let path = dir.path().join("rouse.yaml");
+    config.write(&path);
+
+    let run = tokio::process::Command::new(bin("rouse-controller"))
+        .arg("--config")
+        .arg(&path)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(BOUND, run)
+        .await
+        .expect("the controller exits instead of running without its KEDA listener")
+        .expect("run rouse-controller");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stderr}{stdout}");
+    assert!(
+        stderr.contains("controller.keda_listen") || stdout.contains("controller.keda_listen"),
+        "the error names the key:\n{stderr}{stdout}"
+    );
 }
 
 /// The time from sending a request to a service at zero until
