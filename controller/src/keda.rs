@@ -16,7 +16,9 @@
 //!   the service, or while its last arrival (or wake) is younger than its
 //!   `scaling.scale_to_zero_after`: rouse's own rule for going to zero.
 //!   KEDA's `cooldownPeriod` then waits on top of that, so it should be low.
-//!   A controller that just started and has heard nothing says false.
+//!   A controller that just started knows no arrival from before its start
+//!   and says false until the proxies report (a start floor like the
+//!   autoscaler's would wake every service at zero on each restart).
 //! - **StreamIsActive** sends the current answer at once, then one message
 //!   per change: a delivered `wake` or `load` is looked at as it lands
 //!   ([`Inbox::watch`]), and the answer is looked at again every
