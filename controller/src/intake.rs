@@ -13,7 +13,7 @@ use async_nats::{Client, Message};
 use futures::StreamExt;
 use rouse_nats::messages::{self, DecodeError, Load, Wake};
 use rouse_nats::Subjects;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::metrics::ControllerMetrics;
 use crate::observations::Observations;
@@ -24,6 +24,9 @@ pub struct Inbox {
     /// Wakes the service's reconcile loop; shared with a backend that
     /// learns of changes on its own (a Kubernetes watch).
     pub wakeup: Arc<Notify>,
+    /// Bumped after every delivered message, for any number of watchers
+    /// (the KEDA activity streams) besides the reconcile loop.
+    changes: watch::Sender<u64>,
 }
 
 impl Inbox {
@@ -31,11 +34,24 @@ impl Inbox {
         Self {
             observations: Mutex::new(Observations::new(report_interval)),
             wakeup: Arc::new(Notify::new()),
+            changes: watch::Sender::new(0),
         }
     }
 
     pub fn observations(&self) -> MutexGuard<'_, Observations> {
         self.observations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Says that the observations changed: wakes the reconcile loop and
+    /// every watcher.
+    pub fn delivered(&self) {
+        self.wakeup.notify_one();
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Sees every later [`Inbox::delivered`].
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 
@@ -53,25 +69,45 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(message) = wakes.next() => {
-                let outcome = dispatch::<Wake>(&subjects, &inboxes, &message, |inbox, wake| {
-                    inbox.observations().record_wake(&wake, crate::reconcile::now());
-                    tracing::info!(service = %wake.service, proxy = %wake.proxy, held = wake.held, "wake");
-                });
-                count_rejection(outcome, &message, &metrics);
+                count_rejection(deliver_wake(&subjects, &inboxes, &message), &message, &metrics);
             }
             Some(message) = loads.next() => {
-                let outcome = dispatch::<Load>(&subjects, &inboxes, &message, |inbox, load| {
-                    inbox.observations().record_load(load, crate::reconcile::now());
-                });
-                count_rejection(outcome, &message, &metrics);
+                count_rejection(deliver_load(&subjects, &inboxes, &message), &message, &metrics);
             }
             else => return Ok(()),
         }
     }
 }
 
+/// Hands a `wake` message to its service's inbox.
+pub(crate) fn deliver_wake(
+    subjects: &Subjects,
+    inboxes: &Inboxes,
+    message: &Message,
+) -> Result<(), Rejected> {
+    dispatch::<Wake>(subjects, inboxes, message, |inbox, wake| {
+        inbox
+            .observations()
+            .record_wake(&wake, crate::reconcile::now());
+        tracing::info!(service = %wake.service, proxy = %wake.proxy, held = wake.held, "wake");
+    })
+}
+
+/// Hands a `load` message to its service's inbox.
+pub(crate) fn deliver_load(
+    subjects: &Subjects,
+    inboxes: &Inboxes,
+    message: &Message,
+) -> Result<(), Rejected> {
+    dispatch::<Load>(subjects, inboxes, message, |inbox, load| {
+        inbox
+            .observations()
+            .record_load(load, crate::reconcile::now());
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
-enum Rejected {
+pub(crate) enum Rejected {
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("no service `{0}` in this controller's config")]
@@ -116,7 +152,7 @@ where
         .get(decoded.service())
         .ok_or_else(|| Rejected::UnknownService(decoded.service().to_string()))?;
     deliver(inbox, decoded);
-    inbox.wakeup.notify_one();
+    inbox.delivered();
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 //! 2. [`autoscaler`] (pure, fake-clock tested) turns them into a count;
 //! 3. [`reconcile`] acts on it through a [`backend`], probes readiness
 //!    ([`probe`]) and publishes the endpoint set and `scaled` events;
-//! 4. [`status`] and [`metrics`] record the outcome, served by [`admin`].
+//! 4. [`status`] and [`metrics`] record the outcome, served by [`admin`];
+//! 5. [`keda`] answers KEDA's external scaler API from the same observations.
 //!
 //! [`run`] assembles them into the running controller; with
 //! `controller.leader_election`, only the controller that holds the
@@ -17,6 +18,7 @@ mod admin;
 pub mod autoscaler;
 mod backend;
 mod intake;
+mod keda;
 mod leader;
 mod metrics;
 mod observations;

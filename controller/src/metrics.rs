@@ -16,6 +16,12 @@ pub struct ScaleLabel {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// A method of KEDA's external scaler API (`IsActive`, ...).
+    pub method: &'static str,
+}
+
 type HistogramFamily = Family<ServiceLabel, Histogram, fn() -> Histogram>;
 
 fn start_histogram() -> Histogram {
@@ -34,6 +40,10 @@ pub struct ControllerMetrics {
     pub bus_rejected: Counter,
     /// 1 while this controller leads (always, without leader election).
     pub leader: Gauge,
+    /// Calls to the KEDA external scaler API, by method.
+    pub keda_requests: Family<MethodLabel, Counter>,
+    /// `StreamIsActive` calls open now.
+    pub keda_streams: Gauge,
 }
 
 impl Default for ControllerMetrics {
@@ -53,6 +63,8 @@ impl ControllerMetrics {
             backend_errors: Family::default(),
             bus_rejected: Counter::default(),
             leader: Gauge::default(),
+            keda_requests: Family::default(),
+            keda_streams: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -89,6 +101,16 @@ impl ControllerMetrics {
             "rouse_controller_leader",
             "1 while this controller leads and runs the services, 0 while it stands by",
             metrics.leader.clone(),
+        );
+        registry.register(
+            "rouse_keda_requests",
+            "Calls to the KEDA external scaler API, by method",
+            metrics.keda_requests.clone(),
+        );
+        registry.register(
+            "rouse_keda_streams",
+            "StreamIsActive calls from KEDA open now",
+            metrics.keda_streams.clone(),
         );
         Self {
             registry,

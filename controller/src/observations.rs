@@ -110,6 +110,25 @@ impl Observations {
         })
     }
 
+    /// When any proxy last saw an arrival, in-flight or held request, or
+    /// sent a wake (what [`Observations::observe`] reports, read without
+    /// consuming anything).
+    pub fn last_activity(&self) -> Option<Instant> {
+        self.last_activity
+    }
+
+    /// Requests per second arriving over the live proxies' last report
+    /// intervals, summed.
+    pub fn arrival_rate(&self, now: Instant) -> f64 {
+        let ttl = self.report_interval * LIVE_INTERVALS;
+        self.proxies
+            .values()
+            .filter(|r| now.saturating_duration_since(r.received) <= ttl)
+            .filter(|r| r.load.interval_ms > 0)
+            .map(|r| r.load.arrivals as f64 * 1000.0 / r.load.interval_ms as f64)
+            .sum()
+    }
+
     /// Whether endpoint `id`, marked draining in `generation` (written to KV
     /// at `published`), has nothing in flight on any live proxy that has
     /// already seen that generation, and no live proxy still routes by an
@@ -171,6 +190,34 @@ mod tests {
         // "a" has been silent for more than three intervals.
         let o = obs.observe(t0 + Duration::from_millis(3500));
         assert_eq!(o.in_flight, 4);
+    }
+
+    #[test]
+    fn read_only_accessors_match_observe_and_consume_nothing() {
+        let t0 = Instant::now();
+        let mut obs = Observations::new(Duration::from_secs(1));
+        assert_eq!(obs.last_activity(), None);
+        obs.record_load(load("a", 1, 3, &[], 1), t0);
+        obs.record_load(load("b", 1, 4, &[], 1), t0 + Duration::from_secs(2));
+        let now = t0 + Duration::from_secs(2);
+        assert!((obs.arrival_rate(now) - 14.0).abs() < 1e-9);
+        assert_eq!(obs.last_activity(), Some(now));
+        // "a" has been silent for more than three intervals.
+        let later = t0 + Duration::from_millis(3500);
+        assert!((obs.arrival_rate(later) - 8.0).abs() < 1e-9);
+        let wake = Wake {
+            v: VERSION,
+            service: "s".into(),
+            proxy: "a".into(),
+            held: 1,
+            at_ms: 0,
+        };
+        obs.record_wake(&wake, later);
+        assert_eq!(obs.last_activity(), Some(later));
+        assert!(
+            obs.observe(later).woken,
+            "reading left the wake for the loop"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::backend::{Backend, Cluster, DockerBackend, Engine, KubernetesBackend, ProcessBackend};
 use crate::intake::{self, Inbox};
+use crate::keda;
 use crate::leader::kube::KubeLease;
 use crate::leader::nats::NatsLease;
 use crate::leader::{Elector, LeaseStore};
@@ -53,6 +54,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.controller.admin_listen
             )
         })?;
+    let keda_listener = match config.controller.keda_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding controller.keda_listen {addr}"))?,
+        ),
+        None => None,
+    };
     let bus = bus::connect(&config.nats, "rouse-controller").await?;
     let js = jetstream::new(bus.client.clone());
     tokio::spawn({
@@ -87,6 +96,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state_dir = %config.controller.state_dir.display(),
         "rouse-controller started"
     );
+
+    // Standbys serve KEDA too: every controller gets every report.
+    if let Some(listener) = keda_listener {
+        let scaler = keda::Scaler::new(&config.services, &inboxes, Arc::clone(&metrics));
+        tokio::spawn(keda::serve(listener, scaler));
+    }
 
     let mut platforms = Platforms::default();
     let (stop_leading, election) = match &config.controller.leader_election {

@@ -79,6 +79,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// The controller serves KEDA's external scaler API on a free port
+    /// (`cluster.keda_addr()`).
+    pub fn keda(mut self) -> Self {
+        self.stack = self.stack.keda();
+        self
+    }
+
     /// The controller drives the Docker engine at `host` (`DOCKER_HOST`).
     pub fn docker_host(mut self, host: &str) -> Self {
         self.stack = self.stack.controller_env("DOCKER_HOST", host);

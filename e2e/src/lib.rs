@@ -24,6 +24,8 @@
 //! - `cluster`: a [`Stack`](rouse_stack::Stack) for one test, with
 //!   panicking waits and requests that dump every log on failure;
 //! - `http`: requests through the proxy (reqwest), the controller's status;
+//! - `keda`: a client of the controller's KEDA external scaler API, as
+//!   KEDA would call it (generated from the controller's proto, the contract);
 //! - `load`: bursts and steady load through a proxy, and the replicas'
 //!   own count of what reached them ("exactly once");
 //! - `protocols`: h2c and HTTP/1.1 Upgrade clients written against the wire;
@@ -37,6 +39,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod keda;
 pub mod load;
 pub mod protocols;
 

@@ -270,6 +270,8 @@ pub struct Config {
     pub controller_admin: SocketAddr,
     /// More `controller:` keys, each a YAML value (e.g. `leader_election`).
     pub controller_extra: Vec<(String, String)>,
+    /// `controller.keda_listen`, when set (default: off).
+    pub keda_listen: Option<SocketAddr>,
     pub state_dir: PathBuf,
     /// Put into every service's env as `ROUSE_E2E_MARKER`.
     pub marker: String,
@@ -290,6 +292,7 @@ impl Config {
             worker_threads: None,
             controller_admin: crate::free_addr(),
             controller_extra: Vec::new(),
+            keda_listen: None,
             state_dir: state_dir.to_path_buf(),
             marker: marker.to_string(),
             services: Vec::new(),
@@ -324,6 +327,9 @@ impl Config {
         let _ = writeln!(out, "  state_dir: {}", q(&self.state_dir.to_string_lossy()));
         for (key, value) in &self.controller_extra {
             let _ = writeln!(out, "  {key}: {value}");
+        }
+        if let Some(keda) = self.keda_listen {
+            let _ = writeln!(out, "  keda_listen: {}", q(&keda.to_string()));
         }
         if self.services.is_empty() {
             out.push_str("services: []\n");
@@ -389,5 +395,19 @@ mod tests {
         assert_eq!(line_of(&yaml, "nats:", 0), Some(2));
         let scaling = line_of(&yaml, "scaling:", 0).unwrap();
         assert!(line_of(&yaml, "min_replicas:", 0).unwrap() == scaling + 1);
+        assert!(
+            line_of(&yaml, "keda_listen:", 0).is_none(),
+            "off unless asked"
+        );
+    }
+
+    #[test]
+    fn keda_listen_goes_under_controller() {
+        let mut config = Config::new("nats://127.0.0.1:4222", Path::new("/tmp/s"), "m1");
+        config.keda_listen = Some(SocketAddr::from(([127, 0, 0, 1], 9095)));
+        let yaml = config.to_yaml();
+        let controller = line_of(&yaml, "controller:", 0).unwrap();
+        let keda = line_of(&yaml, "keda_listen: \"127.0.0.1:9095\"", 0).unwrap();
+        assert!(keda > controller && line_of(&yaml, "services:", 0).unwrap() > keda);
     }
 }

@@ -110,6 +110,13 @@ impl StackBuilder {
         self
     }
 
+    /// Serve KEDA's external scaler API (`controller.keda_listen`) on a
+    /// free port; [`Stack::keda_addr`] says which.
+    pub fn keda(mut self) -> Self {
+        self.config.keda_listen = Some(crate::free_addr());
+        self
+    }
+
     /// nats-server's client port (default: a free port).
     pub fn nats_port(mut self, port: u16) -> Self {
         self.nats_port = Some(port);
@@ -248,6 +255,7 @@ impl StackBuilder {
             proxies: Vec::new(),
             controller,
             controller_admin: base.controller_admin,
+            keda_listen: base.keda_listen,
             controller_config,
             state_dir,
             dir,
@@ -325,6 +333,7 @@ pub struct Stack {
     pub proxies: Vec<ProxyNode>,
     controller: Proc,
     controller_admin: SocketAddr,
+    keda_listen: Option<SocketAddr>,
     controller_config: PathBuf,
     state_dir: PathBuf,
     dir: PathBuf,
@@ -355,6 +364,12 @@ impl Stack {
 
     pub fn controller_admin(&self) -> SocketAddr {
         self.controller_admin
+    }
+
+    /// Where the controller serves KEDA's API, if the stack was built with
+    /// [`StackBuilder::keda`].
+    pub fn keda_addr(&self) -> Option<SocketAddr> {
+        self.keda_listen
     }
 
     /// Client address of proxy `i`.
