@@ -287,8 +287,14 @@ impl State {
             } else {
                 let live = self.live_pods(&owner).len();
                 for _ in live..desired {
-                    let pod = format!("{name}-{}", random_suffix(10));
-                    self.create_pod(shared, &owner, pod, None);
+                    // A clash of 10 random characters is all but impossible;
+                    // a few redraws make it impossible to overwrite a pod.
+                    let fresh = (0..8)
+                        .map(|_| format!("{name}-{}", random_suffix(10)))
+                        .find(|pod| !self.pods.contains_key(&(ns.clone(), pod.clone())));
+                    if let Some(pod) = fresh {
+                        self.create_pod(shared, &owner, pod, None);
+                    }
                 }
                 if live > desired {
                     for pod in self.victims(&owner, live - desired) {
@@ -456,7 +462,7 @@ impl State {
                 }
                 Instant::now()
             });
-            let mut exited = pod.proc.as_mut().map_or(true, |p| p.try_exit().is_some());
+            let mut exited = pod.proc.as_mut().is_none_or(|p| p.try_exit().is_some());
             if !exited && signalled_at.elapsed() >= term.grace {
                 if let Some(proc) = &mut pod.proc {
                     proc.kill_now();

@@ -524,7 +524,7 @@ fn item(
             &res.plural,
         ))
     };
-    match (&*call.method, info.role) {
+    match (call.method, info.role) {
         (&Method::GET, _) => ok(current),
         (&Method::PUT | &Method::PATCH, Role::ReadOnly) => not_allowed(),
         (&Method::PUT | &Method::PATCH, role) => {

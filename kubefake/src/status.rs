@@ -15,7 +15,8 @@ pub(crate) struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<StatusDetails>,
+    /// Boxed: most errors have none, and results stay small.
+    pub details: Option<Box<StatusDetails>>,
 }
 
 impl ApiError {
@@ -119,12 +120,12 @@ impl ApiError {
     }
 
     fn with_details(mut self, group: &str, plural: &str, name: &str) -> ApiError {
-        self.details = Some(StatusDetails {
+        self.details = Some(Box::new(StatusDetails {
             name: Some(name.to_string()),
             group: (!group.is_empty()).then(|| group.to_string()),
             kind: Some(plural.to_string()),
             ..StatusDetails::default()
-        });
+        }));
         self
     }
 
@@ -132,7 +133,7 @@ impl ApiError {
     pub fn to_status(&self) -> Value {
         let status = Status {
             code: Some(i32::from(self.code)),
-            details: self.details.clone(),
+            details: self.details.as_deref().cloned(),
             message: Some(self.message.clone()),
             metadata: ListMeta::default(),
             reason: Some(self.reason.to_string()),

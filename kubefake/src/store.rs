@@ -119,7 +119,7 @@ impl Store {
         };
         objects
             .iter()
-            .filter(|((ns, _), _)| namespace.map_or(true, |want| want == ns))
+            .filter(|((ns, _), _)| namespace.is_none_or(|want| want == ns))
             .map(|(_, v)| v)
             .collect()
     }
