@@ -71,8 +71,11 @@ impl Kind {
 /// kubelet runs for each pod.
 #[derive(Debug, Clone)]
 pub struct Workload {
+    /// Namespace of the workload, its Service, slice and pods.
     pub namespace: String,
+    /// Deployment, StatefulSet or a custom scalable kind.
     pub kind: Kind,
+    /// Name of the workload object; its pods carry the label `app=<name>`.
     pub name: String,
     /// The Service (and so the EndpointSlice's `kubernetes.io/service-name`).
     pub service: String,
@@ -132,11 +135,15 @@ impl Workload {
 /// A pod as a test sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodView {
+    /// Namespace of the pod.
     pub namespace: String,
+    /// Pod name (`<workload>-<10 chars>`, or `<statefulset>-<ordinal>`).
     pub name: String,
     /// Name of the owning workload.
     pub workload: String,
+    /// Its own loopback address (127.0.0.2 and up), as `status.podIP`.
     pub ip: Ipv4Addr,
+    /// The workload's port, the same for all its pods.
     pub port: u16,
     /// Its readiness probe passed and the process is still the one probed.
     pub ready: bool,
@@ -144,6 +151,7 @@ pub struct PodView {
     pub terminating: bool,
     /// `controller.kubernetes.io/pod-deletion-cost`, when set and an int32.
     pub deletion_cost: Option<i32>,
+    /// `metadata.annotations` as clients patched them.
     pub annotations: BTreeMap<String, String>,
     /// The pid of its current process, if one runs.
     pub pid: Option<u32>,
@@ -163,7 +171,9 @@ impl PodView {
 /// One API call the server answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedRequest {
+    /// `GET`, `PATCH`, ...
     pub method: String,
+    /// The URL path, without the query.
     pub path: String,
     /// The raw query string (kube-rs starts it with `&`).
     pub query: String,

@@ -80,9 +80,15 @@ impl State {
     /// Creates the workload object, its Service and its (empty)
     /// EndpointSlice; the kubelet loop then makes its pods.
     pub fn add_workload(&mut self, spec: Workload) -> anyhow::Result<()> {
+        anyhow::ensure!(!spec.name.is_empty(), "a workload needs a name");
         anyhow::ensure!(
             !spec.command.is_empty(),
             "workload {}: empty command",
+            spec.name
+        );
+        anyhow::ensure!(
+            spec.readiness_path.starts_with('/'),
+            "workload {}: the readiness path must start with /",
             spec.name
         );
         anyhow::ensure!(

@@ -142,7 +142,7 @@ impl FakeCluster {
     /// `spec.replicas` = `spec.replicas`), a Service `spec.service` and its
     /// EndpointSlice. The kubelet runs each pod as `spec.command` with
     /// `{ip}` and `{port}` replaced (env PORT, POD_NAME, POD_NAMESPACE,
-    /// POD_IP, ROUSE_REPLICA_ID=<pod name>) and marks it ready once `GET
+    /// POD_IP, `ROUSE_REPLICA_ID=<pod name>`) and marks it ready once `GET
     /// http://{ip}:{port}{readiness_path}` answers 2xx (polled every 50 ms).
     pub fn add_workload(&self, spec: Workload) -> anyhow::Result<()> {
         self.shared.lock().add_workload(spec)
