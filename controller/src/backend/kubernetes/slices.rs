@@ -42,9 +42,7 @@ impl Slices {
     /// notified on every change.
     pub fn watch(client: Client, namespace: &str, service: &str, changed: Arc<Notify>) -> Self {
         let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
-        let config = watcher::Config::default()
-            .labels(&format!("{SERVICE_LABEL}={service}"))
-            .any_semantic();
+        let config = watcher::Config::default().labels(&format!("{SERVICE_LABEL}={service}"));
         let (store, writer) = reflector::store();
         let name = service.to_string();
         let stream = reflector::reflector(writer, watcher(api, config))

@@ -1,0 +1,313 @@
+//! The kubernetes backend end to end, against a fake API server.
+//!
+//! No Kubernetes API server can run on the test machines, so each test
+//! starts `rouse-kubefake`: real HTTP on 127.0.0.1, spoken to by the real
+//! controller's kube-rs client through a kubeconfig (`KUBECONFIG`), with a
+//! small kubelet that runs every pod as a real rouse-echo process on its own
+//! loopback address and writes the Service's EndpointSlice. What the fake
+//! does not model: authentication and RBAC, admission, scheduling and
+//! nodes, ReplicaSet objects (the Deployment's pods are managed directly,
+//! picked for removal by the ReplicaSet's ranking: not ready first, then
+//! the lowest deletion cost, then the newest), more than one slice per
+//! Service, and the API server's pagination.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rouse_e2e::http::{self, ServiceStatus};
+use rouse_e2e::{assert_stays, load, poll_until, Cluster, ClusterBuilder, Service};
+use rouse_kubefake::{FakeCluster, Kind, RecordedRequest, Workload};
+
+/// The cost rouse gives the pod it drained (the lowest there is).
+const DRAINED_COST: i32 = i32::MIN;
+
+/// A fake cluster with `workload`, and rouse in front of it with `service`.
+struct Kube {
+    fake: FakeCluster,
+    cluster: Cluster,
+}
+
+async fn start(
+    workload: Workload,
+    service: Service,
+    tweak: impl FnOnce(ClusterBuilder) -> ClusterBuilder,
+) -> Kube {
+    let fake = FakeCluster::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    fake.add_workload(workload)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let kubeconfig = fake.kubeconfig().to_string_lossy().into_owned();
+    let builder = Cluster::builder()
+        .service(service)
+        .controller_env("KUBECONFIG", &kubeconfig);
+    let cluster = tweak(builder).start().await;
+    Kube { fake, cluster }
+}
+
+/// A rouse service for the Deployment `name` and its Service `name`.
+fn deployment(name: &str, host: &str) -> Service {
+    Service::new(name, host).kubernetes(&[("deployment", name), ("service", name)])
+}
+
+fn replicas(fake: &FakeCluster, name: &str) -> Option<i32> {
+    fake.replicas("default", &Kind::Deployment, name)
+}
+
+/// API calls other than the long-running watches, from `from` on.
+fn calls_since(fake: &FakeCluster, from: usize) -> Vec<RecordedRequest> {
+    fake.requests()
+        .into_iter()
+        .skip(from)
+        .filter(|r| !r.watch)
+        .collect()
+}
+
+fn describe(calls: &[RecordedRequest]) -> Vec<String> {
+    calls
+        .iter()
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect()
+}
+
+/// Criterion 1: a cold request patches /scale 0 → 1, the fake kubelet
+/// starts the pod, its EndpointSlice turns ready and the held request is
+/// answered by that pod with `x-rouse-cold-start: true`. Warm, rouse makes
+/// no API call at all (the slices are watched). Idle, it drains the pod,
+/// marks it with the lowest deletion cost and scales back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_request_scales_the_deployment_from_zero_and_back() {
+    const HOST: &str = "kecho.localhost";
+    let k = start(
+        Workload::echo("kecho"),
+        deployment("kecho", HOST).scale_to_zero_after("4s"),
+        |b| b,
+    )
+    .await;
+    assert_eq!(replicas(&k.fake, "kecho"), Some(0));
+    let before = k.fake.requests().len();
+    let resp = k.cluster.get(HOST, "/").await;
+    assert_eq!(resp.status, 200, "{resp}");
+    assert!(resp.cold_start(), "a held request says so: {resp}");
+    assert_eq!(replicas(&k.fake, "kecho"), Some(1));
+    let pods = k.fake.pods("default");
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert!(
+        resp.text().contains(&pods[0].name),
+        "answered by the pod the kubelet started ({}): {}",
+        pods[0].name,
+        resp.text()
+    );
+    let cold_calls = calls_since(&k.fake, before);
+    let cold = describe(&cold_calls);
+    assert!(
+        cold.iter()
+            .any(|c| c.starts_with("PATCH") && c.ends_with("/deployments/kecho/scale")),
+        "a cold start patches /scale: {cold:?}"
+    );
+    eprintln!("API calls for one cold start: {cold:?}");
+
+    // Warm: requests flow and the controller makes no API call.
+    let warm_from = k.fake.requests().len();
+    for _ in 0..5 {
+        k.cluster.get_ok(HOST, "/").await;
+    }
+    let fake = &k.fake;
+    assert_stays("no API call while warm", Duration::from_secs(2), || {
+        let calls = calls_since(fake, warm_from);
+        async move { calls.is_empty() }
+    })
+    .await;
+
+    k.cluster
+        .wait_until(
+            "the Deployment is back at 0 with no pod",
+            Duration::from_secs(60),
+            || async { replicas(&k.fake, "kecho") == Some(0) && k.fake.pods("default").is_empty() },
+        )
+        .await;
+    let deleted = k.fake.deleted_pods();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0].name, pods[0].name);
+    assert_eq!(deleted[0].deletion_cost, Some(DRAINED_COST), "{deleted:?}");
+    let status = k
+        .cluster
+        .wait_status("kecho", "0 desired", Duration::from_secs(10), |s| {
+            s.desired == 0
+        })
+        .await;
+    assert_eq!(status.raw["backend"], "kubernetes", "{:?}", status.raw);
+}
+
+/// Criterion 2: scale-down under continuous load loses no request, and
+/// every pod the cluster removed is one rouse drained and marked with the
+/// lowest deletion cost (none other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_under_load_removes_only_drained_pods_and_loses_nothing() {
+    const HOST: &str = "kdrain.localhost";
+    let k = start(
+        Workload::echo("kdrain"),
+        deployment("kdrain", HOST)
+            .max_replicas(4)
+            .target_concurrency(5)
+            .drain_timeout("20s")
+            .hold_timeout("60s")
+            .scaling("stable_window", "4s")
+            .scaling("panic_window", "2s")
+            .scaling("scale_down_step", "1s"),
+        |b| b,
+    )
+    .await;
+    let (client, addr) = (&k.cluster.client, k.cluster.proxy_addr(0));
+    let high = load::steady(client, addr, HOST, "/sleep/50", 40, Duration::from_secs(10)).await;
+    let peak = k.fake.pods("default").len();
+    let low = load::steady(client, addr, HOST, "/sleep/50", 4, Duration::from_secs(20)).await;
+    let after = k
+        .fake
+        .pods("default")
+        .iter()
+        .filter(|p| !p.terminating)
+        .count();
+    let failures = load::failures(&high) + load::failures(&low);
+    let deleted = k.fake.deleted_pods();
+    if failures > 0 || peak < 2 || after >= peak || deleted.is_empty() {
+        k.cluster
+            .fail(&format!(
+                "pods at peak {peak}, after {after}, deleted {deleted:?}; high load {high:?}, low load {low:?}"
+            ))
+            .await;
+    }
+    for pod in &deleted {
+        assert_eq!(
+            pod.deletion_cost,
+            Some(DRAINED_COST),
+            "the cluster removed a pod rouse had not drained: {pod:?}"
+        );
+    }
+    let marked_alive: Vec<_> = k
+        .fake
+        .pods("default")
+        .into_iter()
+        .filter(|p| p.deletion_cost == Some(DRAINED_COST) && !p.terminating)
+        .collect();
+    assert!(
+        marked_alive.is_empty(),
+        "drained pods left running: {marked_alive:?}"
+    );
+}
+
+/// `rouse_controller_leader` of the controller at `admin`, if it answers.
+async fn leader_gauge(admin: SocketAddr) -> Option<f64> {
+    let url = format!("http://{admin}/metrics");
+    let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("rouse_controller_leader "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Criterion 3: two controllers on a `coordination.k8s.io` Lease; the
+/// leader is SIGKILLed under warm traffic; the standby leads within 15 s,
+/// warm traffic never fails, and the Deployment is neither scaled twice
+/// nor left: the same single pod serves before, during and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_the_lease_from_a_killed_leader_and_nothing_is_doubled() {
+    const HOST: &str = "kha.localhost";
+    let mut k = start(
+        Workload::echo("kha"),
+        deployment("kha", HOST).scale_to_zero_after("300s"),
+        |b| {
+            b.controller_key(
+                "leader_election",
+                "{lease: kubernetes, duration: 4s, retry_period: 500ms}",
+            )
+            .standby_controllers(1)
+        },
+    )
+    .await;
+    let (_, standby_admin) = k.cluster.standby(0);
+    assert_eq!(leader_gauge(k.cluster.controller_admin()).await, Some(1.0));
+    assert_eq!(leader_gauge(standby_admin).await, Some(0.0));
+    let first_holder = k
+        .fake
+        .lease("default", "rouse-controller")
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
+        .expect("the leader wrote the Lease");
+    k.cluster.get_ok(HOST, "/").await;
+    let pods = k.fake.pods("default");
+    assert_eq!(pods.len(), 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (stop, proxy) = (Arc::clone(&stop), k.cluster.proxy_addr(0));
+        async move {
+            let client = http::client();
+            let (mut failures, mut sent) = (Vec::new(), 0);
+            while !stop.load(Ordering::SeqCst) && sent < 5_000 {
+                sent += 1;
+                match http::request(&client, reqwest::Method::GET, proxy, HOST, "/", None).await {
+                    Ok(resp) if resp.status == 200 => {}
+                    Ok(resp) => failures.push(resp.to_string()),
+                    Err(err) => failures.push(format!("{err:#}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (failures, sent)
+        }
+    });
+    let killed = Instant::now();
+    k.cluster.kill_controller().await;
+    poll_until("the standby leads", Duration::from_secs(15), || async {
+        (leader_gauge(standby_admin).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let took_over = killed.elapsed();
+    let status: ServiceStatus = poll_until(
+        "the new leader sees the pod ready",
+        Duration::from_secs(15),
+        || async {
+            let doc = http::services(standby_admin).await.ok()?;
+            ServiceStatus::find(&doc, "kha").filter(|s| s.ready == 1)
+        },
+    )
+    .await;
+    assert_eq!(status.desired, 1);
+    let holder = k
+        .fake
+        .lease("default", "rouse-controller")
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from));
+    assert_ne!(
+        holder.as_deref(),
+        Some(first_holder.as_str()),
+        "the Lease changed hands"
+    );
+    let fake = &k.fake;
+    assert_stays(
+        "one pod, the same, at replicas 1",
+        Duration::from_secs(3),
+        || {
+            let same = replicas(fake, "kha") == Some(1)
+                && fake
+                    .pods("default")
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect::<Vec<_>>()
+                    == [pods[0].name.clone()];
+            async move { same }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let (failures, sent) = traffic.await.expect("traffic task");
+    assert!(sent > 10, "too little traffic to judge: {sent}");
+    if !failures.is_empty() {
+        k.cluster
+            .fail(&format!(
+                "{} of {sent} warm requests failed in the hand-over ({took_over:?}): {:?}",
+                failures.len(),
+                &failures[..failures.len().min(5)]
+            ))
+            .await;
+    }
+}
