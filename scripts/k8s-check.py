@@ -62,6 +62,8 @@ def compat_copy(tree, workdir):
     """A copy of `tree` for kustomize 2 (Debian's kubectl 1.20), which only
     takes directories under `bases:`: the same objects, the old spelling."""
     copied = os.path.join(workdir, "compat")
+    if os.path.exists(copied):
+        return copied
     shutil.copytree(tree, copied)
     for root, _dirs, files in os.walk(copied):
         if "kustomization.yaml" not in files:
@@ -207,7 +209,9 @@ def check_config(objects, controller, workdir):
         f.write(text)
     out = subprocess.run([controller, "--config", path, "--check"], capture_output=True, text=True)
     if out.returncode != 0:
-        return [f"ConfigMap {name}: rouse.yaml: rouse-controller --check failed:\n{out.stderr}"], None
+        # Its lines are those of the file the ConfigMap was generated from.
+        report = out.stderr.replace(path, f"rouse.yaml (ConfigMap {name})").rstrip()
+        return [f"ConfigMap {name}: rouse-controller --check failed:\n{report}"], None
     config = yaml.safe_load(text) or {}
     problems = []
     admin = {
@@ -321,13 +325,15 @@ def main():
             kinds = sorted({o["kind"] for o in objects})
             if problems:
                 failed = True
-                print(f"{kustomization}: {len(problems)} problems:")
+                print(f"{kustomization}: {len(problems)} problem{'' if len(problems) == 1 else 's'}:")
                 for p in problems:
                     print(f"  {p}")
             else:
                 print(f"{kustomization}: ok: {len(objects)} objects ({', '.join(kinds)}), "
                       f"valid for Kubernetes {', '.join(args.versions)}, policy ok, rouse config ok")
-            if args.self_test:
+            # Breakages are told apart by their own problem: only on objects
+            # that pass.
+            if args.self_test and not problems:
                 print(f"{kustomization}: self-test (each breakage must be caught):")
                 if self_test(objects, args.versions, args.controller, workdir):
                     failed = True
