@@ -253,10 +253,12 @@ def first_container(objects, program):
     raise SystemExit(f"self-test: no container runs {program}")
 
 
-def set_config(objects, edit):
+def set_config(objects, section, key, value):
     for obj in objects:
         if obj.get("kind") == "ConfigMap" and "rouse.yaml" in obj.get("data", {}):
-            obj["data"]["rouse.yaml"] = edit(obj["data"]["rouse.yaml"])
+            config = yaml.safe_load(obj["data"]["rouse.yaml"])
+            config.setdefault(section, {})[key] = value
+            obj["data"]["rouse.yaml"] = yaml.safe_dump(config)
 
 
 BREAKAGES = [
@@ -279,9 +281,9 @@ BREAKAGES = [
     ("a writable root filesystem", "readOnlyRootFilesystem is not true",
      lambda o: first_container(o, "rouse-proxy")["securityContext"].pop("readOnlyRootFilesystem")),
     ("an unknown rouse config key", "rouse-controller --check failed",
-     lambda o: set_config(o, lambda t: t.replace("proxy:\n", "proxy:\n  listen_on: 1\n", 1))),
+     lambda o: set_config(o, "proxy", "listen_on", "0.0.0.0:8080")),
     ("a loopback admin port", "is loopback",
-     lambda o: set_config(o, lambda t: t.replace("admin_listen: 0.0.0.0:9090", "admin_listen: 127.0.0.1:9090"))),
+     lambda o: set_config(o, "proxy", "admin_listen", "127.0.0.1:9090")),
     ("a probe on the wrong port", "but admin_listen is",
      lambda o: first_container(o, "rouse-proxy")["livenessProbe"]["httpGet"].update(port=9999)),
 ]
