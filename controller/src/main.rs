@@ -141,7 +141,8 @@ fn run_import(args: &ImportArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Every HTTPScaledObject the API server has, in `namespace` or in all.
-/// Untested here (no API server in the tests); the objects it returns go
+/// No test runs it (there is no API server in the tests; it was tried by
+/// hand against a stub of the list endpoint); the objects it returns go
 /// through the same mapping as files do.
 fn list_cluster(namespace: Option<&str>) -> anyhow::Result<Vec<serde_json::Value>> {
     use kube::api::ListParams;
@@ -152,18 +153,19 @@ fn list_cluster(namespace: Option<&str>) -> anyhow::Result<Vec<serde_json::Value
         .build()
         .context("starting a runtime")?;
     runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to the Kubernetes API (KUBECONFIG, or in a cluster)")?;
+        // kube's errors already name their causes: `{err}`, not the chain.
+        let client = kube::Client::try_default().await.map_err(|err| {
+            anyhow::anyhow!("connecting to the Kubernetes API (KUBECONFIG, or in a cluster): {err}")
+        })?;
         let gvk = GroupVersionKind::gvk(import::GROUP, import::VERSION, import::KIND);
         let resource = ApiResource::from_gvk_with_plural(&gvk, import::PLURAL);
         let api: kube::Api<DynamicObject> = match namespace {
             Some(ns) => kube::Api::namespaced_with(client, ns, &resource),
             None => kube::Api::all_with(client, &resource),
         };
-        let list = api.list(&ListParams::default()).await.with_context(|| {
-            format!(
-                "listing {}.{} (is the add-on's CRD installed, and may this user list them?)",
+        let list = api.list(&ListParams::default()).await.map_err(|err| {
+            anyhow::anyhow!(
+                "listing {}.{} (is the add-on's CRD installed, and may this user list them?): {err}",
                 import::PLURAL,
                 import::GROUP
             )
