@@ -518,12 +518,12 @@ impl<'a> Fields<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    /// Every key not read: `(path, value)`.
-    fn unread(&self) -> Vec<(String, &'a Value)> {
+    /// The path of every key not read.
+    fn unread(&self) -> Vec<String> {
         self.map
-            .iter()
-            .filter(|(k, _)| !self.read.contains(k.as_str()))
-            .map(|(k, v)| (self.at(k), v))
+            .keys()
+            .filter(|k| !self.read.contains(k.as_str()))
+            .map(|k| self.at(k))
             .collect()
     }
 }
@@ -552,7 +552,7 @@ impl Context<'_> {
     }
 
     fn unknown(&mut self, fields: &Fields<'_>) {
-        for (path, _) in fields.unread() {
+        for path in fields.unread() {
             self.warn(path, "not a field this import knows; ignored");
         }
     }
@@ -745,16 +745,16 @@ fn map_spec(
         }
         cx.unknown(&r);
     }
-    let metric = fields.take("scalingMetric");
-    if let Some(metric) = metric {
-        scaling_metric(cx, metric, &mut scaling)?;
-    }
+    let has_metric = match fields.take("scalingMetric") {
+        Some(metric) => scaling_metric(cx, metric, &mut scaling)?,
+        None => false,
+    };
     if let Some(pending) = fields.take("targetPendingRequests") {
         let pending = cx.count("spec.targetPendingRequests", pending)?;
-        if metric.is_some() {
+        if has_metric {
             cx.warn(
                 "spec.targetPendingRequests",
-                "ignored, as by the add-on: `spec.scalingMetric` is set",
+                "ignored, as by the add-on: `spec.scalingMetric` sets the target",
             );
         } else {
             scaling.target_concurrency = Some(f64::from(pending));
@@ -978,12 +978,13 @@ fn scale_target(
 }
 
 /// `spec.scalingMetric` → `target_concurrency`, `target_rps` and the
-/// window they are averaged over.
+/// window they are averaged over. Whether it sets a target: an empty one
+/// leaves `targetPendingRequests` in force, in the add-on too.
 fn scaling_metric(
     cx: &mut Context<'_>,
     value: &Value,
     scaling: &mut Scaling,
-) -> Result<(), ImportError> {
+) -> Result<bool, ImportError> {
     let at = "spec.scalingMetric";
     let map = cx.map(at, value)?;
     let mut fields = Fields::new(at, map);
@@ -1041,7 +1042,7 @@ fn scaling_metric(
         );
     }
     cx.unknown(&fields);
-    Ok(())
+    Ok(concurrency.is_some() || rate.is_some())
 }
 
 /// `spec.coldStartTimeoutFailoverRef`: rouse has nowhere else to send a

@@ -474,6 +474,20 @@ fn objects_that_break_the_addons_schema_are_errors() {
 }
 
 #[test]
+fn an_empty_scaling_metric_leaves_target_pending_requests_in_force() {
+    let text = "kind: HTTPScaledObject\napiVersion: http.keda.sh/v1alpha1\nmetadata: {name: a}\n\
+        spec:\n  scaleTargetRef: {name: a, service: a, port: 80}\n  scalingMetric: {}\n  \
+        targetPendingRequests: 7\n";
+    let objects = import::parse_documents(text).expect("yaml");
+    let import = import::import(&objects, &Options::default()).expect("import");
+    assert_eq!(
+        import.services[0].service.scaling.target_concurrency,
+        Some(7.0)
+    );
+    assert!(import.warnings.is_empty(), "{:#?}", import.warnings);
+}
+
+#[test]
 fn both_metrics_are_imported_with_a_warning() {
     let text =
         "kind: HTTPScaledObject\napiVersion: http.keda.sh/v1alpha1\nmetadata: {name: both}\n\
