@@ -348,6 +348,25 @@ fn lists_from_kubectl_are_opened() {
 }
 
 #[test]
+fn typed_lists_are_opened_too() {
+    // What `kubectl get httpso -o yaml` prints for one namespace's objects
+    // when asked by kind: an HTTPScaledObjectList, itself in a List.
+    let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: http.keda.sh/v1alpha1\n  \
+        kind: HTTPScaledObjectList\n  items:\n  - apiVersion: http.keda.sh/v1alpha1\n    \
+        kind: HTTPScaledObject\n    metadata: {name: inner, namespace: n}\n    \
+        spec: {scaleTargetRef: {name: a, service: a, port: 80}}\n";
+    let objects = import::parse_documents(text).expect("yaml");
+    let import = import::import(&objects, &Options::default()).expect("import");
+    assert_eq!(import.services.len(), 1);
+    assert_eq!(import.services[0].object, "n/inner");
+    let broken = import::parse_documents("kind: HTTPScaledObjectList\nitems: 3\n").expect("yaml");
+    assert!(matches!(
+        import::import(&broken, &Options::default()),
+        Err(ImportError::Invalid { ref field, .. }) if field == "items"
+    ));
+}
+
+#[test]
 fn routes_rouse_cannot_tell_apart_are_refused_naming_the_object() {
     let import = import_fixture("conflict.yaml", &Options::default());
     let problems = import.check().expect_err("the same host and path twice");
