@@ -13,10 +13,14 @@
 //! [`run`] assembles them into the running controller; with
 //! `controller.leader_election`, only the controller that holds the
 //! [`leader`] lease runs the loops.
+//!
+//! Beside it, [`import`] turns the KEDA HTTP add-on's HTTPScaledObjects into
+//! rouse services (`rouse-controller import`).
 
 mod admin;
 pub mod autoscaler;
 mod backend;
+pub mod import;
 mod intake;
 mod keda;
 mod leader;

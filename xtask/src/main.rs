@@ -38,6 +38,11 @@ const TASKS: &[Task] = &[
         commands: &[&["docker-compose", "-f", "deploy/compose/compose.yaml"]],
     },
     Task {
+        name: "k8s-check",
+        help: "the Kubernetes manifests (deploy/k8s), offline: rendered, validated strictly, pod policy, the rouse config (scripts/k8s-check)",
+        commands: &[&["scripts/k8s-check"]],
+    },
+    Task {
         name: "lint",
         help: "cargo fmt --check and cargo clippy -D warnings over the workspace",
         commands: &[
