@@ -61,6 +61,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Services given as YAML `services:` items.
+    pub fn raw_services(mut self, yaml: &str) -> Self {
+        self.stack = self.stack.raw_services(yaml);
+        self
+    }
+
     /// A `controller:` key (value in YAML).
     pub fn controller_key(mut self, key: &str, value: &str) -> Self {
         self.stack = self.stack.controller_key(key, value);

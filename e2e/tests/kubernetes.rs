@@ -311,3 +311,170 @@ async fn a_standby_takes_the_lease_from_a_killed_leader_and_nothing_is_doubled()
             .await;
     }
 }
+
+/// Criterion 5: an HTTPScaledObject shaped like the add-on's own example
+/// (hosts, pathPrefixes, scaleTargetRef with a Service port in front of
+/// the pods', replicas, a concurrency target, scaledownPeriod), read from
+/// the cluster by `rouse-controller import --cluster`, becomes a rouse
+/// service that routes by its host and scales its Deployment as its fields
+/// say: up from zero on a request, past one replica under concurrency
+/// above the target, and back to zero after the scaledown period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_httpscaledobject_routes_and_scales_as_its_fields_say() {
+    const HOST: &str = "hso.localhost";
+    let fake = FakeCluster::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut workload = Workload::echo("hso-web");
+    workload.service = "hso-svc".into();
+    fake.add_workload(workload)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let object = serde_json::json!({
+        "apiVersion": "http.keda.sh/v1alpha1",
+        "kind": "HTTPScaledObject",
+        "metadata": {"name": "hso", "namespace": "default"},
+        "spec": {
+            "hosts": [HOST],
+            "pathPrefixes": ["/"],
+            "scaleTargetRef": {
+                "name": "hso-web", "kind": "Deployment", "apiVersion": "apps/v1",
+                "service": "hso-svc", "port": 8080
+            },
+            "replicas": {"min": 0, "max": 3},
+            "scaledownPeriod": 6,
+            "scalingMetric": {"concurrency": {"targetValue": 2}}
+        }
+    });
+    fake.put_object(
+        "http.keda.sh/v1alpha1",
+        "httpscaledobjects",
+        Some("default"),
+        object,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let kubeconfig = fake.kubeconfig().to_string_lossy().into_owned();
+    let out = std::process::Command::new(rouse_e2e::bin("rouse-controller"))
+        .args(["import", "--cluster"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("run rouse-controller import");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "import failed: {stderr}");
+    for expected in [
+        "name: hso",
+        HOST,
+        "deployment: hso-web",
+        "service: hso-svc",
+        "max_replicas: 3",
+        "target_concurrency: 2",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing from:\n{stdout}"
+        );
+    }
+    let items = stdout
+        .split_once("services:\n")
+        .map(|(_, items)| items.to_string())
+        .unwrap_or_else(|| panic!("no services list in:\n{stdout}"));
+
+    let cluster = Cluster::builder()
+        .raw_services(&items)
+        .controller_env("KUBECONFIG", &kubeconfig)
+        .start()
+        .await;
+    let resp = cluster.get(HOST, "/").await;
+    assert_eq!(resp.status, 200, "{resp}");
+    assert!(resp.cold_start(), "{resp}");
+    assert_eq!(replicas(&fake, "hso-web"), Some(1));
+    // Eight requests in flight at a target of 2 per replica: more pods, at
+    // most `replicas.max`.
+    let (client, addr) = (&cluster.client, cluster.proxy_addr(0));
+    let statuses = load::steady(client, addr, HOST, "/sleep/300", 8, Duration::from_secs(6)).await;
+    assert_eq!(load::failures(&statuses), 0, "{statuses:?}");
+    // Scale-down waits for the stable window (60 s), so the count the
+    // load asked for is still there.
+    let scaled = replicas(&fake, "hso-web");
+    assert!(
+        scaled.is_some_and(|n| (2..=3).contains(&n)),
+        "between 2 and replicas.max (3) under load: {scaled:?}"
+    );
+    cluster
+        .wait_until(
+            "back to zero after the scaledown period",
+            Duration::from_secs(90),
+            || async { replicas(&fake, "hso-web") == Some(0) && fake.pods("default").is_empty() },
+        )
+        .await;
+}
+
+/// `scaling.driver: keda`: KEDA (played by the test, through the gRPC API
+/// and the Deployment's replicas, as its HPA would) sets the count. A held
+/// request is pushed as active at once; rouse never patches `/scale`; when
+/// "KEDA" scales to one, the held request is answered by the new pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_keda_driver_rouse_holds_and_follows_but_never_scales() {
+    const HOST: &str = "kkeda.localhost";
+    let k = start(
+        Workload::echo("kkeda"),
+        deployment("kkeda", HOST)
+            .scaling("driver", "keda")
+            .scale_to_zero_after("300s"),
+        |b| b.keda(),
+    )
+    .await;
+    let addr = k.cluster.keda_addr().expect("keda_listen is set");
+    let mut client = rouse_e2e::keda::connect(addr)
+        .await
+        .expect("connect to keda_listen");
+    let object = rouse_e2e::keda::scaled_object("kkeda", "kkeda");
+    let mut stream = client
+        .stream_is_active(object)
+        .await
+        .expect("StreamIsActive")
+        .into_inner();
+    assert!(!next_active(&mut stream).await, "at zero: inactive");
+    let proxy = k.cluster.proxy_addr(0);
+    let request = tokio::spawn(async move { http::get(proxy, HOST, "/").await });
+    assert!(
+        next_active(&mut stream).await,
+        "the held request is pushed as active"
+    );
+    assert!(
+        !request.is_finished(),
+        "still held: KEDA has not scaled yet"
+    );
+    assert_eq!(
+        replicas(&k.fake, "kkeda"),
+        Some(0),
+        "rouse must not scale under KEDA"
+    );
+    // KEDA's answer to the push: the HPA sets the Deployment to 1.
+    k.fake
+        .set_replicas("default", &Kind::Deployment, "kkeda", 1)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let resp = request.await.expect("request task");
+    assert_eq!(resp.status, 200, "{resp}");
+    assert!(resp.cold_start(), "{resp}");
+    let patches: Vec<String> = describe(&k.fake.requests())
+        .into_iter()
+        .filter(|c| c.starts_with("PATCH") || c.starts_with("PUT"))
+        .collect();
+    assert!(
+        patches.is_empty(),
+        "rouse wrote to the cluster under KEDA: {patches:?}"
+    );
+}
+
+/// The next StreamIsActive answer, within a generous bound.
+async fn next_active(stream: &mut tonic::Streaming<rouse_e2e::keda::IsActiveResponse>) -> bool {
+    tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("an answer in time")
+        .expect("a healthy stream")
+        .expect("an open stream")
+        .result
+}

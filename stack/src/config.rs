@@ -276,6 +276,9 @@ pub struct Config {
     /// Put into every service's env as `ROUSE_E2E_MARKER`.
     pub marker: String,
     pub services: Vec<Service>,
+    /// More `services:` items as YAML text (each `  - name: ...`), e.g.
+    /// what `rouse-controller import` wrote.
+    pub raw_services: String,
     /// Where the services' default command finds rouse-echo.
     pub bins: Bins,
 }
@@ -296,6 +299,7 @@ impl Config {
             state_dir: state_dir.to_path_buf(),
             marker: marker.to_string(),
             services: Vec::new(),
+            raw_services: String::new(),
             bins: Bins::default(),
         }
     }
@@ -331,12 +335,16 @@ impl Config {
         if let Some(keda) = self.keda_listen {
             let _ = writeln!(out, "  keda_listen: {}", q(&keda.to_string()));
         }
-        if self.services.is_empty() {
+        if self.services.is_empty() && self.raw_services.trim().is_empty() {
             out.push_str("services: []\n");
         } else {
             out.push_str("services:\n");
             for service in &self.services {
                 service.write_yaml(&mut out, &self.marker, &self.bins);
+            }
+            out.push_str(&self.raw_services);
+            if !out.ends_with('\n') {
+                out.push('\n');
             }
         }
         out

@@ -151,6 +151,12 @@ impl StackBuilder {
         self
     }
 
+    /// Services given as YAML `services:` items (see `Config::raw_services`).
+    pub fn raw_services(mut self, yaml: &str) -> Self {
+        self.config.raw_services.push_str(yaml);
+        self
+    }
+
     /// A `controller:` key (value in YAML), e.g. `leader_election`.
     pub fn controller_key(mut self, key: &str, value: &str) -> Self {
         self.config
