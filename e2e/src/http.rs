@@ -181,6 +181,16 @@ impl ServiceStatus {
     }
 }
 
+/// `rouse_controller_leader` of the controller at `admin` (1 leading, 0
+/// standing by), if it answers.
+pub async fn controller_leader(admin: SocketAddr) -> Option<f64> {
+    let url = format!("http://{admin}/metrics");
+    let text = client().get(&url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("rouse_controller_leader "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,3 +166,29 @@ pub async fn served(client: &reqwest::Client, status: &ServiceStatus) -> anyhow:
     }
     Ok(served)
 }
+
+/// Warm GETs of `path`, one after another every 20 ms, until `stop` (at
+/// most 5,000): the answers that were not 200, and how many were sent.
+/// For "traffic never noticed" claims across a hand-over or a restart.
+pub fn sequential_until(
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    let (host, path) = (host.to_string(), path.to_string());
+    tokio::spawn(async move {
+        let client = crate::http::client();
+        let (mut failures, mut sent) = (Vec::new(), 0);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) && sent < 5_000 {
+            sent += 1;
+            match request(&client, Method::GET, proxy, &host, &path, None).await {
+                Ok(resp) if resp.status == 200 => {}
+                Ok(resp) => failures.push(format!("request {sent}: {resp}")),
+                Err(err) => failures.push(format!("request {sent}: {err:#}")),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (failures, sent)
+    })
+}

@@ -11,7 +11,6 @@
 //! the lowest deletion cost, then the newest), more than one slice per
 //! Service, and the API server's pagination.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,15 +197,6 @@ async fn scale_down_under_load_removes_only_drained_pods_and_loses_nothing() {
     );
 }
 
-/// `rouse_controller_leader` of the controller at `admin`, if it answers.
-async fn leader_gauge(admin: SocketAddr) -> Option<f64> {
-    let url = format!("http://{admin}/metrics");
-    let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("rouse_controller_leader "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Criterion 3: two controllers on a `coordination.k8s.io` Lease; the
 /// leader is SIGKILLed under warm traffic; the standby leads within 15 s,
 /// warm traffic never fails, and the Deployment is neither scaled twice
@@ -227,8 +217,11 @@ async fn a_standby_takes_the_lease_from_a_killed_leader_and_nothing_is_doubled()
     )
     .await;
     let (_, standby_admin) = k.cluster.standby(0);
-    assert_eq!(leader_gauge(k.cluster.controller_admin()).await, Some(1.0));
-    assert_eq!(leader_gauge(standby_admin).await, Some(0.0));
+    assert_eq!(
+        http::controller_leader(k.cluster.controller_admin()).await,
+        Some(1.0)
+    );
+    assert_eq!(http::controller_leader(standby_admin).await, Some(0.0));
     let first_holder = k
         .fake
         .lease("default", "rouse-controller")
@@ -239,27 +232,11 @@ async fn a_standby_takes_the_lease_from_a_killed_leader_and_nothing_is_doubled()
     assert_eq!(pods.len(), 1);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = tokio::spawn({
-        let (stop, proxy) = (Arc::clone(&stop), k.cluster.proxy_addr(0));
-        async move {
-            let client = http::client();
-            let (mut failures, mut sent) = (Vec::new(), 0);
-            while !stop.load(Ordering::SeqCst) && sent < 5_000 {
-                sent += 1;
-                match http::request(&client, reqwest::Method::GET, proxy, HOST, "/", None).await {
-                    Ok(resp) if resp.status == 200 => {}
-                    Ok(resp) => failures.push(resp.to_string()),
-                    Err(err) => failures.push(format!("{err:#}")),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (failures, sent)
-        }
-    });
+    let traffic = load::sequential_until(k.cluster.proxy_addr(0), HOST, "/", Arc::clone(&stop));
     let killed = Instant::now();
     k.cluster.kill_controller().await;
     poll_until("the standby leads", Duration::from_secs(15), || async {
-        (leader_gauge(standby_admin).await == Some(1.0)).then_some(())
+        (http::controller_leader(standby_admin).await == Some(1.0)).then_some(())
     })
     .await;
     let took_over = killed.elapsed();

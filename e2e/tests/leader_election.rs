@@ -9,45 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rouse_e2e::http::{self, ServiceStatus};
-use rouse_e2e::{assert_stays, poll_until, Cluster, Service};
+use rouse_e2e::{assert_stays, load, poll_until, Cluster, Service};
 
 const HOST: &str = "ha.localhost";
-
-/// `rouse_controller_leader` of the controller at `admin`, if it answers.
-async fn leader_gauge(admin: SocketAddr) -> Option<f64> {
-    let url = format!("http://{admin}/metrics");
-    let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("rouse_controller_leader "))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 async fn status_at(admin: SocketAddr, name: &str) -> Option<ServiceStatus> {
     let doc = http::services(admin).await.ok()?;
     ServiceStatus::find(&doc, name)
-}
-
-/// Warm GETs one after another until `stop`; the non-200 answers, and how
-/// many were sent. Bounded: at most 5,000 requests.
-fn warm_traffic(
-    proxy: SocketAddr,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
-    tokio::spawn(async move {
-        let client = http::client();
-        let mut failures = Vec::new();
-        let mut sent = 0;
-        while !stop.load(Ordering::SeqCst) && sent < 5_000 {
-            sent += 1;
-            match http::request(&client, reqwest::Method::GET, proxy, HOST, "/", None).await {
-                Ok(resp) if resp.status == 200 => {}
-                Ok(resp) => failures.push(format!("request {sent}: {resp}")),
-                Err(err) => failures.push(format!("request {sent}: {err:#}")),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (failures, sent)
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,12 +39,12 @@ async fn a_standby_takes_over_from_a_killed_leader_without_doubling_replicas() {
     let (_, standby_admin) = cluster.standby(0);
 
     assert_eq!(
-        leader_gauge(leader_admin).await,
+        http::controller_leader(leader_admin).await,
         Some(1.0),
         "the first controller leads"
     );
     assert_eq!(
-        leader_gauge(standby_admin).await,
+        http::controller_leader(standby_admin).await,
         Some(0.0),
         "the second stands by"
     );
@@ -94,11 +62,11 @@ async fn a_standby_takes_over_from_a_killed_leader_without_doubling_replicas() {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = warm_traffic(cluster.proxy_addr(0), Arc::clone(&stop));
+    let traffic = load::sequential_until(cluster.proxy_addr(0), HOST, "/", Arc::clone(&stop));
     let killed = Instant::now();
     cluster.kill_controller().await;
     poll_until("the standby leads", Duration::from_secs(15), || async {
-        (leader_gauge(standby_admin).await == Some(1.0)).then_some(())
+        (http::controller_leader(standby_admin).await == Some(1.0)).then_some(())
     })
     .await;
     let took_over = killed.elapsed();
@@ -156,13 +124,13 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
         .start()
         .await;
     let (_, standby_admin) = cluster.standby(0);
-    assert_eq!(leader_gauge(standby_admin).await, Some(0.0));
+    assert_eq!(http::controller_leader(standby_admin).await, Some(0.0));
     let status = cluster.stop_controller(Duration::from_secs(30)).await;
     assert!(status.success(), "the leader exits 0 on SIGTERM: {status}");
     poll_until(
         "the standby leads long before the 60 s lease ran out",
         Duration::from_secs(20),
-        || async { (leader_gauge(standby_admin).await == Some(1.0)).then_some(()) },
+        || async { (http::controller_leader(standby_admin).await == Some(1.0)).then_some(()) },
     )
     .await;
     // It serves: a cold request is scaled up by the new leader.
