@@ -145,10 +145,30 @@ async fn a_cold_request_scales_the_deployment_from_zero_and_back() {
 /// lowest deletion cost (none other).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_down_under_load_removes_only_drained_pods_and_loses_nothing() {
-    const HOST: &str = "kdrain.localhost";
+    scale_down_under_load("kdrain", Kind::Deployment).await;
+}
+
+/// The same on a StatefulSet, which ignores deletion cost and removes its
+/// highest ordinal: rouse must drain exactly that pod (a pod removed that
+/// rouse had not drained and marked fails the story).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_scales_down_from_its_highest_ordinal_losing_nothing() {
+    scale_down_under_load("ksts", Kind::StatefulSet).await;
+}
+
+async fn scale_down_under_load(name: &str, kind: Kind) {
+    let host = format!("{name}.localhost");
+    let host = host.as_str();
+    let mut workload = Workload::echo(name);
+    workload.kind = kind.clone();
+    let target = match kind {
+        Kind::StatefulSet => format!("{{kind: StatefulSet, name: {name}}}"),
+        _ => format!("{{kind: Deployment, name: {name}}}"),
+    };
     let k = start(
-        Workload::echo("kdrain"),
-        deployment("kdrain", HOST)
+        workload,
+        Service::new(name, host)
+            .kubernetes(&[("target", target.as_str()), ("service", name)])
             .max_replicas(4)
             .target_concurrency(5)
             .drain_timeout("20s")
@@ -160,9 +180,9 @@ async fn scale_down_under_load_removes_only_drained_pods_and_loses_nothing() {
     )
     .await;
     let (client, addr) = (&k.cluster.client, k.cluster.proxy_addr(0));
-    let high = load::steady(client, addr, HOST, "/sleep/50", 40, Duration::from_secs(10)).await;
+    let high = load::steady(client, addr, host, "/sleep/50", 40, Duration::from_secs(10)).await;
     let peak = k.fake.pods("default").len();
-    let low = load::steady(client, addr, HOST, "/sleep/50", 4, Duration::from_secs(20)).await;
+    let low = load::steady(client, addr, host, "/sleep/50", 4, Duration::from_secs(20)).await;
     let after = k
         .fake
         .pods("default")
