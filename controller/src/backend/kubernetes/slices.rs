@@ -5,14 +5,19 @@
 //! the proxies at once. Reading the replicas is then a pure function of the
 //! cached slices, tested without a cluster.
 //!
+//! A watch that keeps failing (the API server gone) leaves the last state
+//! in place, which keeps routing as it was; after [`STALE_AFTER`] of
+//! failures, listing is an error, so the operator sees it in `last_error`
+//! and `rouse_backend_errors_total`.
+//!
 //! Conditions, as Kubernetes defines them: `ready` unset means ready;
 //! `terminating` pods are left out altogether (the cluster is removing them:
 //! no new requests, and nothing for rouse to stop), whatever `serving` says.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
@@ -30,10 +35,17 @@ const SERVICE_LABEL: &str = "kubernetes.io/service-name";
 /// How long `list` waits for the first complete list of slices.
 const FIRST_LIST_WAIT: Duration = Duration::from_secs(5);
 
+/// A watch failing without a break this long makes listing an error.
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// Since when the watch has been failing, and its latest error.
+type Failing = Arc<Mutex<Option<(Instant, String)>>>;
+
 /// The cached slices of one Service, kept current by a background watch.
 pub struct Slices {
     store: Store<EndpointSlice>,
     service: String,
+    failing: Failing,
     watch: tokio::task::JoinHandle<()>,
 }
 
@@ -45,17 +57,25 @@ impl Slices {
         let config = watcher::Config::default().labels(&format!("{SERVICE_LABEL}={service}"));
         let (store, writer) = reflector::store();
         let name = service.to_string();
-        let stream = reflector::reflector(writer, watcher(api, config))
-            .default_backoff()
-            .touched_objects();
-        let watch = tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(_) => changed.notify_one(),
-                    // The watcher relists and backs off by itself.
-                    Err(err) => {
-                        tracing::warn!(service = %name, error = %err, "watching EndpointSlices")
+        let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+        let failing = Failing::default();
+        let watch = tokio::spawn({
+            let failing = Arc::clone(&failing);
+            async move {
+                futures::pin_mut!(stream);
+                while let Some(event) = stream.next().await {
+                    let mut state = failing.lock().unwrap_or_else(|p| p.into_inner());
+                    match event {
+                        Ok(_) => {
+                            *state = None;
+                            changed.notify_one();
+                        }
+                        // The watcher relists and backs off by itself.
+                        Err(err) => {
+                            tracing::warn!(service = %name, error = %err, "watching EndpointSlices");
+                            let since = state.as_ref().map_or_else(crate::reconcile::now, |f| f.0);
+                            *state = Some((since, err.to_string()));
+                        }
                     }
                 }
             }
@@ -63,6 +83,7 @@ impl Slices {
         Self {
             store,
             service: service.to_string(),
+            failing,
             watch,
         }
     }
@@ -78,8 +99,31 @@ impl Slices {
                 message: "no complete list from the API server yet".into(),
             });
         }
+        let failing = self
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(message) = stale(failing.as_ref(), crate::reconcile::now()) {
+            return Err(BackendError::Engine {
+                what: format!("watching EndpointSlices of service `{}`", self.service),
+                message,
+            });
+        }
         Ok(replicas_of(&self.store.state(), port))
     }
+}
+
+/// Whether a watch failing since `failing` counts as broken at `now`.
+fn stale(failing: Option<&(Instant, String)>, now: Instant) -> Option<String> {
+    let (since, error) = failing?;
+    let for_how_long = now.saturating_duration_since(*since);
+    (for_how_long >= STALE_AFTER).then(|| {
+        format!(
+            "failing for {}s, serving the last state seen: {error}",
+            for_how_long.as_secs()
+        )
+    })
 }
 
 impl Drop for Slices {
@@ -193,6 +237,19 @@ mod tests {
             ),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn a_watch_is_broken_only_after_failing_for_stale_after() {
+        let t0 = Instant::now();
+        let failing = (t0, "connection refused".to_string());
+        assert_eq!(stale(None, t0 + STALE_AFTER * 10), None);
+        assert_eq!(stale(Some(&failing), t0 + STALE_AFTER / 2), None);
+        let message = stale(Some(&failing), t0 + STALE_AFTER).expect("stale");
+        assert!(
+            message.contains("connection refused") && message.contains("30s"),
+            "{message}"
+        );
     }
 
     #[test]
