@@ -26,6 +26,8 @@
 //!   window of reports;
 //! - always within `min_replicas` and `max_replicas`.
 
+pub mod behavior;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
