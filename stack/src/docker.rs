@@ -51,6 +51,10 @@ pub struct DockerEngine {
     socket: PathBuf,
     /// Its temp dir (data root, exec root, socket, log): removed on drop.
     dir: tempfile::TempDir,
+    /// `10.N.`: the start of the engine's address pool, whose bridges are
+    /// deleted on drop (a killed dockerd leaves them in the kernel, and
+    /// enough of them exhaust the pools later engines can take).
+    pool_prefix: Option<String>,
 }
 
 impl DockerEngine {
@@ -87,7 +91,13 @@ impl DockerEngine {
             &Default::default(),
             &dir.path().join("dockerd.log"),
         )?;
-        let mut engine = DockerEngine { proc, socket, dir };
+        let pool_prefix = pool.split_inclusive('.').take(2).collect::<String>();
+        let mut engine = DockerEngine {
+            proc,
+            socket,
+            dir,
+            pool_prefix: Some(pool_prefix),
+        };
         engine.wait_ready().await?;
         Ok(engine)
     }
@@ -134,7 +144,12 @@ impl DockerEngine {
             &env,
             &dir.path().join("podman.log"),
         )?;
-        let mut engine = DockerEngine { proc, socket, dir };
+        let mut engine = DockerEngine {
+            proc,
+            socket,
+            dir,
+            pool_prefix: None,
+        };
         engine.wait_ready().await?;
         Ok(engine)
     }
@@ -288,6 +303,8 @@ impl DockerEngine {
                 let _ = self.cli(&args);
             }
         }
+        // Its networks' bridges live in the kernel, beyond the engine.
+        let _ = self.cli(&["network", "prune", "-f"]);
     }
 }
 
@@ -311,6 +328,26 @@ impl Drop for DockerEngine {
         // Mounts the engine leaves (podman's storage, a network namespace
         // of a killed dockerd) would keep the temp dir from being removed.
         unmount_below(self.dir.path());
+        if let Some(prefix) = &self.pool_prefix {
+            delete_bridges(prefix);
+        }
+    }
+}
+
+/// Deletes the bridge interfaces routing addresses that start with
+/// `prefix` (`10.N.`): those of this engine's networks.
+fn delete_bridges(prefix: &str) {
+    let routes = Command::new("ip")
+        .args(["-4", "-o", "route"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for line in routes.lines().filter(|l| l.starts_with(prefix)) {
+        let mut words = line.split_whitespace();
+        let device = words.by_ref().skip_while(|w| *w != "dev").nth(1);
+        if let Some(device) = device.filter(|d| d.starts_with("br-")) {
+            let _ = Command::new("ip").args(["link", "delete", device]).status();
+        }
     }
 }
 
