@@ -164,10 +164,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         loops.push(tokio::spawn(service_loop.run()));
     }
 
-    match election {
-        Some(mut election) => tokio::select! {
+    let mut election = election;
+    match election.as_mut() {
+        Some(election) => tokio::select! {
             _ = process::terminated() => {}
-            ended = &mut election => {
+            ended = election => {
                 // Another controller may act now: stop at once, touching
                 // nothing, and let the supervisor restart this one.
                 metrics.leader.set(0);
@@ -184,9 +185,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("replicas did not stop in time; exiting anyway");
     }
-    if let Some(stop_leading) = stop_leading {
-        // Only now: the loops have stopped acting.
+    if let (Some(stop_leading), Some(election)) = (stop_leading, election) {
+        // Only now: the loops have stopped acting. Wait for the release to
+        // land, or the runtime's end would cut it off.
         let _ = stop_leading.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     match tokio::time::timeout(Duration::from_secs(2), bus.client.flush()).await {
         Ok(Err(err)) => tracing::debug!(error = %err, "flush on exit failed"),
