@@ -229,6 +229,25 @@ impl Cluster {
 
     // ----- waiting -----
 
+    /// Judges what [`crate::load::sequential_until`] returned: enough
+    /// requests to judge, and none failed; else fails with `during` and the
+    /// first failures.
+    pub async fn expect_no_failed_traffic(
+        &self,
+        during: &str,
+        (failures, sent): (Vec<String>, usize),
+    ) {
+        assert!(sent > 10, "too little traffic to judge: {sent}");
+        if !failures.is_empty() {
+            self.fail(&format!(
+                "{} of {sent} warm requests failed {during}: {:?}",
+                failures.len(),
+                &failures[..failures.len().min(5)]
+            ))
+            .await;
+        }
+    }
+
     /// Polls `condition` until true; on timeout panics with `desc`, the last
     /// controller status and the tails of all logs.
     pub async fn wait_until<F, Fut>(&self, desc: &str, timeout: Duration, mut condition: F)

@@ -303,17 +303,10 @@ async fn a_standby_takes_the_lease_from_a_killed_leader_and_nothing_is_doubled()
     )
     .await;
     stop.store(true, Ordering::SeqCst);
-    let (failures, sent) = traffic.await.expect("traffic task");
-    assert!(sent > 10, "too little traffic to judge: {sent}");
-    if !failures.is_empty() {
-        k.cluster
-            .fail(&format!(
-                "{} of {sent} warm requests failed in the hand-over ({took_over:?}): {:?}",
-                failures.len(),
-                &failures[..failures.len().min(5)]
-            ))
-            .await;
-    }
+    let outcome = traffic.await.expect("traffic task");
+    k.cluster
+        .expect_no_failed_traffic(&format!("in the hand-over (took {took_over:?})"), outcome)
+        .await;
 }
 
 /// Criterion 5: an HTTPScaledObject shaped like the add-on's own example

@@ -97,17 +97,10 @@ async fn a_standby_takes_over_from_a_killed_leader_without_doubling_replicas() {
     )
     .await;
     stop.store(true, Ordering::SeqCst);
-    let (failures, sent) = traffic.await.expect("traffic task");
-    assert!(sent > 10, "too little traffic to judge: {sent}");
-    if !failures.is_empty() {
-        cluster
-            .fail(&format!(
-                "{} of {sent} warm requests failed during the hand-over (took {took_over:?}): {:?}",
-                failures.len(),
-                &failures[..failures.len().min(5)]
-            ))
-            .await;
-    }
+    let outcome = traffic.await.expect("traffic task");
+    cluster
+        .expect_no_failed_traffic(&format!("in the hand-over (took {took_over:?})"), outcome)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
