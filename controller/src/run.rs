@@ -317,6 +317,7 @@ async fn build_backend(
                 KubernetesBackend::new(kubernetes.clone(), &cluster, Arc::clone(&inbox.wakeup))?;
             Ok(Arc::new(backend))
         }
+        Some(BackendSpec::Pools(_)) => anyhow::bail!("backend.pools is not supported yet"),
         None => anyhow::bail!("needs exactly one backend"),
     }
 }

@@ -91,6 +91,31 @@ pub enum BackendError {
     ImageMissing { image: String },
     #[error("pulling image `{image}`: {message}")]
     Pull { image: String, message: String },
+    /// The platform cannot tell this (e.g. no metrics API in the cluster).
+    #[error("{what} is not available: {reason}")]
+    Unsupported { what: &'static str, reason: String },
+}
+
+/// What one replica uses, as its platform measures it: the input of
+/// `cpu` and `memory` scaling targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    pub id: String,
+    pub cpu: CpuUsage,
+    /// Memory in use: a process group's resident set, a container's usage
+    /// less its page cache, a pod's working set.
+    pub memory_bytes: Option<u64>,
+}
+
+/// CPU as a platform reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CpuUsage {
+    /// CPU time used since the replica started, a counter: the controller
+    /// takes rates between samples (processes, containers).
+    Total(Duration),
+    /// Cores in use, already averaged by the platform (metrics.k8s.io).
+    Cores(f64),
+    Unknown,
 }
 
 /// A port the kernel just handed out on loopback; released before use, which
@@ -130,5 +155,14 @@ pub trait Backend: Send + Sync {
     /// `controller.on_shutdown` says.
     fn keeps_replicas_on_shutdown(&self) -> bool {
         false
+    }
+
+    /// What each running replica uses now. Called about once a second for
+    /// services with a `cpu` or `memory` target.
+    async fn usage(&self) -> Result<Vec<Usage>, BackendError> {
+        Err(BackendError::Unsupported {
+            what: "resource usage",
+            reason: format!("the {} backend does not measure it", self.kind()),
+        })
     }
 }

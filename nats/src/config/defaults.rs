@@ -72,6 +72,9 @@ pub fn probe_period() -> Duration {
 pub fn max_replicas() -> u32 {
     10
 }
+pub fn tolerance() -> f64 {
+    0.1
+}
 pub fn target_concurrency() -> f64 {
     10.0
 }

@@ -8,6 +8,7 @@
 
 mod defaults;
 mod locate;
+mod scaling;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use locate::LineIndex;
+pub use scaling::{
+    BehaviorConfig, MetricSpec, PolicySpec, PolicyType, ResourcesConfig, ScalingRules, SelectPolicy,
+};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -180,6 +184,9 @@ pub enum LeaseKind {
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
+    /// Hosts routed to this service; a queue worker (a `queue` metric)
+    /// needs none.
+    #[serde(default)]
     pub hosts: Vec<String>,
     #[serde(default = "defaults::paths")]
     pub paths: Vec<String>,
@@ -188,6 +195,10 @@ pub struct ServiceConfig {
     pub readiness: ReadinessConfig,
     #[serde(default)]
     pub scaling: ScalingConfig,
+    /// What one replica is sized for: the denominators of `cpu` and
+    /// `memory` utilization targets.
+    #[serde(default)]
+    pub resources: ResourcesConfig,
     #[serde(default)]
     pub hold: HoldConfig,
     /// Overrides `proxy.response_timeout` for this service.
@@ -195,7 +206,8 @@ pub struct ServiceConfig {
     pub response_timeout: Option<Duration>,
 }
 
-/// Exactly one backend per service: `process`, `docker` or `kubernetes`.
+/// Exactly one backend per service: `process`, `docker` or `kubernetes`,
+/// or overflow `pools` of them.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
@@ -205,25 +217,94 @@ pub struct BackendConfig {
     pub docker: Option<DockerBackend>,
     #[serde(default)]
     pub kubernetes: Option<KubernetesBackend>,
+    /// Overflow pools in priority order: the first is filled to its
+    /// `max_replicas` before the next gets any; scale-down empties the
+    /// last first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolConfig>,
+    /// How proxies spread requests over the pools' replicas.
+    #[serde(default)]
+    pub prefer: PoolPreference,
 }
 
-/// The backend a service selected.
+/// One overflow pool: a name, a cap, and exactly one backend.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub max_replicas: u32,
+    #[serde(default)]
+    pub process: Option<ProcessBackend>,
+    #[serde(default)]
+    pub docker: Option<DockerBackend>,
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesBackend>,
+}
+
+/// Which replicas a proxy picks when several pools serve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolPreference {
+    /// The least busy replica, whatever its pool.
+    #[default]
+    Any,
+    /// The least busy replica, ties going to the earlier pool: an idle
+    /// first pool takes the traffic, later pools take what overflows.
+    First,
+}
+
+/// The backend a service (or a pool) selected.
 #[derive(Debug, Clone, Copy)]
 pub enum Backend<'a> {
     Process(&'a ProcessBackend),
     Docker(&'a DockerBackend),
     Kubernetes(&'a KubernetesBackend),
+    Pools(&'a [PoolConfig]),
+}
+
+fn select<'a>(
+    process: &'a Option<ProcessBackend>,
+    docker: &'a Option<DockerBackend>,
+    kubernetes: &'a Option<KubernetesBackend>,
+) -> Option<Backend<'a>> {
+    match (process, docker, kubernetes) {
+        (Some(p), None, None) => Some(Backend::Process(p)),
+        (None, Some(d), None) => Some(Backend::Docker(d)),
+        (None, None, Some(k)) => Some(Backend::Kubernetes(k)),
+        _ => None,
+    }
 }
 
 impl BackendConfig {
     /// The one backend configured; validation guarantees there is exactly one.
     pub fn selected(&self) -> Option<Backend<'_>> {
-        match (&self.process, &self.docker, &self.kubernetes) {
-            (Some(p), None, None) => Some(Backend::Process(p)),
-            (None, Some(d), None) => Some(Backend::Docker(d)),
-            (None, None, Some(k)) => Some(Backend::Kubernetes(k)),
-            _ => None,
+        if !self.pools.is_empty() {
+            return (self.count() == 0).then_some(Backend::Pools(&self.pools));
         }
+        select(&self.process, &self.docker, &self.kubernetes)
+    }
+
+    /// Every backend the service may run replicas on: its one backend, or
+    /// each pool's.
+    pub fn each(&self) -> Vec<Backend<'_>> {
+        if self.pools.is_empty() {
+            self.selected().into_iter().collect()
+        } else {
+            self.pools.iter().filter_map(PoolConfig::selected).collect()
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        usize::from(self.process.is_some())
+            + usize::from(self.docker.is_some())
+            + usize::from(self.kubernetes.is_some())
+    }
+}
+
+impl PoolConfig {
+    /// The pool's one backend; validation guarantees there is exactly one.
+    pub fn selected(&self) -> Option<Backend<'_>> {
+        select(&self.process, &self.docker, &self.kubernetes)
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -488,6 +569,17 @@ pub struct ScalingConfig {
     /// external scaler API (`controller.keda_listen`).
     #[serde(default)]
     pub driver: ScalingDriver,
+    /// Signals to scale on; the largest need wins. Empty: concurrency at
+    /// `target_concurrency` (and rate at `target_rps` when set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricSpec>,
+    /// Utilization-style signals (cpu, memory, queue) within this share of
+    /// their target leave the count alone, as HPA's tolerance.
+    #[serde(default = "defaults::tolerance")]
+    pub tolerance: f64,
+    /// HPA-style stabilization windows and rate policies.
+    #[serde(default)]
+    pub behavior: BehaviorConfig,
 }
 
 /// Who sets a service's replica count.
@@ -504,6 +596,35 @@ pub enum ScalingDriver {
 }
 
 impl ScalingConfig {
+    /// The signals this service scales on: `metrics`, plus the shorthands.
+    /// `target_concurrency` counts only when `metrics` lists nothing (it
+    /// still sizes a wake and a held backlog); `target_rps` always adds
+    /// a rate signal.
+    pub fn signals(&self) -> Vec<MetricSpec> {
+        let mut signals = self.metrics.clone();
+        if signals.is_empty() {
+            signals.push(MetricSpec::Concurrency {
+                target: self.target_concurrency,
+            });
+        }
+        if let Some(target) = self.target_rps {
+            signals.push(MetricSpec::Rps { target });
+        }
+        signals
+    }
+
+    /// The queue signal, if the service has one.
+    pub fn queue(&self) -> Option<(&str, &str, f64)> {
+        self.metrics.iter().find_map(|m| match m {
+            MetricSpec::Queue {
+                stream,
+                consumer,
+                target,
+            } => Some((stream.as_str(), consumer.as_str(), *target)),
+            _ => None,
+        })
+    }
+
     /// The panic window: as configured, else a tenth of the stable window.
     pub fn panic_window(&self) -> Duration {
         self.panic_window_setting
@@ -527,6 +648,9 @@ impl Default for ScalingConfig {
             scale_down_step: defaults::scale_down_step(),
             container_concurrency: 0,
             driver: ScalingDriver::Rouse,
+            metrics: Vec::new(),
+            tolerance: defaults::tolerance(),
+            behavior: BehaviorConfig::default(),
         }
     }
 }

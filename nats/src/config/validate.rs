@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{
-    Backend, BackendConfig, Config, DockerBackend, KubernetesBackend, LeaderElection, PortRef,
-    ScalingDriver, ServiceConfig,
+    Backend, BackendConfig, Config, DockerBackend, KubernetesBackend, LeaderElection, MetricSpec,
+    PortRef, ScalingDriver, ScalingRules, ServiceConfig,
 };
 
 type Problems = Vec<(String, String)>;
@@ -160,8 +160,12 @@ fn check_service(at: &str, service: &ServiceConfig, problems: &mut Problems) {
             ),
         ));
     }
-    if service.hosts.is_empty() {
-        problems.push((format!("{at}.hosts"), "needs at least one host".into()));
+    if service.hosts.is_empty() && service.scaling.queue().is_none() {
+        problems.push((
+            format!("{at}.hosts"),
+            "needs at least one host (only a queue worker, with a `queue` metric, needs none)"
+                .into(),
+        ));
     }
     for (j, host) in service.hosts.iter().enumerate() {
         if let Err(reason) = check_host(host) {
@@ -209,16 +213,6 @@ fn check_service(at: &str, service: &ServiceConfig, problems: &mut Problems) {
     ];
     if let Some(timeout) = service.response_timeout {
         durations.push((format!("{at}.response_timeout"), timeout));
-    }
-    if let Some(process) = &service.backend.process {
-        durations.push((
-            format!("{at}.backend.process.grace_period"),
-            process.grace_period,
-        ));
-        durations.push((
-            format!("{at}.backend.process.startup_timeout"),
-            process.startup_timeout,
-        ));
     }
     check_durations(&durations, problems);
 }
@@ -279,26 +273,89 @@ pub(crate) fn normalise_path(path: &str) -> String {
 
 fn check_backend(at: &str, backend: &BackendConfig, problems: &mut Problems) {
     let at = format!("{at}.backend");
+    if !backend.pools.is_empty() {
+        if backend.count() > 0 {
+            problems.push((
+                at.clone(),
+                "choose `pools` or one of `process`, `docker`, `kubernetes`, not both".into(),
+            ));
+        }
+        check_pools(&at, backend, problems);
+        return;
+    }
     match backend.selected() {
         None => {
             let reason = if backend.count() == 0 {
-                "needs one of `process`, `docker`, `kubernetes`"
+                "needs one of `process`, `docker`, `kubernetes` (or `pools`)"
             } else {
                 "choose only one of `process`, `docker`, `kubernetes`"
             };
             problems.push((at, reason.into()));
         }
-        Some(Backend::Process(process)) => {
+        Some(selected) => check_one_backend(&at, selected, problems),
+    }
+}
+
+fn check_one_backend(at: &str, backend: Backend<'_>, problems: &mut Problems) {
+    match backend {
+        Backend::Process(process) => {
             if process.command.first().is_none_or(|c| c.is_empty()) {
                 problems.push((
                     format!("{at}.process.command"),
                     "needs a program to run".into(),
                 ));
             }
+            check_durations(
+                &[
+                    (format!("{at}.process.grace_period"), process.grace_period),
+                    (
+                        format!("{at}.process.startup_timeout"),
+                        process.startup_timeout,
+                    ),
+                ],
+                problems,
+            );
         }
-        Some(Backend::Docker(docker)) => check_docker(&format!("{at}.docker"), docker, problems),
-        Some(Backend::Kubernetes(kubernetes)) => {
+        Backend::Docker(docker) => check_docker(&format!("{at}.docker"), docker, problems),
+        Backend::Kubernetes(kubernetes) => {
             check_kubernetes(&format!("{at}.kubernetes"), kubernetes, problems)
+        }
+        Backend::Pools(_) => {}
+    }
+}
+
+fn check_pools(at: &str, backend: &BackendConfig, problems: &mut Problems) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, pool) in backend.pools.iter().enumerate() {
+        let at = format!("{at}.pools[{i}]");
+        if !is_valid_name(&pool.name) {
+            problems.push((
+                format!("{at}.name"),
+                format!(
+                    "`{}` is not a valid pool name: use 1 to 63 of [a-z0-9-]",
+                    pool.name
+                ),
+            ));
+        }
+        if let Some(first) = names.insert(&pool.name, i) {
+            problems.push((
+                format!("{at}.name"),
+                format!("pool name `{}` is already used by pools[{first}]", pool.name),
+            ));
+        }
+        if pool.max_replicas == 0 {
+            problems.push((format!("{at}.max_replicas"), "must be at least 1".into()));
+        }
+        match pool.selected() {
+            Some(selected) => check_one_backend(&at, selected, problems),
+            None => {
+                let reason = if pool.count() == 0 {
+                    "needs one of `process`, `docker`, `kubernetes`"
+                } else {
+                    "choose only one of `process`, `docker`, `kubernetes`"
+                };
+                problems.push((at, reason.into()));
+            }
         }
     }
 }
@@ -496,6 +553,14 @@ fn check_scaling(at: &str, service: &ServiceConfig, problems: &mut Problems) {
             "must be above 0 and at most stable_window".into(),
         ));
     }
+    check_metrics(at, service, problems);
+    check_behavior(at, service, problems);
+    if !(scaling.tolerance.is_finite() && (0.0..1.0).contains(&scaling.tolerance)) {
+        problems.push((
+            format!("{at}.scaling.tolerance"),
+            "must be a share from 0 to below 1, e.g. 0.1".into(),
+        ));
+    }
     if scaling.driver == ScalingDriver::Keda && service.backend.kubernetes.is_none() {
         problems.push((
             format!("{at}.scaling.driver"),
@@ -507,6 +572,133 @@ fn check_scaling(at: &str, service: &ServiceConfig, problems: &mut Problems) {
             problems.push((
                 format!("{at}.scaling.target_rps"),
                 "must be a number above 0".into(),
+            ));
+        }
+    }
+}
+
+fn check_metrics(at: &str, service: &ServiceConfig, problems: &mut Problems) {
+    let mut kinds: HashMap<&str, usize> = HashMap::new();
+    for (i, metric) in service.scaling.metrics.iter().enumerate() {
+        let key = format!("{at}.scaling.metrics[{i}]");
+        if let Some(first) = kinds.insert(metric.kind(), i) {
+            problems.push((
+                format!("{key}.type"),
+                format!(
+                    "`{}` is already listed at metrics[{first}]: one entry per type",
+                    metric.kind()
+                ),
+            ));
+        }
+        let target = metric.target();
+        if !(target.is_finite() && target > 0.0) {
+            problems.push((format!("{key}.target"), "must be a number above 0".into()));
+        }
+        match metric {
+            MetricSpec::Cpu { target } | MetricSpec::Memory { target } if *target > 1000.0 => {
+                problems.push((
+                    format!("{key}.target"),
+                    "is a percentage of `resources`: at most 1000".into(),
+                ));
+            }
+            MetricSpec::Memory { .. } if memory_request(service).is_none() => {
+                problems.push((
+                    format!("{key}.type"),
+                    "a memory target is a share of `resources.memory` (or the docker backend's `memory`): set one".into(),
+                ));
+            }
+            MetricSpec::Queue {
+                stream, consumer, ..
+            } => {
+                if stream.is_empty() || !stream.bytes().all(is_stream_name_byte) {
+                    problems.push((
+                        format!("{key}.stream"),
+                        format!("`{stream}` is not a JetStream stream name"),
+                    ));
+                }
+                if consumer.is_empty() || !consumer.bytes().all(is_stream_name_byte) {
+                    problems.push((
+                        format!("{key}.consumer"),
+                        format!("`{consumer}` is not a JetStream consumer name"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let resources = &service.resources;
+    if let Some(cpus) = resources.cpus {
+        if !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0) {
+            problems.push((
+                format!("{at}.resources.cpus"),
+                "must be a number of cores above 0, e.g. 0.5".into(),
+            ));
+        }
+    }
+    if resources.memory.is_some_and(|m| m.as_u64() == 0) {
+        problems.push((format!("{at}.resources.memory"), "must be above 0".into()));
+    }
+}
+
+/// JetStream names may not hold whitespace, `.`, `*`, `>`, path separators.
+fn is_stream_name_byte(b: u8) -> bool {
+    b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\')
+}
+
+/// The memory one replica is sized for: `resources.memory`, else a docker
+/// backend's limit (every pool's, when pooled).
+fn memory_request(service: &ServiceConfig) -> Option<u64> {
+    if let Some(memory) = service.resources.memory {
+        return Some(memory.as_u64());
+    }
+    let limits: Vec<Option<u64>> = service
+        .backend
+        .each()
+        .into_iter()
+        .map(|backend| match backend {
+            Backend::Docker(docker) => docker.memory.map(|m| m.as_u64()),
+            _ => None,
+        })
+        .collect();
+    if limits.is_empty() || limits.iter().any(Option::is_none) {
+        None
+    } else {
+        limits.into_iter().flatten().min()
+    }
+}
+
+/// HPA's limits: windows up to an hour, periods up to 30 minutes.
+const MAX_STABILIZATION: Duration = Duration::from_secs(3600);
+const MAX_POLICY_PERIOD: Duration = Duration::from_secs(1800);
+
+fn check_behavior(at: &str, service: &ServiceConfig, problems: &mut Problems) {
+    let behavior = &service.scaling.behavior;
+    for (direction, rules) in [
+        ("scale_up", &behavior.scale_up),
+        ("scale_down", &behavior.scale_down),
+    ] {
+        if let Some(rules) = rules {
+            check_rules(&format!("{at}.scaling.behavior.{direction}"), rules, problems);
+        }
+    }
+}
+
+fn check_rules(at: &str, rules: &ScalingRules, problems: &mut Problems) {
+    if rules.stabilization_window > MAX_STABILIZATION {
+        problems.push((
+            format!("{at}.stabilization_window"),
+            "must be at most 1h".into(),
+        ));
+    }
+    for (i, policy) in rules.policies.iter().enumerate() {
+        let key = format!("{at}.policies[{i}]");
+        if policy.value == 0 {
+            problems.push((format!("{key}.value"), "must be at least 1".into()));
+        }
+        if policy.period.is_zero() || policy.period > MAX_POLICY_PERIOD {
+            problems.push((
+                format!("{key}.period"),
+                "must be above 0 and at most 30m".into(),
             ));
         }
     }
