@@ -25,13 +25,32 @@
 //! - a restarted controller does not scale down until it has a full stable
 //!   window of reports;
 //! - always within `min_replicas` and `max_replicas`.
+//!
+//! `scaling.metrics` adds what the controller measures itself (see
+//! [`signals`]): per-replica CPU and memory utilization and a queue's
+//! backlog, by HPA's formulas. Each is one more need: scale-up follows the
+//! largest, scale-down goes no lower than any of them, and a signal with no
+//! sample forbids scale-down. A backlog at zero replicas wakes the service
+//! like a held request, and counts as activity for `scale_to_zero_after`.
+//!
+//! `scaling.behavior` (see [`behavior`]) then limits each change the way
+//! HPA's does; a direction it configures replaces rouse's own pacing
+//! (`scale_down_step`, `max_scale_down_rate`) in that direction. A wake
+//! from zero is never delayed by it: a held request must not wait out a
+//! policy period.
 
 pub mod behavior;
+pub mod signals;
+
+pub use signals::{Measured, ReplicaUsage};
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rouse_nats::config::ScalingConfig;
+use rouse_nats::config::{MetricSpec, ScalingConfig};
+
+use behavior::{Behavior, Rules};
+use signals::Need;
 
 /// What the live proxies reported, summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -71,6 +90,12 @@ pub enum Reason {
     Minimum,
     /// Capped by `max_replicas`.
     Maximum,
+    /// CPU utilization above its target.
+    Cpu,
+    /// Memory utilization above its target.
+    Memory,
+    /// The queue's backlog above its target.
+    Queue,
 }
 
 impl Reason {
@@ -83,6 +108,9 @@ impl Reason {
             Reason::Idle => "idle",
             Reason::Minimum => "min_replicas",
             Reason::Maximum => "max_replicas",
+            Reason::Cpu => "cpu",
+            Reason::Memory => "memory",
+            Reason::Queue => "queue",
         }
     }
 }
@@ -112,12 +140,51 @@ struct Needs {
     panic: u32,
     /// From a persisting queue: replicas for what is in flight and waiting now.
     queued: u32,
+    /// The largest need of the measured signals, and which one it is.
+    measured: u32,
+    measured_reason: Reason,
+    /// The fewest replicas the measured signals allow.
+    measured_floor: u32,
+    /// Replicas the queue's backlog asks for (0 without a backlog).
+    backlog: u32,
+}
+
+/// The per-replica targets the service scales on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Targets {
+    concurrency: Option<f64>,
+    rps: Option<f64>,
+    /// Shares (0.5 = 50%), not percent.
+    cpu: Option<f64>,
+    memory: Option<f64>,
+    queue: Option<f64>,
+}
+
+impl Targets {
+    fn of(config: &ScalingConfig) -> Self {
+        let mut targets = Targets::default();
+        for signal in config.signals() {
+            match signal {
+                MetricSpec::Concurrency { target } => targets.concurrency = Some(target),
+                MetricSpec::Rps { target } => targets.rps = Some(target),
+                MetricSpec::Cpu { target } => targets.cpu = Some(target / 100.0),
+                MetricSpec::Memory { target } => targets.memory = Some(target / 100.0),
+                MetricSpec::Queue { target, .. } => targets.queue = Some(target),
+            }
+        }
+        targets
+    }
 }
 
 /// Decision state of one service.
 #[derive(Debug)]
 pub struct Autoscaler {
     config: ScalingConfig,
+    targets: Targets,
+    /// `scaling.behavior`, when it configures either direction.
+    behavior: Option<Behavior>,
+    /// The last time the queue had a backlog.
+    backlog_at: Option<Instant>,
     samples: VecDeque<Sample>,
     /// When this autoscaler started; also the earliest "last activity", so a
     /// restarted controller never scales to zero before a full idle period.
@@ -132,7 +199,16 @@ pub struct Autoscaler {
 
 impl Autoscaler {
     pub fn new(config: ScalingConfig, now: Instant) -> Self {
+        let rules = |rules: &Option<rouse_nats::config::ScalingRules>| {
+            rules.as_ref().map_or_else(Rules::unlimited, Rules::from)
+        };
+        let configured = &config.behavior;
+        let behavior = (configured.scale_up.is_some() || configured.scale_down.is_some())
+            .then(|| Behavior::new(rules(&configured.scale_up), rules(&configured.scale_down)));
         Self {
+            targets: Targets::of(&config),
+            behavior,
+            backlog_at: None,
             config,
             samples: VecDeque::new(),
             started: now,
@@ -150,10 +226,41 @@ impl Autoscaler {
 
     /// The replica count to aim for now, given `current` replicas (ready or starting).
     pub fn decide(&mut self, now: Instant, observation: &Observation, current: u32) -> Decision {
+        self.decide_with(now, observation, current, &Measured::default())
+    }
+
+    /// [`Autoscaler::decide`], with what the controller measured itself.
+    pub fn decide_with(
+        &mut self,
+        now: Instant,
+        observation: &Observation,
+        current: u32,
+        measured: &Measured,
+    ) -> Decision {
         self.remember(now, observation);
-        let needs = self.needs(now, observation);
+        if measured.backlog.is_some_and(|backlog| backlog > 0) {
+            self.backlog_at = Some(now);
+        }
+        let needs = self.needs(now, observation, current, measured);
         let decision = self.unclamped(now, observation, needs, current);
+        let decision = self.limit(now, current, self.clamp(decision));
         self.clamp(decision)
+    }
+
+    /// Applies `scaling.behavior`; a wake from zero passes unlimited (and
+    /// is remembered, so later policy periods count it).
+    fn limit(&mut self, now: Instant, current: u32, decision: Decision) -> Decision {
+        let Some(behavior) = self.behavior.as_mut() else {
+            return decision;
+        };
+        if current == 0 && decision.replicas > 0 {
+            behavior.bypass(now, current, decision.replicas);
+            return decision;
+        }
+        Decision {
+            replicas: behavior.next(now, current, decision.replicas),
+            reason: decision.reason,
+        }
     }
 
     fn clamp(&self, decision: Decision) -> Decision {
@@ -181,11 +288,15 @@ impl Autoscaler {
         needs: Needs,
         current: u32,
     ) -> Decision {
-        let waiting = observation.woken || observation.held > 0;
+        let waiting = observation.woken || observation.held > 0 || needs.backlog > 0;
         if current == 0 && waiting {
             // Nothing runs: whatever waits needs capacity now.
             let backlog = observation.in_flight.saturating_add(observation.held) as f64;
-            let replicas = self.need(backlog, 0.0).max(needs.panic).max(1);
+            let replicas = self
+                .backlog_need(backlog)
+                .max(needs.panic)
+                .max(needs.backlog)
+                .max(1);
             self.last_scale_up = Some(now);
             return Decision {
                 replicas,
@@ -200,14 +311,17 @@ impl Autoscaler {
         }
         self.update_panic(now, needs.panic, current);
         let panicking = self.panicking(now);
-        let up = if panicking {
+        let requests = if panicking {
             needs.stable.max(needs.panic).max(needs.queued)
         } else {
             needs.stable.max(needs.queued)
         };
+        let up = requests.max(needs.measured);
         if up > current {
             self.last_scale_up = Some(now);
-            let reason = if panicking {
+            let reason = if needs.measured > requests {
+                needs.measured_reason
+            } else if panicking {
                 Reason::Panic
             } else {
                 Reason::Load
@@ -246,20 +360,27 @@ impl Autoscaler {
             // Too little history to trust a scale-down (e.g. just restarted).
             return unchanged;
         }
-        let step = self.config.scale_down_step;
-        let recent =
-            |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) < step);
-        // A scale-up is never taken back before its replicas could help.
-        if recent(self.last_scale_down) || recent(self.last_scale_up) {
-            return unchanged;
-        }
+        // `scaling.behavior.scale_down` paces scale-down instead of these.
+        let floor = if self.config.behavior.scale_down.is_some() {
+            0
+        } else {
+            let step = self.config.scale_down_step;
+            let recent =
+                |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) < step);
+            // A scale-up is never taken back before its replicas could help.
+            if recent(self.last_scale_down) || recent(self.last_scale_up) {
+                return unchanged;
+            }
+            (f64::from(current) / self.config.max_scale_down_rate).ceil() as u32
+        };
         // Not idle yet (checked before), so at least one replica stays; and
-        // never below what the last few seconds or the queue still need.
-        let floor = (f64::from(current) / self.config.max_scale_down_rate).ceil() as u32;
+        // never below what the last few seconds, the queue or a measured
+        // signal still need.
         let target = needs
             .stable
             .max(needs.panic)
             .max(needs.queued)
+            .max(needs.measured_floor)
             .max(floor)
             .max(1)
             .min(current);
@@ -272,10 +393,48 @@ impl Autoscaler {
         }
     }
 
-    fn needs(&self, now: Instant, observation: &Observation) -> Needs {
+    fn needs(
+        &self,
+        now: Instant,
+        observation: &Observation,
+        current: u32,
+        measured: &Measured,
+    ) -> Needs {
         let (stable_concurrency, stable_rate) = self.average(now, self.config.stable_window);
         let (panic_concurrency, panic_rate) = self.average(now, self.config.panic_window());
+        let tolerance = self.config.tolerance;
+        let mut measured_needs: Vec<(Need, Reason)> = Vec::new();
+        let cpu: Vec<Option<f64>> = measured.ready.iter().map(|r| r.cpu).collect();
+        let memory: Vec<Option<f64>> = measured.ready.iter().map(|r| r.memory).collect();
+        if let Some(target) = self.targets.cpu {
+            let need = signals::utilization(current, &cpu, target, tolerance);
+            measured_needs.push((need, Reason::Cpu));
+        }
+        if let Some(target) = self.targets.memory {
+            let need = signals::utilization(current, &memory, target, tolerance);
+            measured_needs.push((need, Reason::Memory));
+        }
+        let mut backlog = 0;
+        if let Some(target) = self.targets.queue {
+            let need = signals::queue(current, measured.backlog, target, tolerance);
+            backlog = need.up();
+            measured_needs.push((need, Reason::Queue));
+        }
+        let (measured, measured_reason) = measured_needs
+            .iter()
+            .map(|(need, reason)| (need.up(), *reason))
+            .max_by_key(|(up, _)| *up)
+            .unwrap_or((0, Reason::Load));
+        let measured_floor = measured_needs
+            .iter()
+            .map(|(need, _)| need.floor(current))
+            .max()
+            .unwrap_or(0);
         Needs {
+            measured,
+            measured_reason,
+            measured_floor,
+            backlog,
             stable: self.need(stable_concurrency, stable_rate),
             panic: self.need(panic_concurrency, panic_rate),
             queued: match self.queue_since {
@@ -287,14 +446,26 @@ impl Autoscaler {
         }
     }
 
+    /// Replicas for requests waiting at zero: by the concurrency target when
+    /// there is one, else by `target_concurrency` (which still sizes a wake
+    /// when `metrics` lists no concurrency).
+    fn backlog_need(&self, backlog: f64) -> u32 {
+        let target = self
+            .targets
+            .concurrency
+            .unwrap_or(self.config.target_concurrency);
+        (backlog / target).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
+    }
+
     /// Replicas for everything in flight and waiting. With a per-replica cap
     /// the queue formed because replicas are full, and each new replica
     /// takes up to the cap, not just the target.
     fn queue_need(&self, observation: &Observation) -> u32 {
         let waiting = observation.in_flight.saturating_add(observation.held) as f64;
         let per_replica = self
-            .config
-            .target_concurrency
+            .targets
+            .concurrency
+            .unwrap_or(self.config.target_concurrency)
             .max(f64::from(self.config.container_concurrency));
         (waiting / per_replica)
             .ceil()
@@ -303,8 +474,11 @@ impl Autoscaler {
 
     /// Replicas for a concurrency and a request rate.
     fn need(&self, concurrency: f64, rate: f64) -> u32 {
-        let by_concurrency = (concurrency / self.config.target_concurrency).ceil();
-        let by_rate = match self.config.target_rps {
+        let by_concurrency = match self.targets.concurrency {
+            Some(target) => (concurrency / target).ceil(),
+            None => 0.0,
+        };
+        let by_rate = match self.targets.rps {
             Some(target) => (rate / target).ceil(),
             None => 0.0,
         };
@@ -382,6 +556,7 @@ impl Autoscaler {
         }
         let last = observation
             .last_activity
+            .max(self.backlog_at)
             .map_or(self.started, |at| at.max(self.started));
         now.saturating_duration_since(last)
     }

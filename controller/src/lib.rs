@@ -24,6 +24,7 @@ pub mod import;
 mod intake;
 mod keda;
 mod leader;
+mod meter;
 mod metrics;
 mod observations;
 mod probe;

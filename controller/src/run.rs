@@ -21,6 +21,7 @@ use crate::keda;
 use crate::leader::kube::KubeLease;
 use crate::leader::nats::NatsLease;
 use crate::leader::{Elector, LeaseStore};
+use crate::meter::{BacklogSource, JetStreamBacklog};
 use crate::metrics::ControllerMetrics;
 use crate::reconcile::{NatsPublisher, Publisher, ServiceLoop, Wiring};
 use crate::status::StatusBoard;
@@ -159,6 +160,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tick: config.controller.tick,
             shutdown: shutdown_rx.clone(),
             on_shutdown: config.controller.on_shutdown,
+            backlog: service.scaling.queue().map(|(stream, consumer, _)| {
+                Arc::new(JetStreamBacklog::new(js.clone(), stream, consumer))
+                    as Arc<dyn BacklogSource>
+            }),
         };
         let service_loop = ServiceLoop::new(service.clone(), backend, inbox, wiring);
         loops.push(tokio::spawn(service_loop.run()));

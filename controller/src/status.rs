@@ -7,7 +7,7 @@
 use dashmap::DashMap;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ReplicaStatus {
     pub id: String,
     pub addr: String,
@@ -18,6 +18,23 @@ pub struct ReplicaStatus {
     /// When its readiness probe first passed; `null` while starting and for
     /// adopted replicas that were already ready.
     pub ready_at_us: Option<u64>,
+    /// Cores in use, for services that scale on `cpu` or `memory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<f64>,
+    /// Memory in use, for services that scale on `cpu` or `memory`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+/// One scaling signal: its target and where it stands, per replica.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MetricStatus {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub target: f64,
+    /// `null` while there is nothing to measure (no ready replica, no
+    /// sample yet).
+    pub current: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -28,12 +45,14 @@ pub struct ScaleEvent {
     pub at_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ServiceStatus {
     pub name: String,
     pub backend: &'static str,
     pub desired: u32,
     pub ready: u32,
+    /// The signals it scales on (`scaling.metrics`, or the shorthands).
+    pub metrics: Vec<MetricStatus>,
     pub replicas: Vec<ReplicaStatus>,
     pub held: u64,
     pub in_flight: u64,

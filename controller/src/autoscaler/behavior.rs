@@ -10,11 +10,13 @@
 //!   `select: max` takes the policy allowing the most change, `min` the
 //!   least, `disabled` forbids that direction.
 //!
-//! Groundwork for `scaling.behavior` (issue 11): not wired to the config
-//! or the autoscaler yet.
+//! Built from `scaling.behavior`; the autoscaler passes each decision
+//! through it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use rouse_nats::config::{PolicyType, ScalingRules, SelectPolicy};
 
 /// What a policy limits by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,12 +87,46 @@ impl Rules {
         }
     }
 
+    /// No window and no policy: every change allowed at once.
+    pub fn unlimited() -> Self {
+        Rules {
+            stabilization_window: Duration::ZERO,
+            policies: Vec::new(),
+            select: Select::Max,
+        }
+    }
+
     fn longest_period(&self) -> Duration {
         self.policies
             .iter()
             .map(|p| p.period)
             .max()
             .unwrap_or_default()
+    }
+}
+
+impl From<&ScalingRules> for Rules {
+    fn from(rules: &ScalingRules) -> Self {
+        Rules {
+            stabilization_window: rules.stabilization_window,
+            policies: rules
+                .policies
+                .iter()
+                .map(|policy| Policy {
+                    kind: match policy.kind {
+                        PolicyType::Pods => PolicyKind::Pods,
+                        PolicyType::Percent => PolicyKind::Percent,
+                    },
+                    value: policy.value,
+                    period: policy.period,
+                })
+                .collect(),
+            select: match rules.select {
+                SelectPolicy::Max => Select::Max,
+                SelectPolicy::Min => Select::Min,
+                SelectPolicy::Disabled => Select::Disabled,
+            },
+        }
     }
 }
 
@@ -132,6 +168,17 @@ impl Behavior {
                 .push_back((now, i64::from(limited) - i64::from(current)));
         }
         limited
+    }
+
+    /// Records a change made without limits (a wake from zero), so that
+    /// the policies' periods count it.
+    pub fn bypass(&mut self, now: Instant, current: u32, to: u32) {
+        self.forget_before(now);
+        self.recommendations.push_back((now, to));
+        if to != current {
+            self.changes
+                .push_back((now, i64::from(to) - i64::from(current)));
+        }
     }
 
     fn forget_before(&mut self, now: Instant) {

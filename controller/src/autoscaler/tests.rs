@@ -376,3 +376,278 @@ fn absurd_reports_do_not_overflow() {
     };
     assert_eq!(scaler.decide(clock.at(0.0), &absurd, 0).replicas, 20);
 }
+
+// ---- measured signals and behavior ------------------------------------------
+
+use rouse_nats::config::{PolicySpec, PolicyType, ScalingRules};
+
+fn with_metrics(metrics: Vec<MetricSpec>) -> ScalingConfig {
+    ScalingConfig {
+        metrics,
+        ..config()
+    }
+}
+
+fn cpu_at(shares: &[f64]) -> Measured {
+    Measured {
+        ready: shares
+            .iter()
+            .map(|&cpu| ReplicaUsage {
+                cpu: Some(cpu),
+                memory: None,
+            })
+            .collect(),
+        backlog: None,
+    }
+}
+
+#[test]
+fn cpu_above_target_scales_out_by_hpa_formula_at_once() {
+    let clock = Clock::new();
+    let cfg = with_metrics(vec![MetricSpec::Cpu { target: 50.0 }]);
+    let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
+    let decision = scaler.decide_with(
+        clock.at(1.0),
+        &busy(1, clock.at(1.0)),
+        2,
+        &cpu_at(&[0.9, 0.9]),
+    );
+    assert_eq!(
+        decision,
+        Decision {
+            replicas: 4,
+            reason: Reason::Cpu
+        }
+    );
+}
+
+#[test]
+fn cpu_within_tolerance_keeps_the_count_even_past_the_stable_window() {
+    let clock = Clock::new();
+    let cfg = with_metrics(vec![MetricSpec::Cpu { target: 50.0 }]);
+    let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
+    for second in 0..200 {
+        let now = clock.at(f64::from(second));
+        let decision = scaler.decide_with(now, &busy(1, now), 3, &cpu_at(&[0.47, 0.53, 0.5]));
+        assert_eq!(decision.replicas, 3, "at {second}s");
+    }
+}
+
+#[test]
+fn missing_cpu_samples_never_scale_down_but_idle_still_goes_to_zero() {
+    let clock = Clock::new();
+    let cfg = with_metrics(vec![MetricSpec::Cpu { target: 50.0 }]);
+    let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
+    let missing = Measured {
+        ready: vec![ReplicaUsage::default(); 3],
+        backlog: None,
+    };
+    let mut current = 3;
+    for second in 0..100 {
+        let now = clock.at(f64::from(second));
+        // Traffic keeps coming (so not idle), and no concurrency target.
+        current = scaler
+            .decide_with(now, &busy(0, now), current, &missing)
+            .replicas;
+    }
+    assert_eq!(current, 3, "no sample, no scale-down");
+    // Traffic stops: zero after scale_to_zero_after (30 s).
+    let quiet = Observation {
+        last_activity: Some(clock.at(99.0)),
+        ..Default::default()
+    };
+    let decision = scaler.decide_with(clock.at(130.0), &quiet, current, &missing);
+    assert_eq!(decision.replicas, 0);
+    assert_eq!(decision.reason, Reason::Idle);
+}
+
+#[test]
+fn low_cpu_scales_down_with_rouse_pacing() {
+    let clock = Clock::new();
+    let cfg = with_metrics(vec![MetricSpec::Cpu { target: 50.0 }]);
+    let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
+    let mut current = 8;
+    let mut seen = vec![];
+    for second in 61..120 {
+        let now = clock.at(f64::from(second));
+        let shares = vec![0.05; current as usize];
+        current = scaler
+            .decide_with(now, &busy(0, now), current, &cpu_at(&shares))
+            .replicas;
+        seen.push(current);
+    }
+    assert_eq!(current, 1);
+    // Halved at most per step (max_scale_down_rate 2): 8 → 4 → 2 → 1.
+    seen.dedup();
+    assert_eq!(seen, vec![4, 2, 1]);
+}
+
+#[test]
+fn the_largest_need_wins_across_signals() {
+    let clock = Clock::new();
+    let cfg = with_metrics(vec![
+        MetricSpec::Cpu { target: 50.0 },
+        MetricSpec::Memory { target: 50.0 },
+    ]);
+    let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
+    let measured = Measured {
+        ready: vec![
+            ReplicaUsage {
+                cpu: Some(0.6),
+                memory: Some(1.5),
+            };
+            2
+        ],
+        backlog: None,
+    };
+    let decision = scaler.decide_with(clock.at(1.0), &busy(0, clock.at(1.0)), 2, &measured);
+    assert_eq!(
+        decision,
+        Decision {
+            replicas: 6,
+            reason: Reason::Memory
+        }
+    );
+}
+
+fn queue_config(target: f64) -> ScalingConfig {
+    with_metrics(vec![MetricSpec::Queue {
+        stream: "JOBS".into(),
+        consumer: "workers".into(),
+        target,
+    }])
+}
+
+fn backlog(n: u64) -> Measured {
+    Measured {
+        ready: vec![],
+        backlog: Some(n),
+    }
+}
+
+#[test]
+fn a_backlog_at_zero_wakes_with_its_whole_need() {
+    let clock = Clock::new();
+    let mut scaler = Autoscaler::new(queue_config(100.0), clock.at(0.0));
+    let idle = Observation::default();
+    assert_eq!(
+        scaler
+            .decide_with(clock.at(0.0), &idle, 0, &backlog(0))
+            .replicas,
+        0
+    );
+    assert_eq!(
+        scaler.decide_with(clock.at(1.0), &idle, 0, &backlog(1000)),
+        Decision {
+            replicas: 10,
+            reason: Reason::Wake
+        }
+    );
+    // One message is enough to start one worker.
+    let mut scaler = Autoscaler::new(queue_config(100.0), clock.at(0.0));
+    assert_eq!(
+        scaler
+            .decide_with(clock.at(1.0), &idle, 0, &backlog(1))
+            .replicas,
+        1
+    );
+}
+
+#[test]
+fn a_drained_queue_goes_to_zero_after_the_idle_period() {
+    let clock = Clock::new();
+    let mut scaler = Autoscaler::new(queue_config(100.0), clock.at(0.0));
+    let idle = Observation::default();
+    let mut current = scaler
+        .decide_with(clock.at(0.0), &idle, 0, &backlog(300))
+        .replicas;
+    assert_eq!(current, 3);
+    // Draining: the backlog falls, the count follows down, not to zero.
+    for second in 1..=20 {
+        let left = 300u64.saturating_sub(second * 20);
+        current = scaler
+            .decide_with(clock.at(second as f64), &idle, current, &backlog(left))
+            .replicas;
+        assert!(current >= 1, "not idle yet at {second}s");
+    }
+    // Last seen non-empty at 14 s: zero once 30 s (scale_to_zero_after)
+    // have passed since.
+    let at_43 = scaler.decide_with(clock.at(43.0), &idle, current, &backlog(0));
+    assert!(at_43.replicas >= 1);
+    let at_44 = scaler.decide_with(clock.at(44.0), &idle, current, &backlog(0));
+    assert_eq!(at_44.replicas, 0);
+    assert_eq!(at_44.reason, Reason::Idle);
+}
+
+fn one_pod_per(period: u64) -> ScalingRules {
+    ScalingRules {
+        stabilization_window: Duration::ZERO,
+        policies: vec![PolicySpec {
+            kind: PolicyType::Pods,
+            value: 1,
+            period: Duration::from_secs(period),
+        }],
+        select: Default::default(),
+    }
+}
+
+#[test]
+fn a_scale_down_policy_of_one_pod_per_10s_is_obeyed_exactly() {
+    let clock = Clock::new();
+    let mut cfg = config();
+    cfg.behavior.scale_down = Some(one_pod_per(10));
+    let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
+    // Settle at 5 under load, past a stable window.
+    let mut current = 0;
+    run(&mut scaler, &clock, 0, 100, &mut current, |t| busy(50, t));
+    assert_eq!(current, 5);
+    // Load stops at 100 s; decide every 100 ms for 5 minutes.
+    let mut changes = vec![];
+    for tenth in 1001..=4000 {
+        let now = clock.at(f64::from(tenth) / 10.0);
+        let quiet = Observation {
+            last_activity: Some(clock.at(100.0)),
+            ..Default::default()
+        };
+        let next = scaler.decide(now, &quiet, current).replicas;
+        if next != current {
+            changes.push((f64::from(tenth) / 10.0, current, next));
+            current = next;
+        }
+    }
+    assert_eq!(current, 0, "{changes:?}");
+    assert_eq!(changes.len(), 5, "one pod at a time: {changes:?}");
+    for pair in changes.windows(2) {
+        let ((at, from, to), (next_at, _, _)) = (pair[0], pair[1]);
+        assert_eq!(from - to, 1, "{changes:?}");
+        assert!(next_at - at >= 10.0, "{changes:?}");
+        // Once idle (130 s) every recommendation is 0: then the policy
+        // alone sets the pace, one step as soon as each period allows.
+        if at >= 130.0 {
+            assert!(next_at - at <= 10.1 + 1e-9, "{changes:?}");
+        }
+    }
+}
+
+#[test]
+fn a_wake_from_zero_is_not_delayed_by_a_scale_up_policy() {
+    let clock = Clock::new();
+    let mut cfg = config();
+    cfg.behavior.scale_up = Some(one_pod_per(60));
+    let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
+    let burst = Observation {
+        held: 45,
+        woken: true,
+        ..Default::default()
+    };
+    assert_eq!(scaler.decide(clock.at(0.0), &burst, 0).replicas, 5);
+    // But the next scale-up waits out the policy period the wake used.
+    let heavy = busy(200, clock.at(1.0));
+    assert_eq!(scaler.decide(clock.at(1.0), &heavy, 5).replicas, 5);
+    assert_eq!(
+        scaler
+            .decide(clock.at(61.0), &busy(200, clock.at(61.0)), 5)
+            .replicas,
+        6
+    );
+}

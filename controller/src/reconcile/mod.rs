@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 use crate::autoscaler::{Autoscaler, Decision};
 use crate::backend::Backend;
 use crate::intake::Inbox;
+use crate::meter::{BacklogSource, Meter};
 use crate::metrics::ControllerMetrics;
 use crate::probe::Prober;
 use crate::status::{ScaleEvent, StatusBoard};
@@ -58,6 +59,8 @@ pub struct Wiring {
     pub tick: Duration,
     pub shutdown: watch::Receiver<bool>,
     pub on_shutdown: ShutdownPolicy,
+    /// The queue a `queue` metric reads.
+    pub backlog: Option<Arc<dyn BacklogSource>>,
 }
 
 /// The reconcile loop of one service.
@@ -68,6 +71,8 @@ pub struct ServiceLoop {
     inbox: Arc<Inbox>,
     wiring: Wiring,
     autoscaler: Autoscaler,
+    /// CPU, memory and backlog, for services that scale on them.
+    meter: Option<Arc<Meter>>,
     replicas: Replicas,
     published: Published,
     /// Asked of a backend that could not name them yet (see [`Backend`]).
@@ -100,6 +105,7 @@ impl ServiceLoop {
         Self {
             name: spec.name.clone(),
             autoscaler: Autoscaler::new(spec.scaling.clone(), now),
+            meter: Meter::for_service(&spec).map(Arc::new),
             spec,
             backend,
             inbox,
@@ -123,6 +129,14 @@ impl ServiceLoop {
 
     /// Runs until shutdown is signalled.
     pub async fn run(mut self) {
+        if let Some(meter) = &self.meter {
+            tokio::spawn(Arc::clone(meter).sample(
+                Arc::clone(&self.backend),
+                self.wiring.backlog.clone(),
+                Arc::clone(&self.inbox.wakeup),
+                self.wiring.shutdown.clone(),
+            ));
+        }
         self.adopt(now()).await;
         let mut tick = tokio::time::interval(self.wiring.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,7 +175,10 @@ impl ServiceLoop {
         }
         let observation = self.inbox.observations().observe(now);
         let active = self.active();
-        let mut decision = self.autoscaler.decide(now, &observation, active);
+        let measured = self.measured(now);
+        let mut decision = self
+            .autoscaler
+            .decide_with(now, &observation, active, &measured);
         if decision.replicas < active && !self.wiring.publisher.connected() {
             // Without reports, "idle" only means "cut off": keep what serves.
             decision.replicas = active;
@@ -175,6 +192,20 @@ impl ServiceLoop {
         self.progress_drains(now);
         self.publish_endpoints(now).await;
         self.update_status(now);
+    }
+
+    /// What the meter says about the ready replicas and the queue.
+    fn measured(&self, now: Instant) -> crate::autoscaler::Measured {
+        let Some(meter) = &self.meter else {
+            return Default::default();
+        };
+        let ready: Vec<&str> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Ready)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        meter.measured(now, &ready)
     }
 
     /// `scaling.driver: keda`: the replica count is KEDA's, never rouse's.

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rouse_nats::config::ShutdownPolicy;
+use rouse_nats::config::{MetricSpec, ShutdownPolicy};
 use rouse_nats::messages::{self, Scaled, VERSION};
 
 use super::error::ReconcileError;
 use super::replicas::Phase;
 use super::{now, ServiceLoop};
 use crate::metrics::{ControllerMetrics, ScaleLabel};
-use crate::status::{ScaleEvent, ServiceStatus};
+use crate::status::{MetricStatus, ScaleEvent, ServiceStatus};
 
 /// How long a stopping controller tries to clear a service's endpoint set.
 const SHUTDOWN_PUBLISH_LIMIT: Duration = Duration::from_secs(3);
@@ -91,19 +91,70 @@ impl ServiceLoop {
             .get_or_create(&label)
             .set(self.desired as i64);
         metrics.ready.get_or_create(&label).set(ready as i64);
+        let mut replicas = self.replicas.status();
+        if let Some(meter) = &self.meter {
+            for replica in &mut replicas {
+                let figures = meter.figures(&replica.id);
+                replica.cpu_cores = figures.cores;
+                replica.memory_bytes = figures.memory_bytes;
+            }
+        }
         let status = ServiceStatus {
             name: self.name.clone(),
             backend: self.backend.kind(),
             desired: self.desired,
             ready,
-            replicas: self.replicas.status(),
+            metrics: self.metric_status(now, ready),
+            replicas,
             held: totals.held,
             in_flight: totals.in_flight,
             proxies: totals.proxies,
             last_scale: self.last_scale.clone(),
-            last_error: self.last_error.clone(),
+            last_error: self
+                .last_error
+                .clone()
+                .or_else(|| self.meter.as_ref().and_then(|m| m.error())),
         };
         self.wiring.status.insert(self.name.clone(), status);
+    }
+
+    /// Each signal's target and its current per-replica value, as HPA's
+    /// `currentMetrics`: utilization in percent of `resources`, the
+    /// backlog in messages per replica.
+    fn metric_status(&self, now: Instant, ready: u32) -> Vec<MetricStatus> {
+        let per_replica = |total: f64| (ready > 0).then(|| total / f64::from(ready));
+        let measured = self.measured(now);
+        let average = |values: Vec<f64>| {
+            (!values.is_empty()).then(|| 100.0 * values.iter().sum::<f64>() / values.len() as f64)
+        };
+        let observations = self.inbox.observations();
+        self.spec
+            .scaling
+            .signals()
+            .iter()
+            .map(|signal| {
+                let current = match signal {
+                    MetricSpec::Concurrency { .. } => {
+                        per_replica(observations.totals(now).in_flight as f64)
+                    }
+                    MetricSpec::Rps { .. } => per_replica(observations.arrival_rate(now)),
+                    MetricSpec::Cpu { .. } => {
+                        average(measured.ready.iter().filter_map(|r| r.cpu).collect())
+                    }
+                    MetricSpec::Memory { .. } => {
+                        average(measured.ready.iter().filter_map(|r| r.memory).collect())
+                    }
+                    MetricSpec::Queue { .. } => {
+                        measured.backlog.map(|b| b as f64 / f64::from(ready.max(1)))
+                    }
+                };
+                MetricStatus {
+                    kind: signal.kind(),
+                    target: signal.target(),
+                    current,
+                }
+            })
+            .collect()
     }
 
     /// On SIGTERM with `on_shutdown: stop`: take every replica out of the

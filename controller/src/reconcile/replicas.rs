@@ -254,6 +254,8 @@ impl Replicas {
                 state: r.phase.name(),
                 started_at_us: r.started_at_us,
                 ready_at_us: r.ready_at_us,
+                cpu_cores: None,
+                memory_bytes: None,
             })
             .collect()
     }

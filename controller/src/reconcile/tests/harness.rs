@@ -61,6 +61,7 @@ impl Harness {
             tick: Duration::from_millis(500),
             shutdown: self.shutdown.subscribe(),
             on_shutdown: ShutdownPolicy::Stop,
+            backlog: None,
         };
         let backend = Arc::clone(&self.backend) as Arc<dyn Backend>;
         let service_loop =
