@@ -38,6 +38,7 @@
 //! - `ROUSE_E2E_KEEP=1`: keep each cluster's temp dir (configs, logs, state).
 
 pub mod cluster;
+pub mod events;
 pub mod http;
 pub mod keda;
 pub mod load;

@@ -59,6 +59,8 @@ pub struct Service {
     pub docker: Option<Vec<(String, String)>>,
     /// `backend.kubernetes` keys, when the service runs on a cluster.
     pub kubernetes: Option<Vec<(String, String)>>,
+    /// More service keys, written as given (e.g. `resources: {cpus: 0.5}`).
+    pub service_extra: Vec<(String, String)>,
 }
 
 impl Service {
@@ -84,7 +86,16 @@ impl Service {
             scaling_extra: Vec::new(),
             docker: None,
             kubernetes: None,
+            service_extra: Vec::new(),
         }
+    }
+
+    /// Any other service key, its value as YAML (e.g. `("resources",
+    /// "{cpus: 0.5}")`).
+    pub fn key(mut self, key: &str, value: &str) -> Self {
+        self.service_extra
+            .push((key.to_string(), value.to_string()));
+        self
     }
 
     /// A Kubernetes service: `backend.kubernetes` with these keys (values
@@ -200,8 +211,13 @@ impl Service {
         }
     }
 
-    fn write_yaml(&self, out: &mut String, marker: &str, bins: &Bins) {
-        let mut env = self.env.clone();
+    /// `{nats_url}` in the command and the env stands for the stack's NATS.
+    fn write_yaml(&self, out: &mut String, marker: &str, bins: &Bins, nats_url: &str) {
+        let mut env: BTreeMap<String, String> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace("{nats_url}", nats_url)))
+            .collect();
         env.insert(crate::MARKER_ENV.to_string(), marker.to_string());
         let _ = writeln!(out, "  - name: {}", q(&self.name));
         let _ = writeln!(out, "    hosts: {}", list(&self.hosts));
@@ -225,7 +241,12 @@ impl Service {
             }
             (None, None) => {
                 out.push_str("      process:\n");
-                let _ = writeln!(out, "        command: {}", list(&self.argv(bins)));
+                let argv: Vec<String> = self
+                    .argv(bins)
+                    .iter()
+                    .map(|arg| arg.replace("{nats_url}", nats_url))
+                    .collect();
+                let _ = writeln!(out, "        command: {}", list(&argv));
             }
         }
         if self.kubernetes.is_none() {
@@ -255,6 +276,9 @@ impl Service {
         out.push_str("    hold:\n");
         let _ = writeln!(out, "      timeout: {}", q(&self.hold_timeout));
         let _ = writeln!(out, "      max_requests: {}", self.hold_max_requests);
+        for (key, value) in &self.service_extra {
+            let _ = writeln!(out, "    {key}: {value}");
+        }
     }
 }
 
@@ -340,7 +364,7 @@ impl Config {
         } else {
             out.push_str("services:\n");
             for service in &self.services {
-                service.write_yaml(&mut out, &self.marker, &self.bins);
+                service.write_yaml(&mut out, &self.marker, &self.bins, &self.nats_url);
             }
             out.push_str(&self.raw_services);
             if !out.ends_with('\n') {
