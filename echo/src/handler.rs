@@ -62,6 +62,8 @@ struct Stats {
     requests: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
+    /// Queue messages processed and acked (see the `worker` module).
+    processed: AtomicU64,
 }
 
 /// Counts a request as in flight for as long as it lives.
@@ -97,6 +99,11 @@ impl Echo {
         &self.id
     }
 
+    /// Counts one queue message as processed (its ack confirmed).
+    pub fn count_processed(&self) {
+        self.stats.processed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The `/stats` document.
     pub fn stats_json(&self) -> serde_json::Value {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -105,6 +112,7 @@ impl Echo {
             "requests": load(&self.stats.requests),
             "in_flight": load(&self.stats.in_flight),
             "peak_in_flight": load(&self.stats.peak_in_flight),
+            "processed": load(&self.stats.processed),
         })
     }
 }
@@ -530,6 +538,9 @@ mod tests {
         assert_eq!(stats["requests"], 4);
         assert_eq!(stats["in_flight"], 0);
         assert_eq!(stats["peak_in_flight"], 1);
+        assert_eq!(stats["processed"], 0);
+        echo.count_processed();
+        assert_eq!(echo.stats_json()["processed"], 1);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rouse_echo::{healthcheck, Cli, Command};
+use rouse_echo::{healthcheck, publish, Cli, Command};
 use rouse_nats::runtime::Threads;
 use tracing_subscriber::EnvFilter;
 
@@ -18,8 +18,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
-    if let Some(Command::Healthcheck(args)) = &cli.command {
-        return healthcheck::main(args);
+    match &cli.command {
+        Some(Command::Healthcheck(args)) => return healthcheck::main(args),
+        Some(Command::Publish(args)) => return publish::main(args),
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,9 +1,9 @@
 //! The process around the handler: command line, start-up delay, the
-//! HTTP/1.1 + h2c accept loop and graceful shutdown on SIGTERM / SIGINT.
+//! HTTP/1.1 + h2c accept loop, the queue worker beside it, and graceful
+//! shutdown on SIGTERM / SIGINT.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::handler::{handle, Echo};
 use crate::healthcheck::HealthcheckArgs;
+use crate::publish::PublishArgs;
+use crate::shutdown::Stop;
+use crate::worker::{Worker, WorkerArgs};
 
 /// How long in-flight requests get to finish after SIGTERM / SIGINT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -49,6 +52,9 @@ pub enum Command {
     /// GET a health URL once; exit 0 on a 2xx answer, 1 otherwise (the
     /// rouse image's HEALTHCHECK).
     Healthcheck(HealthcheckArgs),
+    /// Publish N test messages to a JetStream stream (and with --create,
+    /// create the stream and its pull consumer first).
+    Publish(PublishArgs),
 }
 
 /// How to serve.
@@ -70,6 +76,10 @@ pub struct Args {
     /// (e.g. `500ms`, `2s`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub startup_delay: Option<Duration>,
+
+    /// The queue worker, off unless a stream and a consumer are named.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 }
 
 impl Args {
@@ -82,16 +92,16 @@ impl Args {
     }
 }
 
-/// Runs `rouse-echo` until SIGTERM / SIGINT.
+/// Runs `rouse-echo` (and its queue worker, when asked for) until SIGTERM /
+/// SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // Install the handlers first so that a signal during startup (or right
     // after the port opens) is a graceful stop, not the default kill.
-    let mut shutdown = pin!(shutdown_signal().context("installing signal handlers")?);
+    let stop = Stop::on_signals().context("installing signal handlers")?;
     let echo = Arc::new(Echo::new(args.replica_id()));
     if let Some(delay) = args.startup_delay {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = &mut shutdown => return Ok(()),
+        if stop.sleep(delay).await {
+            return Ok(());
         }
     }
     // Only a subcommand lifts clap's requirement, and none gets here.
@@ -102,7 +112,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     eprintln!("rouse-echo {} listening on {local}", echo.id());
-    serve(listener, echo, shutdown).await;
+    let worker = Worker::from_args(&args.worker, &echo);
+    let work = async {
+        if let Some(worker) = worker {
+            worker.run(stop.clone()).await;
+        }
+    };
+    tokio::join!(serve(listener, echo, stop.clone().stopped()), work);
     Ok(())
 }
 
@@ -165,28 +181,6 @@ fn serve_connection(
     });
 }
 
-#[cfg(unix)]
-fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    })
-}
-
-#[cfg(not(unix))]
-fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
-    Ok(async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%err, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    })
-}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +192,13 @@ mod tests {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             id: id.map(str::to_owned),
             startup_delay: None,
+            worker: WorkerArgs {
+                nats_url: crate::worker::DEFAULT_NATS_URL.to_owned(),
+                queue_stream: None,
+                queue_consumer: None,
+                work_ms: 0,
+                done_subject: None,
+            },
         };
         assert_eq!(args(Some("r-1")).replica_id(), "r-1");
         let pid = std::process::id().to_string();
