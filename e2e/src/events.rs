@@ -62,7 +62,10 @@ impl ScaleEvents {
                 return Ok(found);
             }
             if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!("{desc}: not within {timeout:?}; events: {:?}", self.snapshot());
+                anyhow::bail!(
+                    "{desc}: not within {timeout:?}; events: {:?}",
+                    self.snapshot()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
