@@ -344,3 +344,145 @@ fn bad_docker_keys_name_file_line_and_key() {
         "{found:?}"
     );
 }
+
+#[test]
+fn scaling_signals_and_behavior_parse_with_their_defaults() {
+    let config = Config::parse(
+        Path::new("rouse.yaml"),
+        "
+services:
+  - name: api
+    hosts: [api.localhost]
+    backend:
+      process: {command: [app]}
+    resources: {cpus: 0.5, memory: 256MiB}
+    scaling:
+      target_rps: 10
+      metrics:
+        - {type: cpu, target: 50}
+        - {type: memory, target: 70}
+      behavior:
+        scale_down:
+          policies: [{type: pods, value: 1, period: 10s}]
+  - name: worker
+    backend:
+      process: {command: [app]}
+    scaling:
+      metrics: [{type: queue, stream: JOBS, consumer: workers, target: 100}]
+",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let api = &config.services[0].scaling;
+    assert_eq!(api.tolerance, 0.1);
+    assert_eq!(
+        api.signals(),
+        vec![
+            MetricSpec::Cpu { target: 50.0 },
+            MetricSpec::Memory { target: 70.0 },
+            MetricSpec::Rps { target: 10.0 },
+        ],
+        "a listed metric replaces the concurrency default; target_rps adds to it"
+    );
+    let down = api.behavior.scale_down.as_ref().expect("scale_down");
+    assert_eq!(down.stabilization_window, Duration::ZERO);
+    assert_eq!(down.select, SelectPolicy::Max);
+    assert!(api.behavior.scale_up.is_none());
+    let worker = &config.services[1];
+    assert!(worker.hosts.is_empty());
+    assert_eq!(worker.scaling.queue(), Some(("JOBS", "workers", 100.0)));
+}
+
+#[test]
+fn bad_signals_and_behavior_name_their_key_and_line() {
+    let source = "
+services:
+  - name: api
+    backend:
+      process: {command: [app]}
+    scaling:
+      metrics:
+        - {type: memory, target: 70}
+        - {type: cpu, target: 0}
+        - {type: cpu, target: 50}
+        - {type: queue, stream: 'a.b', consumer: c, target: 1}
+      tolerance: 1.5
+      behavior:
+        scale_down:
+          stabilization_window: 2h
+          policies: [{type: pods, value: 0, period: 0s}]
+";
+    let Err(ConfigError::Invalid(issues)) = Config::parse(Path::new("rouse.yaml"), source) else {
+        panic!("accepted");
+    };
+    let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+    for key in [
+        "services[0].scaling.metrics[0].type",
+        "services[0].scaling.metrics[1].target",
+        "services[0].scaling.metrics[2].type",
+        "services[0].scaling.metrics[3].stream",
+        "services[0].scaling.tolerance",
+        "services[0].scaling.behavior.scale_down.stabilization_window",
+        "services[0].scaling.behavior.scale_down.policies[0].value",
+        "services[0].scaling.behavior.scale_down.policies[0].period",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {issues:#?}");
+    }
+    let memory = issues
+        .iter()
+        .find(|i| i.key == "services[0].scaling.metrics[0].type")
+        .expect("memory issue");
+    assert!(
+        memory.reason.contains("resources.memory"),
+        "{}",
+        memory.reason
+    );
+    assert!(memory.line.is_some(), "{memory:?}");
+    // An unknown metric type is a parse error at its line.
+    let Err(ConfigError::Invalid(issues)) = Config::parse(
+        Path::new("rouse.yaml"),
+        "
+services:
+  - name: api
+    hosts: [a.localhost]
+    backend:
+      process: {command: [app]}
+    scaling:
+      metrics: [{type: gpu, target: 1}]
+",
+    ) else {
+        panic!("accepted");
+    };
+    assert!(
+        issues[0].key.starts_with("services[0].scaling.metrics"),
+        "{issues:?}"
+    );
+    assert!(issues[0].reason.contains("gpu"), "{issues:?}");
+}
+
+#[test]
+fn pools_need_one_backend_each_and_distinct_names() {
+    let Err(ConfigError::Invalid(issues)) = Config::parse(
+        Path::new("rouse.yaml"),
+        "
+services:
+  - name: api
+    hosts: [a.localhost]
+    backend:
+      process: {command: [app]}
+      pools:
+        - {name: onprem, max_replicas: 2, process: {command: [app]}}
+        - {name: onprem, max_replicas: 0}
+",
+    ) else {
+        panic!("accepted");
+    };
+    let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+    for key in [
+        "services[0].backend",
+        "services[0].backend.pools[1].name",
+        "services[0].backend.pools[1].max_replicas",
+        "services[0].backend.pools[1]",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {issues:#?}");
+    }
+}
