@@ -5,7 +5,7 @@
 //! pure: time is passed in, so expiry and drain checks are tested without
 //! waiting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rouse_nats::messages::{Load, Wake};
@@ -19,6 +19,30 @@ const LIVE_INTERVALS: u32 = 3;
 struct ProxyReport {
     load: Load,
     received: Instant,
+    /// (arrivals, interval_ms) of this proxy's latest reports, newest last,
+    /// covering about [`RATE_SPAN`]: a report sent early (a surge) covers a
+    /// few milliseconds, and its rate alone would be a spike.
+    recent: VecDeque<(u64, u64)>,
+}
+
+/// Arrival rates are taken over at least this much of each proxy's reports.
+const RATE_SPAN: Duration = Duration::from_secs(1);
+
+impl ProxyReport {
+    /// Requests per second over the latest reports.
+    fn rate(&self) -> f64 {
+        let (arrivals, ms) = self
+            .recent
+            .iter()
+            .fold((0u64, 0u64), |(a, m), (arrivals, ms)| {
+                (a.saturating_add(*arrivals), m.saturating_add(*ms))
+            });
+        if ms == 0 {
+            0.0
+        } else {
+            arrivals as f64 * 1000.0 / ms as f64
+        }
+    }
 }
 
 /// Reports about one service.
@@ -55,11 +79,22 @@ impl Observations {
         if load.arrivals > 0 || load.in_flight > 0 || load.held > 0 {
             self.last_activity = Some(now);
         }
+        let span = RATE_SPAN.max(self.report_interval * 2).as_millis() as u64;
+        let mut recent = match self.proxies.remove(&load.proxy) {
+            // A restarted proxy (seq back to its start) begins a new history.
+            Some(previous) if previous.load.seq < load.seq => previous.recent,
+            _ => VecDeque::new(),
+        };
+        recent.push_back((load.arrivals, load.interval_ms));
+        while recent.len() > 1 && recent.iter().skip(1).map(|(_, ms)| *ms).sum::<u64>() >= span {
+            recent.pop_front();
+        }
         self.proxies.insert(
             load.proxy.clone(),
             ProxyReport {
                 load,
                 received: now,
+                recent,
             },
         );
     }
@@ -89,9 +124,7 @@ impl Observations {
             let load = &report.load;
             observation.in_flight = observation.in_flight.saturating_add(load.in_flight);
             observation.held = observation.held.saturating_add(load.held);
-            if load.interval_ms > 0 {
-                observation.arrival_rate += load.arrivals as f64 * 1000.0 / load.interval_ms as f64;
-            }
+            observation.arrival_rate += report.rate();
         }
         observation
     }
@@ -124,8 +157,7 @@ impl Observations {
         self.proxies
             .values()
             .filter(|r| now.saturating_duration_since(r.received) <= ttl)
-            .filter(|r| r.load.interval_ms > 0)
-            .map(|r| r.load.arrivals as f64 * 1000.0 / r.load.interval_ms as f64)
+            .map(ProxyReport::rate)
             .sum()
     }
 
@@ -175,6 +207,29 @@ mod tests {
             endpoints_generation: generation,
             at_ms: 0,
         }
+    }
+
+    #[test]
+    fn an_early_report_does_not_make_a_rate_spike() {
+        let t0 = Instant::now();
+        let mut obs = Observations::new(Duration::from_millis(500));
+        let report = |seq, arrivals, interval_ms| Load {
+            arrivals,
+            interval_ms,
+            ..load("a", seq, 0, &[], 1)
+        };
+        // 50 req/s in regular reports...
+        for seq in 1..=4 {
+            obs.record_load(report(seq, 25, 500), t0);
+        }
+        assert!((obs.arrival_rate(t0) - 50.0).abs() < 1e-9);
+        // ...then a surge report: 10 arrivals in 2 ms is not 5,000 req/s.
+        obs.record_load(report(5, 10, 2), t0);
+        let rate = obs.arrival_rate(t0);
+        assert!(rate < 70.0, "{rate}");
+        // A restarted proxy starts over.
+        obs.record_load(report(1, 10, 500), t0);
+        assert!((obs.arrival_rate(t0) - 20.0).abs() < 1e-9);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 the controller's /api/v1/services (desired, ready, per pool, each scaling
 signal's current value), then a chart of ready replicas over the whole run.
 
-Stops when the load process has exited and every service is back where it
-started (or after --settle seconds more)."""
+Stops when the load process has exited and, after having scaled, every
+service has held a steady count (ready = desired) for --quiet seconds, or
+after --settle seconds more."""
 
 import argparse
 import json
@@ -45,19 +46,31 @@ def describe(service):
     return "  ".join(parts)
 
 
-def chart(samples, width=60):
+def row_of(service):
+    """What one chart row shows of a service: ready replicas, per pool, and
+    each signal's current value against its target."""
+    pools = " ".join(f"{p['name']}={p.get('replicas', 0)}" for p in service.get("pools") or [])
+    metrics = " ".join(
+        f"{m['type']} {'-' if m.get('current') is None else format(m['current'], '.0f')}/{m['target']:.0f}"
+        for m in service.get("metrics") or []
+    )
+    return service["ready"], pools, metrics
+
+
+def chart(samples, width=40):
     """Ready replicas per service over time, one row per time slice."""
     if not samples:
         return
     names = sorted({name for _, row in samples for name in row})
-    step = max(1, len(samples) // 40)
+    step = max(1, len(samples) // 60)
     print(f"\nready replicas over time (one row per {step} s; # = 1 replica)")
     for name in names:
         print(f"\n  {name}")
         for i in range(0, len(samples), step):
             t, row = samples[i]
-            n = row.get(name, 0)
-            print(f"  {t:>4.0f}s {n:>3} {'#' * min(n, width)}")
+            ready, pools, metrics = row.get(name, (0, "", ""))
+            bar = "#" * min(ready, width)
+            print(f"  {t:>4.0f}s {ready:>3} {bar:<{width}} {pools} {metrics}".rstrip())
 
 
 def main():
@@ -65,23 +78,28 @@ def main():
     parser.add_argument("--controller", required=True)
     parser.add_argument("--load-pid", type=int, required=True)
     parser.add_argument("--settle", type=float, default=240)
+    parser.add_argument("--quiet", type=float, default=20)
     args = parser.parse_args()
     start = time.monotonic()
-    first = {s["name"]: s["desired"] for s in services(args.controller)}
     samples = []
     load_done_at = None
+    last_change = 0.0
+    previous = None
     while True:
         now = time.monotonic() - start
         current = services(args.controller)
-        samples.append((now, {s["name"]: s["ready"] for s in current}))
+        samples.append((now, {s["name"]: row_of(s) for s in current}))
         print(f"{now:>5.0f}s  " + "   ".join(describe(s) for s in current), flush=True)
         if load_done_at is None and not alive(args.load_pid):
             load_done_at = now
             print("       (load finished)", flush=True)
+        counts = {s["name"]: (s["desired"], s["ready"]) for s in current}
+        if counts != previous:
+            last_change, previous = now, counts
         if load_done_at is not None:
-            back = all(s["desired"] == first.get(s["name"], 0) and s["ready"] == s["desired"]
-                       for s in current)
-            if (back and now - load_done_at > 5) or now - load_done_at > args.settle:
+            steady = all(s["ready"] == s["desired"] for s in current)
+            quiet = now - max(last_change, load_done_at) >= args.quiet
+            if (steady and quiet) or now - load_done_at > args.settle:
                 break
         time.sleep(1)
     chart(samples)
