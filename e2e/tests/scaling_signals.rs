@@ -222,3 +222,218 @@ impl Drop for Done {
         self.task.abort();
     }
 }
+
+/// The `cpu` signal's current value (percent of `resources.cpus`, averaged
+/// over ready replicas) and the ready count, from the status API.
+async fn cpu_reading(cluster: &Cluster, service: &str) -> Option<(f64, u64)> {
+    let status = cluster.service_status(service).await?;
+    let metrics = status.raw.get("metrics")?.as_array()?.clone();
+    let cpu = metrics
+        .iter()
+        .find(|m| m.get("type").and_then(|t| t.as_str()) == Some("cpu"))?;
+    Some((cpu.get("current")?.as_f64()?, status.ready))
+}
+
+/// `clients` clients, each sending `GET path` then pausing `pause`, until
+/// `stop` is set (at most 100,000 requests each): a load whose CPU demand
+/// does not depend on how many replicas share it.
+fn paced_load(
+    cluster: &Cluster,
+    host: &'static str,
+    path: &'static str,
+    clients: usize,
+    pause: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<load::Statuses>> {
+    (0..clients)
+        .map(|_| {
+            let client = cluster.client.clone();
+            let addr = cluster.proxy_addr(0);
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut statuses = load::Statuses::new();
+                for _ in 0..100_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let status = match rouse_e2e::http::request(
+                        &client,
+                        reqwest::Method::GET,
+                        addr,
+                        host,
+                        path,
+                        None,
+                    )
+                    .await
+                    {
+                        Ok(resp) => resp.status,
+                        Err(_) => 0,
+                    };
+                    *statuses.entry(status).or_insert(0) += 1;
+                    tokio::time::sleep(pause).await;
+                }
+                statuses
+            })
+        })
+        .collect()
+}
+
+async fn stop_load(
+    stop: &std::sync::atomic::AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<load::Statuses>>,
+) -> load::Statuses {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = load::Statuses::new();
+    for worker in futures::future::join_all(workers).await {
+        for (status, count) in worker.unwrap_or_default() {
+            *total.entry(status).or_insert(0) += count;
+        }
+    }
+    total
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A CPU target of 50% of 0.2 cores: a steady load of about 0.4 cores
+/// scales out until the replicas' average is within the tolerance of the
+/// target (or below it: counts are whole), holds while the load lasts, and
+/// scales back down only once the 15 s stabilization window has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_load_scales_out_to_the_target_and_back_after_the_window() {
+    const HOST: &str = "burn.localhost";
+    let cluster = Cluster::start(vec![Service::new("burn", HOST)
+        .min_replicas(1)
+        .max_replicas(8)
+        .key("resources", "{cpus: 0.2}")
+        .scaling("stable_window", "5s")
+        .scaling("metrics", "[{type: cpu, target: 50}]")
+        .scaling("behavior", "{scale_down: {stabilization_window: 15s}}")])
+    .await;
+    let events = ScaleEvents::subscribe(&cluster.nats.url(), "burn")
+        .await
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
+    cluster
+        .wait_status("burn", "min_replicas up", Duration::from_secs(30), |s| {
+            s.ready == 1
+        })
+        .await;
+    // Two clients, each 20 ms of CPU then 80 ms of pause: ~0.4 cores.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = paced_load(
+        &cluster,
+        HOST,
+        "/cpu/20",
+        2,
+        Duration::from_millis(80),
+        std::sync::Arc::clone(&stop),
+    );
+    let (cpu, ready) = cluster
+        .poll_until(
+            "scaled out and at most 10% above the 50% target",
+            Duration::from_secs(120),
+            || async {
+                cpu_reading(&cluster, "burn")
+                    .await
+                    .filter(|(cpu, ready)| *ready >= 2 && *cpu <= 55.0)
+            },
+        )
+        .await;
+    assert!(ready >= 2, "{ready} replicas at {cpu:.0}%");
+    let stopped_ms = now_ms();
+    let statuses = stop_load(&stop, workers).await;
+    assert_eq!(load::failures(&statuses), 0, "{statuses:?}");
+    let down = events
+        .wait_for(
+            "a scale-down after the load",
+            Duration::from_secs(120),
+            |e| e.to < e.from && e.at_ms >= stopped_ms,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The highest recommendation of the last 15 s holds the count: the
+    // load ran until `stopped_ms`, so nothing goes before 15 s after it.
+    assert!(
+        down.at_ms >= stopped_ms + 14_900,
+        "scaled down {} ms after the load stopped: {down:?}",
+        down.at_ms - stopped_ms
+    );
+    cluster
+        .wait_status(
+            "burn",
+            "back to min_replicas",
+            Duration::from_secs(120),
+            |s| s.desired == 1 && s.ready == 1,
+        )
+        .await;
+}
+
+/// Resident memory of every replica process, in MiB, the largest one.
+fn largest_replica_mib(cluster: &Cluster) -> u64 {
+    cluster
+        .replica_pids()
+        .iter()
+        .filter_map(|pid| rouse_stack::procfs::proc_status_kib(*pid, "VmRSS"))
+        .max()
+        .unwrap_or(0)
+        / 1024
+}
+
+/// A memory target of 50% of 96 MiB, and a load that grows by 16 MiB held
+/// requests to 8 at once (about 140 MiB in all, more than one replica's
+/// 96 MiB): rouse adds replicas as it grows, and no replica ever gets
+/// past 96 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_target_scales_out_before_any_replica_reaches_its_limit() {
+    const HOST: &str = "heavy.localhost";
+    const LIMIT_MIB: u64 = 96;
+    let cluster = Cluster::start(vec![Service::new("heavy", HOST)
+        .min_replicas(1)
+        .max_replicas(6)
+        .key("resources", "{memory: 96MiB}")
+        .scaling("metrics", "[{type: memory, target: 50}]")])
+    .await;
+    cluster
+        .wait_status("heavy", "min_replicas up", Duration::from_secs(30), |s| {
+            s.ready == 1
+        })
+        .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    let mut largest = 0;
+    // One more client every 3 s, each holding 16 MiB for 2 s per request;
+    // the replicas' memory is read every 100 ms meanwhile.
+    for _ in 0..8 {
+        workers.extend(paced_load(
+            &cluster,
+            HOST,
+            "/mem/16?hold_ms=2000",
+            1,
+            Duration::from_millis(10),
+            std::sync::Arc::clone(&stop),
+        ));
+        for _ in 0..30 {
+            largest = largest.max(largest_replica_mib(&cluster));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let ready = cluster
+        .service_status("heavy")
+        .await
+        .map(|s| s.ready)
+        .unwrap_or(0);
+    let statuses = stop_load(&stop, workers).await;
+    assert_eq!(load::failures(&statuses), 0, "{statuses:?}");
+    assert!(
+        ready >= 3,
+        "only {ready} replicas for ~140 MiB at 48 MiB each"
+    );
+    assert!(
+        largest < LIMIT_MIB,
+        "a replica reached {largest} MiB (limit {LIMIT_MIB} MiB)"
+    );
+}
