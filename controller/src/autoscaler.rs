@@ -185,6 +185,8 @@ pub struct Autoscaler {
     behavior: Option<Behavior>,
     /// The last time the queue had a backlog.
     backlog_at: Option<Instant>,
+    /// The count the current decision starts from (for the rate's tolerance).
+    current: u32,
     samples: VecDeque<Sample>,
     /// When this autoscaler started; also the earliest "last activity", so a
     /// restarted controller never scales to zero before a full idle period.
@@ -209,6 +211,7 @@ impl Autoscaler {
             targets: Targets::of(&config),
             behavior,
             backlog_at: None,
+            current: 0,
             config,
             samples: VecDeque::new(),
             started: now,
@@ -238,6 +241,7 @@ impl Autoscaler {
         measured: &Measured,
     ) -> Decision {
         self.remember(now, observation);
+        self.current = current;
         if measured.backlog.is_some_and(|backlog| backlog > 0) {
             self.backlog_at = Some(now);
         }
@@ -479,7 +483,17 @@ impl Autoscaler {
             None => 0.0,
         };
         let by_rate = match self.targets.rps {
-            Some(target) => (rate / target).ceil(),
+            // A rate is a utilization too: within `tolerance` of what the
+            // current replicas carry at target, it asks for them (as HPA).
+            Some(target) => {
+                let current = f64::from(self.current);
+                let ratio = rate / (target * current);
+                if self.current > 0 && (ratio - 1.0).abs() <= self.config.tolerance {
+                    current
+                } else {
+                    (rate / target).ceil()
+                }
+            }
             None => 0.0,
         };
         by_concurrency.max(by_rate).clamp(0.0, f64::from(u32::MAX)) as u32

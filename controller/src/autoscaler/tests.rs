@@ -651,3 +651,31 @@ fn a_wake_from_zero_is_not_delayed_by_a_scale_up_policy() {
         6
     );
 }
+
+#[test]
+fn a_rate_within_tolerance_of_the_current_replicas_keeps_them() {
+    let clock = Clock::new();
+    let cfg = with_metrics(vec![MetricSpec::Rps { target: 10.0 }]);
+    let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
+    let mut current = 5;
+    for second in 0..=120 {
+        let now = clock.at(f64::from(second));
+        // 50.5 req/s would be ceil(5.05) = 6 without the tolerance.
+        let rate = Observation {
+            arrival_rate: 50.5,
+            ..busy(0, now)
+        };
+        current = scaler.decide(now, &rate, current).replicas;
+        assert_eq!(current, 5, "at {second}s");
+    }
+    // 80 req/s for a stable window is 60% more: 8 replicas.
+    for second in 121..=181 {
+        let now = clock.at(f64::from(second));
+        let more = Observation {
+            arrival_rate: 80.0,
+            ..busy(0, now)
+        };
+        current = scaler.decide(now, &more, current).replicas;
+    }
+    assert_eq!(current, 8);
+}
