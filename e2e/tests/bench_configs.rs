@@ -61,3 +61,37 @@ fn load_step_benchmark_config_is_valid() {
 fn comparison_benchmark_configs_are_valid() {
     check_script("run", &["throughput ", "burst ", "footprint "]);
 }
+
+/// Every example of deploy/examples is a config `--check` accepts, and has
+/// the load script and the README that `run.sh` and users rely on.
+#[test]
+fn every_example_config_is_valid() {
+    let examples = workspace_root().join("deploy").join("examples");
+    let mut checked = 0;
+    let entries = std::fs::read_dir(&examples)
+        .unwrap_or_else(|err| panic!("reading {}: {err}", examples.display()));
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let config = dir.join("rouse.yaml");
+        if !config.is_file() {
+            continue;
+        }
+        for needed in ["load.sh", "README.md"] {
+            assert!(dir.join(needed).is_file(), "{} has no {needed}", dir.display());
+        }
+        let output = Command::new(bin("rouse-controller"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap_or_else(|err| panic!("running rouse-controller --check: {err}"));
+        assert!(
+            output.status.success(),
+            "{} is invalid:\n{}",
+            config.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} examples found");
+}
