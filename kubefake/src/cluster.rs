@@ -17,6 +17,7 @@ use rouse_stack::Proc;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use crate::metrics::PodSamples;
 use crate::store::{Res, Store};
 
 /// How many API calls [`crate::FakeCluster::requests`] keeps (the oldest
@@ -281,6 +282,10 @@ pub(crate) struct State {
     pub next_seq: u64,
     /// Set when the cluster is dropped: the kubelet starts nothing any more.
     pub stopping: bool,
+    /// Recent samples of each running pod's processes, for metrics.k8s.io.
+    pub usage: BTreeMap<NsName, PodSamples>,
+    /// Whether metrics.k8s.io is served (a cluster with metrics-server).
+    pub metrics_served: bool,
 }
 
 impl State {
@@ -320,6 +325,8 @@ impl State {
             faults: Vec::new(),
             next_seq: 0,
             stopping: false,
+            usage: BTreeMap::new(),
+            metrics_served: true,
         }
     }
 

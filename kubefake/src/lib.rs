@@ -23,6 +23,7 @@
 //! | `/api/v1/namespaces/{ns}/pods[/{name}]` | LIST, WATCH, GET; PATCH/PUT of labels and annotations; DELETE (graceful) |
 //! | `/api/v1/namespaces/{ns}/services[/{name}]` | LIST, WATCH, GET |
 //! | `/apis/coordination.k8s.io/v1/namespaces/{ns}/leases[/{name}]` | POST, GET, PUT, PATCH, DELETE, LIST, WATCH |
+//! | `/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods[/{name}]` | LIST, GET: PodMetrics from the pods' real processes (see `metrics`); 404 after [`FakeCluster::serve_metrics`]`(false)` |
 //! | objects of [`FakeCluster::put_object`], namespaced or cluster-wide | as leases, plus `/status` |
 //! | scalable custom kinds ([`Kind::Custom`]) | as Deployments |
 //! | `/version` | GET |
@@ -54,6 +55,7 @@
 
 mod cluster;
 mod kubelet;
+mod metrics;
 mod patch;
 mod selector;
 mod server;
@@ -114,11 +116,16 @@ impl FakeCluster {
         let shared = Shared::new(logs);
         let server = tokio::spawn(server::serve(listener, shared.clone()));
         let kubelet = tokio::spawn(kubelet::run(shared.clone()));
+        let sampler = tokio::spawn(metrics::run(shared.clone()));
         Ok(FakeCluster {
             shared,
             addr,
             kubeconfig,
-            tasks: vec![server.abort_handle(), kubelet.abort_handle()],
+            tasks: vec![
+                server.abort_handle(),
+                kubelet.abort_handle(),
+                sampler.abort_handle(),
+            ],
             dir,
         })
     }
@@ -320,6 +327,13 @@ impl FakeCluster {
             }
             None => false,
         }
+    }
+
+    /// Serves `metrics.k8s.io` (the default, as with metrics-server) or
+    /// not: off, every path of the group is a 404, as on a cluster without
+    /// metrics-server.
+    pub fn serve_metrics(&self, on: bool) {
+        self.shared.lock().metrics_served = on;
     }
 
     /// What a pod's processes wrote to stdout and stderr so far.

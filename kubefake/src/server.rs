@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{stopped, NsName, RecordedRequest, ResInfo, Role, Shared, State};
 use crate::kubelet::DELETION_COST;
+use crate::metrics;
 use crate::patch::{self, PatchError};
 use crate::selector::Selector;
 use crate::status::{self, ApiError};
@@ -284,6 +285,17 @@ fn route(state: &mut State, call: &Call) -> Result<Reply, ApiError> {
                 call.path,
             )),
         };
+    }
+    if call.path.starts_with(&format!("/apis/{}/", metrics::GROUP)) {
+        let value = metrics::route(
+            state,
+            call.method,
+            call.path,
+            call.params.get("labelSelector").unwrap_or(""),
+            call.params.get("fieldSelector").unwrap_or(""),
+            call.params.flag("watch")?,
+        )?;
+        return Ok(Reply::Json(StatusCode::OK, value));
     }
     let target = parse_target(call.path).ok_or_else(|| ApiError::no_such_path(call.path))?;
     let info = state

@@ -850,3 +850,97 @@ async fn streaming_lists_and_any_semantic_lists_are_served() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// PodMetrics as a metrics-server would serve them, from the pods' real
+/// processes: a pod burning CPU shows it (in nanocores), every pod shows
+/// its resident memory; selectors filter; with metrics off the group is a
+/// 404, as on a cluster without metrics-server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_metrics_are_measured_from_the_pods_processes() -> anyhow::Result<()> {
+    let fake = FakeCluster::start().await?;
+    let mut spec = Workload::echo("busy");
+    spec.replicas = 2;
+    fake.add_workload(spec)?;
+    let pods = fake
+        .wait_until("two ready pods", DEADLINE, |f| {
+            let pods = f.pods("default");
+            (pods.len() == 2 && pods.iter().all(|p| p.ready)).then_some(pods)
+        })
+        .await?;
+    let client = client(&fake).await?;
+    let gvk = GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "PodMetrics");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "pods");
+    let metrics: Api<DynamicObject> = Api::default_namespaced_with(client.clone(), &resource);
+
+    // Keeps one pod busy (bounded: at most 120 burns of 500 ms).
+    let (busy, idle) = (pods[0].clone(), pods[1].name.clone());
+    let burner = tokio::spawn(async move {
+        for _ in 0..120 {
+            let _ = rouse_stack::http_get(busy.addr(), "/cpu/500", DEADLINE).await;
+        }
+    });
+    let busy = pods[0].name.clone();
+    let cores = |m: &DynamicObject| -> Option<f64> {
+        let cpu = m.data.pointer("/containers/0/usage/cpu")?.as_str()?;
+        Some(cpu.strip_suffix('n')?.parse::<f64>().ok()? / 1e9)
+    };
+    let seen = eventually("the busy pod at 0.3 cores or more", DEADLINE, || {
+        let metrics = metrics.clone();
+        let busy = busy.clone();
+        async move {
+            let list = metrics.list(&ListParams::default()).await.ok()?;
+            let pod = list
+                .items
+                .into_iter()
+                .find(|m| m.metadata.name.as_deref() == Some(busy.as_str()))?;
+            (cores(&pod)? >= 0.3).then_some(pod)
+        }
+    })
+    .await;
+    burner.abort();
+    let seen = seen?;
+    assert_eq!(seen.data["containers"][0]["name"], "app");
+    let memory = seen.data["containers"][0]["usage"]["memory"]
+        .as_str()
+        .context("memory")?;
+    let kib: u64 = memory
+        .strip_suffix("Ki")
+        .context(memory.to_string())?
+        .parse()?;
+    assert!(kib > 1024, "a rouse-echo in under 1 MiB? {memory}");
+    let window = seen.data["window"].as_str().context("window")?;
+    assert!(window.ends_with('s'), "{window}");
+    assert!(seen.data["timestamp"].is_string(), "{:?}", seen.data);
+    assert_eq!(
+        seen.metadata.labels.as_ref().and_then(|l| l.get("app")),
+        Some(&"busy".to_string())
+    );
+
+    let one = metrics.get(&idle).await?;
+    let idle_cores = cores(&one).context("idle cpu")?;
+    assert!(idle_cores < 0.2, "the idle pod used {idle_cores} cores");
+
+    let by_label = metrics
+        .list(&ListParams::default().labels("app=busy"))
+        .await?;
+    assert_eq!(by_label.items.len(), 2);
+    let none = metrics
+        .list(&ListParams::default().labels("app=other"))
+        .await?;
+    assert!(none.items.is_empty());
+    let by_name = metrics
+        .list(&ListParams::default().fields(&format!("metadata.name={idle}")))
+        .await?;
+    assert_eq!(by_name.items.len(), 1);
+    match metrics.get("no-such-pod").await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404),
+        other => panic!("metrics of an unknown pod: {other:?}"),
+    }
+
+    fake.serve_metrics(false);
+    match metrics.list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404, "{status:?}"),
+        other => panic!("metrics switched off still answered: {other:?}"),
+    }
+    Ok(())
+}

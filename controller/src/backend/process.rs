@@ -7,8 +7,12 @@
 //! next one adopts every replica whose pid file still names the same live
 //! process (pid *and* start time, so a reused pid is never mistaken for a
 //! replica) and forgets the rest. Nothing is leaked and nothing is doubled.
+//!
+//! Usage is read from `/proc` in one pass per call: CPU time and resident
+//! memory summed over every process of each replica's group, so a replica
+//! that is a shell with workers counts its workers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,7 +25,9 @@ use nix::unistd::Pid;
 use rouse_nats::config::ProcessBackend as ProcessConfig;
 use serde::{Deserialize, Serialize};
 
-use super::{free_port, Backend, BackendError, Health, Readiness, Replica, Started};
+use super::{
+    free_port, Backend, BackendError, CpuUsage, Health, Readiness, Replica, Started, Usage,
+};
 
 /// What survives a controller restart, one file per replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,6 +288,93 @@ impl Backend for ProcessBackend {
         let _ = fs::remove_file(self.log_path(id));
         Ok(())
     }
+
+    async fn usage(&self) -> Result<Vec<Usage>, BackendError> {
+        let running: Vec<(String, i32)> = self
+            .lock()
+            .values()
+            .filter(|r| r.file.pid > 0 && Self::health(r) == Health::Running)
+            .map(|r| (r.file.id.clone(), r.file.pid))
+            .collect();
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        let groups: HashSet<i32> = running.iter().map(|(_, pid)| *pid).collect();
+        // Reading /proc is blocking file I/O: off the async workers.
+        let totals = tokio::task::spawn_blocking(move || group_usage(&groups))
+            .await
+            .map_err(proc_error)?
+            .map_err(proc_error)?;
+        let ticks_per_second = procfs::ticks_per_second();
+        let page_size = procfs::page_size();
+        Ok(running
+            .into_iter()
+            .map(|(id, pid)| match totals.get(&pid) {
+                Some(group) => Usage {
+                    id,
+                    cpu: CpuUsage::Total(ticks_to_duration(group.ticks, ticks_per_second)),
+                    memory_bytes: Some(group.rss_pages.saturating_mul(page_size)),
+                },
+                // The group was gone by the time /proc was read.
+                None => Usage {
+                    id,
+                    cpu: CpuUsage::Unknown,
+                    memory_bytes: None,
+                },
+            })
+            .collect())
+    }
+}
+
+fn proc_error(err: impl std::error::Error + Send + Sync + 'static) -> BackendError {
+    BackendError::Io {
+        what: "reading /proc".into(),
+        source: std::io::Error::other(err),
+    }
+}
+
+/// What the processes of one process group use, summed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct GroupUsage {
+    /// utime + stime of each member, plus the times of the children it
+    /// reaped, in clock ticks.
+    ticks: u64,
+    /// Resident set of each member, in pages (pages shared by two members
+    /// count twice, as in `ps`).
+    rss_pages: u64,
+}
+
+/// One pass over /proc: the usage of each group in `groups` that has a
+/// process. A process that exits while it is read is skipped.
+fn group_usage(groups: &HashSet<i32>) -> procfs::ProcResult<HashMap<i32, GroupUsage>> {
+    let mut totals: HashMap<i32, GroupUsage> = HashMap::new();
+    for process in procfs::process::all_processes()? {
+        let Ok(stat) = process.and_then(|p| p.stat()) else {
+            continue;
+        };
+        if !groups.contains(&stat.pgrp) {
+            continue;
+        }
+        let group = totals.entry(stat.pgrp).or_default();
+        // The reaped children's times (cutime, cstime) keep the counter
+        // from dropping when a worker of the replica exits.
+        let children = u64::try_from(stat.cutime.saturating_add(stat.cstime)).unwrap_or(0);
+        group.ticks = group
+            .ticks
+            .saturating_add(stat.utime)
+            .saturating_add(stat.stime)
+            .saturating_add(children);
+        group.rss_pages = group.rss_pages.saturating_add(stat.rss);
+    }
+    Ok(totals)
+}
+
+/// `ticks` of /proc's clock (`ticks_per_second`, usually 100) as a duration.
+fn ticks_to_duration(ticks: u64, ticks_per_second: u64) -> Duration {
+    let per_second = ticks_per_second.max(1);
+    let whole = Duration::from_secs(ticks / per_second);
+    let rest = (ticks % per_second).saturating_mul(1_000_000_000) / per_second;
+    whole + Duration::from_nanos(rest)
 }
 
 /// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks.
@@ -315,7 +408,7 @@ fn with_log_tail(reason: String, log: &Path) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Stops every replica the backend knows, so a test leaves none behind.
@@ -388,6 +481,206 @@ mod tests {
         stop_all(&adopted).await;
         assert!(adopted.list().await.expect("list").is_empty());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn clock_ticks_become_durations() {
+        assert_eq!(ticks_to_duration(0, 100), Duration::ZERO);
+        assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
+        assert_eq!(ticks_to_duration(1, 3), Duration::from_nanos(333_333_333));
+        // A clock rate of 0 from a broken sysconf does not divide by zero.
+        assert_eq!(ticks_to_duration(7, 0), Duration::from_secs(7));
+        assert!(ticks_to_duration(u64::MAX, 100) > Duration::from_secs(u64::MAX / 101));
+    }
+
+    /// A state dir of its own for one test, removed on drop (after the
+    /// backend, whose replicas [`Replicas`] stops).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("rouse-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Kills every replica's process group on drop, so a failed assertion
+    /// leaves no `rouse-echo` behind.
+    struct Replicas<'a>(&'a ProcessBackend);
+
+    impl Drop for Replicas<'_> {
+        fn drop(&mut self) {
+            for running in self.0.lock().values() {
+                if running.file.pid > 0 {
+                    let _ = killpg(Pid::from_raw(running.file.pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// How long anything that waits on a real process may take on a
+    /// loaded machine.
+    pub(in crate::backend) const PATIENCE: Duration = Duration::from_secs(60);
+    pub(in crate::backend) const MIB: u64 = 1024 * 1024;
+
+    /// This workspace's `rouse-echo` (built if missing).
+    pub(in crate::backend) fn echo_bin() -> String {
+        rouse_stack::bin("rouse-echo").display().to_string()
+    }
+
+    /// Starts one replica and waits until it answers `/healthz`.
+    pub(in crate::backend) async fn start_ready(
+        backend: &dyn Backend,
+    ) -> (String, std::net::SocketAddr) {
+        let replica = backend
+            .ensure(1)
+            .await
+            .expect("ensure")
+            .replicas
+            .pop()
+            .expect("one replica started");
+        let addr: std::net::SocketAddr = replica.addr.parse().expect("replica address");
+        rouse_stack::wait_http_ok(addr, "/healthz", PATIENCE, None)
+            .await
+            .expect("the replica answers");
+        (replica.id, addr)
+    }
+
+    pub(in crate::backend) async fn usage_of(backend: &dyn Backend, id: &str) -> Usage {
+        let all = backend.usage().await.expect("usage");
+        all.into_iter()
+            .find(|u| u.id == id)
+            .unwrap_or_else(|| panic!("no usage for {id}"))
+    }
+
+    async fn cpu_total(backend: &dyn Backend, id: &str) -> Duration {
+        match usage_of(backend, id).await.cpu {
+            CpuUsage::Total(total) => total,
+            other => panic!("no CPU total for {id}: {other:?}"),
+        }
+    }
+
+    /// Burns CPU in the replica (`/cpu/800`) until its CPU total grew by
+    /// `at_least`, at most 20 times: `/cpu` spins for wall-clock time, so on
+    /// a busy machine one burn may get less than its 800 ms of CPU.
+    pub(in crate::backend) async fn burn_until_grown(
+        backend: &dyn Backend,
+        id: &str,
+        addr: std::net::SocketAddr,
+        at_least: Duration,
+    ) -> Duration {
+        let before = cpu_total(backend, id).await;
+        for _ in 0..20 {
+            let (status, body) = rouse_stack::http_get(addr, "/cpu/800", PATIENCE)
+                .await
+                .expect("GET /cpu/800");
+            assert_eq!(status, 200, "{body}");
+            let now = cpu_total(backend, id).await;
+            assert!(
+                now >= before,
+                "the CPU total went back: {before:?} -> {now:?}"
+            );
+            if now - before >= at_least {
+                return now - before;
+            }
+        }
+        panic!("20 burns of 800 ms did not add {at_least:?} of CPU to {id}");
+    }
+
+    /// Polls the replica's memory until `done` says so, within [`PATIENCE`].
+    pub(in crate::backend) async fn wait_for_memory(
+        backend: &dyn Backend,
+        id: &str,
+        done: impl Fn(u64) -> bool,
+    ) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let bytes = usage_of(backend, id).await.memory_bytes.unwrap_or(0);
+            if done(bytes) {
+                return bytes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "memory of {id} never got there: {bytes} bytes"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `/mem/64` held for a while shows as at least 64 MiB more than idle,
+    /// and most of it is gone again once the request is answered.
+    pub(in crate::backend) async fn holding_64_mib_shows(
+        backend: &dyn Backend,
+        id: &str,
+        addr: std::net::SocketAddr,
+    ) {
+        let idle = usage_of(backend, id).await.memory_bytes.expect("memory");
+        assert!(idle > 0, "idle rouse-echo uses no memory?");
+        // Allocator and page-table slack aside, all of the 64 MiB is touched.
+        let want = idle + 62 * MIB;
+        let hold = tokio::spawn(rouse_stack::http_get(
+            addr,
+            "/mem/64?hold_ms=10000",
+            PATIENCE,
+        ));
+        let held = wait_for_memory(backend, id, |bytes| bytes >= want).await;
+        assert!(held >= 64 * MIB, "{held} bytes held");
+        let (status, body) = hold.await.expect("join").expect("GET /mem");
+        assert_eq!(status, 200, "{body}");
+        // 64 MiB is beyond malloc's mmap threshold: freed, it leaves at once.
+        wait_for_memory(backend, id, |bytes| bytes < held - 32 * MIB).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn usage_counts_a_replicas_cpu_and_memory() {
+        let dir = TempDir::new("process-usage");
+        let bin = echo_bin();
+        let config = config(&[&bin, "--bind", "127.0.0.1", "--port", "{port}"]);
+        let backend = ProcessBackend::new("use", config, &dir.0).expect("backend");
+        let _stop = Replicas(&backend);
+        let (id, addr) = start_ready(&backend).await;
+
+        let grown = burn_until_grown(&backend, &id, addr, Duration::from_millis(500)).await;
+        assert!(grown >= Duration::from_millis(500), "{grown:?}");
+        holding_64_mib_shows(&backend, &id, addr).await;
+
+        stop_all(&backend).await;
+        assert!(backend.usage().await.expect("usage").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn usage_sums_the_whole_process_group() {
+        let dir = TempDir::new("process-group-usage");
+        let script = format!("{} --bind 127.0.0.1 --port {{port}} & wait", echo_bin());
+        let config = config(&["sh", "-c", &script]);
+        let backend = ProcessBackend::new("grp", config, &dir.0).expect("backend");
+        let _stop = Replicas(&backend);
+        let (id, addr) = start_ready(&backend).await;
+        let shell = backend.lock()[&id].file.pid;
+
+        burn_until_grown(&backend, &id, addr, Duration::from_millis(500)).await;
+        // The shell only waits: the CPU counted is its child's.
+        let stat = procfs::process::Process::new(shell)
+            .and_then(|p| p.stat())
+            .expect("the shell's stat");
+        let own = ticks_to_duration(stat.utime + stat.stime, procfs::ticks_per_second());
+        assert!(
+            own < Duration::from_millis(200),
+            "the shell itself used {own:?}"
+        );
+        let memory = usage_of(&backend, &id).await.memory_bytes.expect("memory");
+        let shell_only = stat.rss * procfs::page_size();
+        assert!(
+            memory > shell_only,
+            "{memory} bytes, the shell alone {shell_only}"
+        );
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@
 //! the exited ones) with nothing kept on disk. `ensure` creates and starts
 //! the missing containers in parallel, after making sure the network exists
 //! and the image is there (`pull`). `stop` is the engine's stop with the
-//! service's `stop_timeout`, then remove.
+//! service's `stop_timeout`, then remove. `usage` asks the engine for one
+//! stats sample of each running container, all at once ([`stats`]).
 //!
 //! An engine that is down is an error of the call that needed it; nothing
 //! here panics or blocks, so the loop keeps the replicas it has published
@@ -15,6 +16,9 @@
 
 mod engine;
 mod spec;
+mod stats;
+#[cfg(test)]
+mod usage_tests;
 
 pub use engine::Engine;
 
@@ -26,19 +30,24 @@ use async_trait::async_trait;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions,
+    RemoveContainerOptions, StatsOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
 use rouse_nats::config::{DockerBackend as DockerConfig, PullPolicy};
 use tokio::sync::OnceCell;
 
-use super::{Backend, BackendError, Health, Replica, Started};
+use super::{Backend, BackendError, CpuUsage, Health, Replica, Started, Usage};
 use engine::is_not_found;
 use spec::{Listed, Owner, HOST_NETWORK};
 
 /// Lines of a dead container's output put into its exit reason.
 const LOG_TAIL_LINES: &str = "5";
+
+/// How long the engine may take for one container's stats: `usage` is
+/// called about once a second, and a slow engine must not hold its caller
+/// much longer than that.
+const STATS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The containers of one service.
 pub struct DockerBackend {
@@ -293,6 +302,37 @@ impl DockerBackend {
         lines.join(" | ")
     }
 
+    /// One stats sample of a running container; `Ok(None)` when the engine
+    /// no longer has it (removed since it was listed).
+    async fn stats_of(
+        &self,
+        docker: &Docker,
+        listed: &Listed,
+    ) -> Result<Option<Usage>, BackendError> {
+        let id = &listed.replica.id;
+        // one_shot: a single sample now, instead of the two a second apart
+        // the engine otherwise takes for its own CPU percentage.
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut answers = docker.stats(&listed.container, Some(options));
+        let what = || format!("reading the stats of replica {id}");
+        match tokio::time::timeout(STATS_TIMEOUT, answers.next()).await {
+            Err(_) => Err(BackendError::Engine {
+                what: what(),
+                message: format!("no answer within {STATS_TIMEOUT:?}"),
+            }),
+            Ok(None) => Err(BackendError::Engine {
+                what: what(),
+                message: "the engine closed the stats stream without a sample".into(),
+            }),
+            Ok(Some(Err(e))) if is_not_found(&e) => Ok(None),
+            Ok(Some(Err(e))) => Err(self.engine.error(&what(), e)),
+            Ok(Some(Ok(stats))) => Ok(Some(stats::usage_of(id.clone(), &stats))),
+        }
+    }
+
     fn lock_reasons(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.exit_reasons.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -375,5 +415,45 @@ impl Backend for DockerBackend {
         self.lock_reasons().remove(id);
         tracing::info!(service = %self.owner.service, replica = %id, "stopped and removed container");
         Ok(())
+    }
+
+    /// Every running container's stats, asked for concurrently. One that
+    /// fails is Unknown; only when all fail is the call an error (the
+    /// engine, not a container, is the problem then).
+    async fn usage(&self) -> Result<Vec<Usage>, BackendError> {
+        let docker = self.engine.client().await?;
+        let running: Vec<Listed> = self
+            .listed()
+            .await?
+            .into_iter()
+            .filter(|l| !l.exited)
+            .collect();
+        let answers =
+            futures::future::join_all(running.iter().map(|l| self.stats_of(docker, l))).await;
+        let mut usages = Vec::with_capacity(running.len());
+        let mut first_error = None;
+        let mut answered = 0;
+        for (listed, answer) in running.iter().zip(answers) {
+            match answer {
+                Ok(Some(usage)) => {
+                    answered += 1;
+                    usages.push(usage);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::debug!(service = %self.owner.service, error = %err, "container stats");
+                    usages.push(Usage {
+                        id: listed.replica.id.clone(),
+                        cpu: CpuUsage::Unknown,
+                        memory_bytes: None,
+                    });
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            Some(err) if answered == 0 => Err(err),
+            _ => Ok(usages),
+        }
     }
 }

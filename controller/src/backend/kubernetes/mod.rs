@@ -15,9 +15,15 @@
 //!
 //! API calls: a cold start is one GET and one PATCH of `/scale`; a
 //! scale-down step is a GET and a PATCH of the pod, then of `/scale`;
-//! steady state makes none (the slices are watched).
+//! steady state makes none (the slices are watched). `usage` is one LIST of
+//! the namespace's PodMetrics ([`metrics`]; metrics-server must be
+//! installed).
 
+mod metrics;
+mod quantity;
 mod slices;
+#[cfg(test)]
+mod usage_tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +36,8 @@ use kube::{Api, Client};
 use rouse_nats::config::{KubernetesBackend as Spec, PortRef};
 use tokio::sync::{Mutex, Notify};
 
-use super::{Backend, BackendError, Replica, Started};
+use super::{Backend, BackendError, Replica, Started, Usage};
+use metrics::PodMetrics;
 use slices::Slices;
 
 /// The annotation the ReplicaSet controller ranks pods by on scale-down.
@@ -65,6 +72,7 @@ pub struct KubernetesBackend {
     statefulset: bool,
     pods: Api<Pod>,
     slices: Slices,
+    metrics: PodMetrics,
     /// `/scale` is read, then written: one change at a time.
     scaling: Mutex<()>,
 }
@@ -90,6 +98,7 @@ impl KubernetesBackend {
             target_name: target.name.clone(),
             statefulset: target.kind == "StatefulSet",
             pods: Api::namespaced(client.clone(), &spec.namespace),
+            metrics: PodMetrics::new(client.clone(), &spec.namespace),
             slices: Slices::watch(client, &spec.namespace, &spec.service, changed),
             scaling: Mutex::new(()),
             spec,
@@ -208,6 +217,14 @@ impl Backend for KubernetesBackend {
 
     fn keeps_replicas_on_shutdown(&self) -> bool {
         true
+    }
+
+    /// The PodMetrics of the pods `list()` shows.
+    async fn usage(&self) -> Result<Vec<Usage>, BackendError> {
+        let pods = self.slices.replicas(self.port()).await?;
+        self.metrics
+            .usage(pods.into_iter().map(|r| r.id).collect())
+            .await
     }
 }
 
