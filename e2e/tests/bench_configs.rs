@@ -77,7 +77,11 @@ fn every_example_config_is_valid() {
             continue;
         }
         for needed in ["load.sh", "README.md"] {
-            assert!(dir.join(needed).is_file(), "{} has no {needed}", dir.display());
+            assert!(
+                dir.join(needed).is_file(),
+                "{} has no {needed}",
+                dir.display()
+            );
         }
         let output = Command::new(bin("rouse-controller"))
             .arg("--check")
