@@ -78,7 +78,7 @@ def main():
     parser.add_argument("--controller", required=True)
     parser.add_argument("--load-pid", type=int, required=True)
     parser.add_argument("--settle", type=float, default=240)
-    parser.add_argument("--quiet", type=float, default=20)
+    parser.add_argument("--quiet", type=float, default=45)
     args = parser.parse_args()
     start = time.monotonic()
     samples = []
