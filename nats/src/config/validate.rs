@@ -340,7 +340,10 @@ fn check_pools(at: &str, backend: &BackendConfig, problems: &mut Problems) {
         if let Some(first) = names.insert(&pool.name, i) {
             problems.push((
                 format!("{at}.name"),
-                format!("pool name `{}` is already used by pools[{first}]", pool.name),
+                format!(
+                    "pool name `{}` is already used by pools[{first}]",
+                    pool.name
+                ),
             ));
         }
         if pool.max_replicas == 0 {
@@ -678,7 +681,11 @@ fn check_behavior(at: &str, service: &ServiceConfig, problems: &mut Problems) {
         ("scale_down", &behavior.scale_down),
     ] {
         if let Some(rules) = rules {
-            check_rules(&format!("{at}.scaling.behavior.{direction}"), rules, problems);
+            check_rules(
+                &format!("{at}.scaling.behavior.{direction}"),
+                rules,
+                problems,
+            );
         }
     }
 }
