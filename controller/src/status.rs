@@ -18,6 +18,25 @@ pub struct ReplicaStatus {
     /// When its readiness probe first passed; `null` while starting and for
     /// adopted replicas that were already ready.
     pub ready_at_us: Option<u64>,
+    /// The pool it runs in, for a service with `backend.pools`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// One pool of a service with `backend.pools`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub name: String,
+    /// `process`, `docker` or `kubernetes`.
+    pub backend: &'static str,
+    pub max_replicas: u32,
+    /// The service's replicas in this pool, in any state.
+    pub replicas: u32,
+    pub ready: u32,
+    /// Why the pool last failed to start or list replicas; `null` once it
+    /// does again. A failed pool is skipped (its share goes to the next)
+    /// and tried again after a backoff.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -42,6 +61,9 @@ pub struct ServiceStatus {
     pub last_scale: Option<ScaleEvent>,
     /// The latest backend error, cleared when a replica next becomes ready.
     pub last_error: Option<String>,
+    /// The pools in priority order; left out for a service without them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolStatus>,
 }
 
 /// All services' status, by name.

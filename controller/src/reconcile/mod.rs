@@ -162,6 +162,10 @@ impl ServiceLoop {
         let observation = self.inbox.observations().observe(now);
         let active = self.active();
         let mut decision = self.autoscaler.decide(now, &observation, active);
+        if let Some(capacity) = self.backend.capacity() {
+            // Overflow pools hold no more than their caps.
+            decision.replicas = decision.replicas.min(capacity);
+        }
         if decision.replicas < active && !self.wiring.publisher.connected() {
             // Without reports, "idle" only means "cut off": keep what serves.
             decision.replicas = active;
