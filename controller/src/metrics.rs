@@ -17,6 +17,13 @@ pub struct ScaleLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub service: String,
+    /// A pool's name from `backend.pools`.
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     /// A method of KEDA's external scaler API (`IsActive`, ...).
     pub method: &'static str,
@@ -44,6 +51,10 @@ pub struct ControllerMetrics {
     pub keda_requests: Family<MethodLabel, Counter>,
     /// `StreamIsActive` calls open now.
     pub keda_streams: Gauge,
+    /// Replicas of each pool of a service with `backend.pools`, any state.
+    pub pool_replicas: Family<PoolLabel, Gauge>,
+    /// Of those, the ready ones.
+    pub pool_ready: Family<PoolLabel, Gauge>,
 }
 
 impl Default for ControllerMetrics {
@@ -65,6 +76,8 @@ impl ControllerMetrics {
             leader: Gauge::default(),
             keda_requests: Family::default(),
             keda_streams: Gauge::default(),
+            pool_replicas: Family::default(),
+            pool_ready: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,6 +124,16 @@ impl ControllerMetrics {
             "rouse_keda_streams",
             "StreamIsActive calls from KEDA open now",
             metrics.keda_streams.clone(),
+        );
+        registry.register(
+            "rouse_controller_pool_replicas",
+            "Replicas of each overflow pool (backend.pools), in any state",
+            metrics.pool_replicas.clone(),
+        );
+        registry.register(
+            "rouse_controller_pool_ready",
+            "Ready replicas of each overflow pool (backend.pools)",
+            metrics.pool_ready.clone(),
         );
         Self {
             registry,

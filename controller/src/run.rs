@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::backend::{Backend, Cluster, DockerBackend, Engine, KubernetesBackend, ProcessBackend};
+use crate::backend::{
+    Backend, Cluster, DockerBackend, Engine, KubernetesBackend, Pool, PooledBackend, ProcessBackend,
+};
 use crate::intake::{self, Inbox};
 use crate::keda;
 use crate::leader::kube::KubeLease;
@@ -244,6 +246,14 @@ struct Platforms {
 }
 
 impl Platforms {
+    fn engine(&mut self, controller: &str) -> anyhow::Result<Arc<Engine>> {
+        if let Some(engine) = &self.engine {
+            return Ok(Arc::clone(engine));
+        }
+        let engine = Arc::new(Engine::from_env(controller)?);
+        Ok(Arc::clone(self.engine.insert(engine)))
+    }
+
     async fn cluster(&mut self) -> anyhow::Result<Cluster> {
         if let Some(cluster) = &self.cluster {
             return Ok(cluster.clone());
@@ -289,8 +299,9 @@ async fn lease_store(
     }
 }
 
-/// The backend a service's config names. Validation admits only complete
-/// backends, so a missing one here is a config that bypassed it.
+/// The backend a service's config names: its one backend, or a pooled one
+/// over a backend per pool. Validation admits only complete backends, so a
+/// missing one here is a config that bypassed it.
 async fn build_backend(
     service: &rouse_nats::config::ServiceConfig,
     config: &Config,
@@ -298,31 +309,64 @@ async fn build_backend(
     inbox: Arc<Inbox>,
 ) -> anyhow::Result<Arc<dyn Backend>> {
     match service.backend.selected() {
-        Some(BackendSpec::Process(process)) => {
-            let backend =
-                ProcessBackend::new(&service.name, process.clone(), &config.controller.state_dir)?;
-            Ok(Arc::new(backend))
+        Some(BackendSpec::Pools(pools)) => {
+            let mut built = Vec::with_capacity(pools.len());
+            for pool in pools {
+                let spec = pool
+                    .selected()
+                    .with_context(|| format!("pool {} needs exactly one backend", pool.name))?;
+                let backend = build_one(spec, service, Some(&pool.name), config, platforms, &inbox)
+                    .await
+                    .with_context(|| format!("pool {}", pool.name))?;
+                built.push(Pool {
+                    name: pool.name.clone(),
+                    max_replicas: pool.max_replicas,
+                    backend,
+                });
+            }
+            Ok(Arc::new(PooledBackend::new(&service.name, built)))
         }
-        Some(BackendSpec::Docker(docker)) => {
-            let engine = match &platforms.engine {
-                Some(engine) => Arc::clone(engine),
-                None => Arc::clone(
-                    platforms
-                        .engine
-                        .insert(Arc::new(Engine::from_env(&config.controller.id)?)),
-                ),
+        Some(spec) => Ok(Arc::from(
+            build_one(spec, service, None, config, platforms, &inbox).await?,
+        )),
+        None => anyhow::bail!("needs exactly one backend"),
+    }
+}
+
+/// One backend of `service`, or of its pool `pool`.
+async fn build_one(
+    spec: BackendSpec<'_>,
+    service: &rouse_nats::config::ServiceConfig,
+    pool: Option<&str>,
+    config: &Config,
+    platforms: &mut Platforms,
+    inbox: &Arc<Inbox>,
+) -> anyhow::Result<Box<dyn Backend>> {
+    let state_dir = &config.controller.state_dir;
+    match spec {
+        BackendSpec::Process(process) => {
+            let process = process.clone();
+            let backend = match pool {
+                Some(pool) => ProcessBackend::for_pool(&service.name, pool, process, state_dir)?,
+                None => ProcessBackend::new(&service.name, process, state_dir)?,
             };
+            Ok(Box::new(backend))
+        }
+        BackendSpec::Docker(docker) => {
+            let engine = platforms.engine(&config.controller.id)?;
             let backend =
                 DockerBackend::new(&service.name, &config.controller.id, docker.clone(), engine);
-            Ok(Arc::new(backend))
+            Ok(Box::new(match pool {
+                Some(pool) => backend.in_pool(pool),
+                None => backend,
+            }))
         }
-        Some(BackendSpec::Kubernetes(kubernetes)) => {
+        BackendSpec::Kubernetes(kubernetes) => {
             let cluster = platforms.cluster().await?;
             let backend =
                 KubernetesBackend::new(kubernetes.clone(), &cluster, Arc::clone(&inbox.wakeup))?;
-            Ok(Arc::new(backend))
+            Ok(Box::new(backend))
         }
-        Some(BackendSpec::Pools(_)) => anyhow::bail!("backend.pools is not supported yet"),
-        None => anyhow::bail!("needs exactly one backend"),
+        BackendSpec::Pools(_) => anyhow::bail!("a pool cannot hold pools"),
     }
 }

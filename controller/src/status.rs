@@ -24,6 +24,9 @@ pub struct ReplicaStatus {
     /// Memory in use, for services that scale on `cpu` or `memory`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// The pool it runs in, for a service with `backend.pools`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// One scaling signal: its target and where it stands, per replica.
@@ -35,6 +38,22 @@ pub struct MetricStatus {
     /// `null` while there is nothing to measure (no ready replica, no
     /// sample yet).
     pub current: Option<f64>,
+}
+
+/// One pool of a service with `backend.pools`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub name: String,
+    /// `process`, `docker` or `kubernetes`.
+    pub backend: &'static str,
+    pub max_replicas: u32,
+    /// The service's replicas in this pool, in any state.
+    pub replicas: u32,
+    pub ready: u32,
+    /// Why the pool last failed to start or list replicas; `null` once it
+    /// does again. A failed pool is skipped (its share goes to the next)
+    /// and tried again after a backoff.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -61,6 +80,9 @@ pub struct ServiceStatus {
     pub last_scale: Option<ScaleEvent>,
     /// The latest backend error, cleared when a replica next becomes ready.
     pub last_error: Option<String>,
+    /// The pools in priority order; left out for a service without them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolStatus>,
 }
 
 /// All services' status, by name.

@@ -66,6 +66,11 @@ pub struct Endpoint {
     /// `host:port` the proxy connects to.
     pub addr: String,
     pub state: EndpointState,
+    /// The rank of the replica's pool (0 = first) for a service with
+    /// `backend.pools`; with `prefer: first`, proxies break ties between
+    /// equally busy replicas towards the lower rank. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_rank: Option<u32>,
 }
 
 /// Controller → proxies, KV `rouse-endpoints/<service>`: the routable replicas.
@@ -152,6 +157,7 @@ mod tests {
                 id: "echo-1".into(),
                 addr: "127.0.0.1:4000".into(),
                 state: EndpointState::Draining,
+                pool_rank: None,
             }],
         };
         let bytes = encode(&set);
@@ -169,6 +175,22 @@ mod tests {
             decode::<Wake>(b"garbage"),
             Err(DecodeError::Json(_))
         ));
+    }
+
+    #[test]
+    fn pool_rank_is_optional_on_the_wire() {
+        let old = br#"{"v":1,"generation":1,"endpoints":[{"id":"a","addr":"127.0.0.1:1","state":"ready"}]}"#;
+        let set: EndpointSet = decode(old).expect("decodes without a rank");
+        assert_eq!(set.endpoints[0].pool_rank, None);
+        let plain = String::from_utf8(encode(&set).to_vec()).expect("utf8");
+        assert!(!plain.contains("pool_rank"), "{plain}");
+        let mut ranked = set;
+        ranked.endpoints[0].pool_rank = Some(1);
+        let bytes = encode(&ranked);
+        assert!(std::str::from_utf8(&bytes)
+            .expect("utf8")
+            .contains("\"pool_rank\":1"));
+        assert_eq!(decode::<EndpointSet>(&bytes).expect("decodes"), ranked);
     }
 
     #[test]

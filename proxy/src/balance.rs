@@ -2,7 +2,10 @@
 //!
 //! Power of two choices on in-flight count: two random ready endpoints, the
 //! less busy one wins. That needs no shared state beyond the per-endpoint
-//! atomics and keeps load even without a global view. A request counts itself
+//! atomics and keeps load even without a global view. A service with
+//! overflow pools and `prefer: first` scans for the least busy instead, its
+//! ready list in pool order so that ties go to the earlier pool: an idle
+//! first pool takes the traffic, later pools only what overflows it. A request counts itself
 //! into the endpoint *before* it re-checks the draining flag, which closes the
 //! race with a load report that tells the controller the endpoint is idle.
 
@@ -32,9 +35,10 @@ pub fn lease(service: &Service, tried: &[Arc<str>]) -> Option<Lease> {
     let cap = service.container_concurrency;
     for _ in 0..MAX_ATTEMPTS {
         let snapshot = service.endpoints.load();
-        let endpoint = match cap {
-            0 => choose(&snapshot.ready, tried)?,
-            cap => choose_below(&snapshot.ready, tried, cap)?,
+        let endpoint = match (cap, service.prefer_first) {
+            (0, false) => choose(&snapshot.ready, tried)?,
+            (0, true) => choose_below(&snapshot.ready, tried, u64::MAX)?,
+            (cap, _) => choose_below(&snapshot.ready, tried, cap)?,
         };
         let before = endpoint.in_flight.fetch_add(1, Ordering::SeqCst);
         let lease = Lease {
@@ -50,7 +54,8 @@ pub fn lease(service: &Service, tried: &[Arc<str>]) -> Option<Lease> {
     None
 }
 
-/// The least busy ready endpoint with a free slot under `cap`.
+/// The least busy ready endpoint with a free slot under `cap`; of equally
+/// busy ones, the first in `ready`.
 fn choose_below<'a>(
     ready: &'a [Arc<Endpoint>],
     tried: &[Arc<str>],
@@ -113,7 +118,77 @@ mod tests {
             authority: "127.0.0.1:1".parse().expect("authority"),
             in_flight: AtomicU64::new(in_flight),
             draining: AtomicBool::new(false),
+            rank: 0,
         })
+    }
+
+    /// A service with two pools (`a` first, `b` second) and `prefer`,
+    /// whose endpoints `a1`, `a2` (rank 0) and `b1`, `b2` (rank 1) are
+    /// listed in an order that is not the pools'.
+    fn pooled(prefer: &str) -> Service {
+        use rouse_nats::config::ServiceConfig;
+        use rouse_nats::messages::{Endpoint as Wire, EndpointSet, EndpointState, VERSION};
+        let yaml = format!(
+            "name: p\nhosts: [p]\nbackend:\n  prefer: {prefer}\n  pools:\n    \
+             - {{name: a, max_replicas: 2, process: {{command: [x]}}}}\n    \
+             - {{name: b, max_replicas: 2, process: {{command: [x]}}}}\n"
+        );
+        let config: ServiceConfig = serde_norway::from_str(&yaml).expect("config");
+        let metrics = crate::metrics::ProxyMetrics::new().for_service("test");
+        let service = Service::new(&config, std::time::Duration::from_secs(1), metrics);
+        let wire = |id: &str, port: u16, rank: u32| Wire {
+            id: id.into(),
+            addr: format!("127.0.0.1:{port}"),
+            state: EndpointState::Ready,
+            pool_rank: Some(rank),
+        };
+        let set = EndpointSet {
+            v: VERSION,
+            generation: 1,
+            endpoints: vec![
+                wire("b1", 3, 1),
+                wire("a1", 1, 0),
+                wire("b2", 4, 1),
+                wire("a2", 2, 0),
+            ],
+        };
+        assert!(service.apply(&set).is_empty());
+        service
+    }
+
+    fn leased_id(service: &Service, held: &mut Vec<Lease>) -> String {
+        let lease = lease(service, &[]).expect("a ready endpoint");
+        let id = lease.endpoint.id.to_string();
+        held.push(lease);
+        id
+    }
+
+    #[test]
+    fn prefer_first_fills_the_first_pool_and_overflows_to_the_next() {
+        let service = pooled("first");
+        // Idle: always the first pool.
+        for _ in 0..50 {
+            let id = lease(&service, &[]).expect("some").endpoint.id.to_string();
+            assert_eq!(id, "a1");
+        }
+        let mut held = Vec::new();
+        let first: Vec<String> = (0..4).map(|_| leased_id(&service, &mut held)).collect();
+        assert_eq!(first, ["a1", "a2", "b1", "b2"]);
+        // All equally busy again: the tie goes to the first pool.
+        assert_eq!(leased_id(&service, &mut held), "a1");
+        // A request ends on b2: it is the least busy now, whatever its pool.
+        held.retain(|l| &*l.endpoint.id != "b2");
+        assert_eq!(leased_id(&service, &mut held), "b2");
+    }
+
+    #[test]
+    fn prefer_any_spreads_over_every_pool() {
+        let service = pooled("any");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..400 {
+            seen.insert(lease(&service, &[]).expect("some").endpoint.id.to_string());
+        }
+        assert_eq!(seen.len(), 4, "{seen:?}");
     }
 
     #[test]

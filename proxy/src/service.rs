@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use rouse_nats::config::ServiceConfig;
+use rouse_nats::config::{PoolPreference, ServiceConfig};
 use rouse_nats::messages::{EndpointSet, EndpointState};
 
 use crate::metrics::ServiceMetrics;
@@ -30,6 +30,8 @@ pub struct Endpoint {
     /// Set before the snapshot that marks it draining is published; a request
     /// that picked this endpoint re-checks it after counting itself in.
     pub draining: AtomicBool,
+    /// Its pool's rank (`backend.pools`, 0 = first); 0 without pools.
+    pub rank: u32,
 }
 
 /// The endpoint set of one KV revision.
@@ -37,7 +39,8 @@ pub struct Endpoint {
 pub struct EndpointSnapshot {
     pub generation: u64,
     pub all: Vec<Arc<Endpoint>>,
-    /// The subset that may receive new requests.
+    /// The subset that may receive new requests; with `prefer: first`,
+    /// in pool order (lowest rank first).
     pub ready: Vec<Arc<Endpoint>>,
 }
 
@@ -59,6 +62,9 @@ pub struct Service {
     pub hold: HoldQueue,
     /// Most requests one replica gets at once from this proxy; 0 = no limit.
     pub(crate) container_concurrency: u64,
+    /// `backend.prefer: first`: the least busy replica, ties going to the
+    /// earlier pool (see `balance`).
+    pub(crate) prefer_first: bool,
     /// False once a report found the service idle; the next arrival flips it
     /// and asks the reporter for an immediate report.
     pub(crate) busy: AtomicBool,
@@ -98,6 +104,7 @@ impl Service {
             counters: Counters::default(),
             hold: HoldQueue::new(config.hold.max_requests),
             container_concurrency: u64::from(config.scaling.container_concurrency),
+            prefer_first: config.backend.prefer == PoolPreference::First,
             busy: AtomicBool::new(false),
             reported_in_flight: AtomicU64::new(0),
             surge_signalled: AtomicBool::new(false),
@@ -130,13 +137,17 @@ impl Service {
                 });
                 continue;
             };
+            let rank = wanted.pool_rank.unwrap_or(0);
             let endpoint = match by_id.get(wanted.id.as_str()) {
-                Some(existing) if existing.authority == authority => Arc::clone(existing),
+                Some(existing) if existing.authority == authority && existing.rank == rank => {
+                    Arc::clone(existing)
+                }
                 _ => Arc::new(Endpoint {
                     id: wanted.id.as_str().into(),
                     authority,
                     in_flight: AtomicU64::new(0),
                     draining: AtomicBool::new(false),
+                    rank,
                 }),
             };
             let draining = wanted.state == EndpointState::Draining;
@@ -145,6 +156,10 @@ impl Service {
                 ready.push(Arc::clone(&endpoint));
             }
             all.push(endpoint);
+        }
+        if self.prefer_first {
+            // Stable: the controller's order within a pool.
+            ready.sort_by_key(|e| e.rank);
         }
         let has_ready = !ready.is_empty();
         self.endpoints.store(Arc::new(EndpointSnapshot {
@@ -218,6 +233,7 @@ mod tests {
                     id: (*id).into(),
                     addr: (*addr).into(),
                     state: *state,
+                    pool_rank: None,
                 })
                 .collect(),
         }

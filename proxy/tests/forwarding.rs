@@ -151,6 +151,7 @@ fn set_endpoints(service: &Service, generation: u64, addrs: &[SocketAddr]) {
                 id: format!("r{i}"),
                 addr: addr.to_string(),
                 state: EndpointState::Ready,
+                pool_rank: None,
             })
             .collect(),
     };

@@ -106,6 +106,7 @@ async fn traffic_on_an_idle_service_and_a_surge_are_reported_at_once() {
             id: "r0".into(),
             addr: replica.to_string(),
             state: EndpointState::Ready,
+            pool_rank: None,
         }],
     };
     assert!(service.apply(&set).is_empty());

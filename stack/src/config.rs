@@ -301,7 +301,8 @@ pub struct Config {
     pub marker: String,
     pub services: Vec<Service>,
     /// More `services:` items as YAML text (each `  - name: ...`), e.g.
-    /// what `rouse-controller import` wrote.
+    /// what `rouse-controller import` wrote. `{marker}` in it becomes the
+    /// stack's marker, for the `ROUSE_E2E_MARKER` env of replicas.
     pub raw_services: String,
     /// Where the services' default command finds rouse-echo.
     pub bins: Bins,
@@ -366,7 +367,7 @@ impl Config {
             for service in &self.services {
                 service.write_yaml(&mut out, &self.marker, &self.bins, &self.nats_url);
             }
-            out.push_str(&self.raw_services);
+            out.push_str(&self.raw_services.replace("{marker}", &self.marker));
             if !out.ends_with('\n') {
                 out.push('\n');
             }

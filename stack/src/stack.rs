@@ -151,7 +151,8 @@ impl StackBuilder {
         self
     }
 
-    /// Services given as YAML `services:` items (see `Config::raw_services`).
+    /// Services given as YAML `services:` items (see `Config::raw_services`;
+    /// `{marker}` in them becomes the stack's replica marker).
     pub fn raw_services(mut self, yaml: &str) -> Self {
         self.config.raw_services.push_str(yaml);
         self

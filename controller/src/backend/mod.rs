@@ -18,13 +18,18 @@
 //! requested and adopts each one as `list()` shows it, so nothing is asked
 //! for twice. `ensure` never removes replicas: scale-down always goes
 //! through drain and `stop`, one replica at a time, so none is lost.
+//!
+//! A service with `backend.pools` gets a [`PooledBackend`]: the same trait
+//! over one backend per pool, filling them in order (see [`pools`]).
 
 mod docker;
 mod kubernetes;
+mod pools;
 mod process;
 
 pub use docker::{DockerBackend, Engine};
 pub use kubernetes::{Cluster, KubernetesBackend};
+pub use pools::{Pool, PoolInfo, PooledBackend};
 pub use process::ProcessBackend;
 
 use std::time::Duration;
@@ -94,6 +99,16 @@ pub enum BackendError {
     /// The platform cannot tell this (e.g. no metrics API in the cluster).
     #[error("{what} is not available: {reason}")]
     Unsupported { what: &'static str, reason: String },
+    /// A call to one pool of a pooled backend failed.
+    #[error("pool `{pool}`: {source}")]
+    Pool {
+        pool: String,
+        #[source]
+        source: Box<BackendError>,
+    },
+    /// Replicas were needed, there was room only in pools that failed.
+    #[error("no pool could start a replica: {reasons}")]
+    NoPool { reasons: String },
 }
 
 /// What one replica uses, as its platform measures it: the input of
@@ -135,6 +150,19 @@ pub trait Backend: Send + Sync {
     /// How long a replica may take to become ready before it is replaced.
     fn startup_timeout(&self) -> Duration;
 
+    /// [`Backend::startup_timeout`] of one replica (a pooled backend's pools
+    /// may each have their own).
+    fn startup_timeout_of(&self, _id: &str) -> Duration {
+        self.startup_timeout()
+    }
+
+    /// Most replicas the backend can run now, if it is bounded (a pooled
+    /// backend: the pools' `max_replicas`, less the room of pools that are
+    /// backing off after a failure). The loop asks for no more.
+    fn capacity(&self) -> Option<u32> {
+        None
+    }
+
     /// Makes `n` replicas exist (running ones count; exited ones do not).
     async fn ensure(&self, n: usize) -> Result<Started, BackendError>;
 
@@ -155,6 +183,22 @@ pub trait Backend: Send + Sync {
     /// `controller.on_shutdown` says.
     fn keeps_replicas_on_shutdown(&self) -> bool {
         false
+    }
+
+    /// [`Backend::keeps_replicas_on_shutdown`] of one replica (a pooled
+    /// backend may mix a cluster's pods with local processes).
+    fn keeps_on_shutdown(&self, _id: &str) -> bool {
+        self.keeps_replicas_on_shutdown()
+    }
+
+    /// The pools of a pooled backend, in priority order; none otherwise.
+    fn pools(&self) -> Vec<PoolInfo> {
+        Vec::new()
+    }
+
+    /// The rank (index into [`Backend::pools`]) of the pool running `id`.
+    fn pool_of(&self, _id: &str) -> Option<usize> {
+        None
     }
 
     /// What each running replica uses now. Called about once a second for

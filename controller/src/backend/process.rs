@@ -47,9 +47,11 @@ struct Running {
     exit: Option<Arc<Mutex<Option<String>>>>,
 }
 
-/// Local processes of one service.
+/// Local processes of one service (or of one of its pools).
 pub struct ProcessBackend {
     service: String,
+    /// Replica ids start with it: the service's name, or `<service>-<pool>`.
+    prefix: String,
     config: ProcessConfig,
     dir: PathBuf,
     replicas: Mutex<HashMap<String, Running>>,
@@ -68,9 +70,36 @@ impl ProcessBackend {
         state_dir: &Path,
     ) -> Result<Self, BackendError> {
         let dir = state_dir.join("process").join(service);
+        Self::open(service, service.to_string(), config, dir)
+    }
+
+    /// The processes of pool `pool` of `service`: pid files of their own
+    /// (under the service's dir) and ids `<service>-<pool>-…`, so two
+    /// pools never adopt or stop each other's replicas.
+    pub fn for_pool(
+        service: &str,
+        pool: &str,
+        config: ProcessConfig,
+        state_dir: &Path,
+    ) -> Result<Self, BackendError> {
+        let dir = state_dir
+            .join("process")
+            .join(service)
+            .join("pools")
+            .join(pool);
+        Self::open(service, format!("{service}-{pool}"), config, dir)
+    }
+
+    fn open(
+        service: &str,
+        prefix: String,
+        config: ProcessConfig,
+        dir: PathBuf,
+    ) -> Result<Self, BackendError> {
         fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let backend = Self {
             service: service.to_string(),
+            prefix,
             config,
             dir,
             replicas: Mutex::new(HashMap::new()),
@@ -120,7 +149,7 @@ impl ProcessBackend {
 
     async fn spawn(&self) -> Result<Replica, BackendError> {
         let port = free_port().map_err(io("finding a free port"))?;
-        let id = format!("{}-{:08x}", self.service, fastrand::u32(..));
+        let id = format!("{}-{:08x}", self.prefix, fastrand::u32(..));
         let argv: Vec<String> = self
             .config
             .command

@@ -179,6 +179,10 @@ impl ServiceLoop {
         let mut decision = self
             .autoscaler
             .decide_with(now, &observation, active, &measured);
+        if let Some(capacity) = self.backend.capacity() {
+            // Overflow pools hold no more than their caps.
+            decision.replicas = decision.replicas.min(capacity);
+        }
         if decision.replicas < active && !self.wiring.publisher.connected() {
             // Without reports, "idle" only means "cut off": keep what serves.
             decision.replicas = active;

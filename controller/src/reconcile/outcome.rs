@@ -11,8 +11,9 @@ use rouse_nats::messages::{self, Scaled, VERSION};
 use super::error::ReconcileError;
 use super::replicas::Phase;
 use super::{now, ServiceLoop};
-use crate::metrics::{ControllerMetrics, ScaleLabel};
-use crate::status::{MetricStatus, ScaleEvent, ServiceStatus};
+use crate::backend::PoolInfo;
+use crate::metrics::{ControllerMetrics, PoolLabel, ScaleLabel};
+use crate::status::{MetricStatus, PoolStatus, ScaleEvent, ServiceStatus};
 
 /// How long a stopping controller tries to clear a service's endpoint set.
 const SHUTDOWN_PUBLISH_LIMIT: Duration = Duration::from_secs(3);
@@ -91,7 +92,8 @@ impl ServiceLoop {
             .get_or_create(&label)
             .set(self.desired as i64);
         metrics.ready.get_or_create(&label).set(ready as i64);
-        let mut replicas = self.replicas.status();
+        let pools = self.backend.pools();
+        let mut replicas = self.replicas.status(&pools);
         if let Some(meter) = &self.meter {
             for replica in &mut replicas {
                 let figures = meter.figures(&replica.id);
@@ -106,6 +108,7 @@ impl ServiceLoop {
             ready,
             metrics: self.metric_status(now, ready),
             replicas,
+            pools: self.pool_status(pools),
             held: totals.held,
             in_flight: totals.in_flight,
             proxies: totals.proxies,
@@ -157,8 +160,37 @@ impl ServiceLoop {
             .collect()
     }
 
+    /// Each pool's replicas, as the status API and the pool metrics show.
+    fn pool_status(&self, pools: Vec<PoolInfo>) -> Vec<PoolStatus> {
+        let metrics = &self.wiring.metrics;
+        pools
+            .into_iter()
+            .enumerate()
+            .map(|(rank, pool)| {
+                let (replicas, ready) = self.replicas.in_pool(rank);
+                let label = PoolLabel {
+                    service: self.name.clone(),
+                    pool: pool.name.clone(),
+                };
+                metrics
+                    .pool_replicas
+                    .get_or_create(&label)
+                    .set(replicas.into());
+                metrics.pool_ready.get_or_create(&label).set(ready.into());
+                PoolStatus {
+                    name: pool.name,
+                    backend: pool.backend,
+                    max_replicas: pool.max_replicas,
+                    replicas,
+                    ready,
+                    error: pool.error,
+                }
+            })
+            .collect()
+    }
+
     /// On SIGTERM with `on_shutdown: stop`: take every replica out of the
-    /// endpoint set, then stop them all.
+    /// endpoint set, then stop them all (but those a cluster pool runs).
     pub(super) async fn stop_everything(&mut self) {
         if self.wiring.on_shutdown == ShutdownPolicy::Keep
             || self.backend.keeps_replicas_on_shutdown()
@@ -167,7 +199,8 @@ impl ServiceLoop {
             tracing::info!(service = %self.name, replicas = self.replicas.len(), "leaving replicas running for the next controller");
             return;
         }
-        let ids = self.replicas.clear();
+        let backend = Arc::clone(&self.backend);
+        let ids = self.replicas.take(|id| !backend.keeps_on_shutdown(id));
         // With NATS gone, do not hang the shutdown on a write that cannot land.
         if tokio::time::timeout(SHUTDOWN_PUBLISH_LIMIT, self.publish_endpoints(now()))
             .await

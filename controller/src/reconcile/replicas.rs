@@ -15,6 +15,7 @@ use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::backend::PoolInfo;
 use crate::probe::{self, Prober};
 use crate::status::ReplicaStatus;
 
@@ -64,6 +65,8 @@ pub struct Tracked {
     /// once is not asked in a tight loop).
     pub stop_failures: u32,
     pub stop_again_at: Option<Instant>,
+    /// The rank of its pool, for a pooled backend (0 = the first pool).
+    pub pool: Option<usize>,
     probe: Option<JoinHandle<()>>,
 }
 
@@ -143,6 +146,7 @@ impl Replicas {
             ready_at_us: None,
             stop_failures: 0,
             stop_again_at: None,
+            pool: None,
             probe: None,
         };
         self.map.insert(id, tracked);
@@ -156,10 +160,13 @@ impl Replicas {
         Some(removed)
     }
 
-    /// Forgets every replica (they are being stopped), clearing the set.
-    pub fn clear(&mut self) -> Vec<String> {
-        let ids = self.map.keys().cloned().collect();
-        self.map.clear();
+    /// Forgets the replicas `which` picks (they are being stopped),
+    /// taking them out of the set.
+    pub fn take(&mut self, which: impl Fn(&str) -> bool) -> Vec<String> {
+        let ids: Vec<String> = self.map.keys().filter(|id| which(id)).cloned().collect();
+        for id in &ids {
+            self.map.remove(id);
+        }
         self.changed();
         ids
     }
@@ -235,6 +242,7 @@ impl Replicas {
                     id: id.clone(),
                     addr: r.addr.clone(),
                     state,
+                    pool_rank: r.pool.and_then(|rank| u32::try_from(rank).ok()),
                 })
             })
             .collect();
@@ -245,7 +253,8 @@ impl Replicas {
         }
     }
 
-    pub fn status(&self) -> Vec<ReplicaStatus> {
+    /// Each replica's status; `pools` names the pools by rank.
+    pub fn status(&self, pools: &[PoolInfo]) -> Vec<ReplicaStatus> {
         self.map
             .iter()
             .map(|(id, r)| ReplicaStatus {
@@ -256,8 +265,22 @@ impl Replicas {
                 ready_at_us: r.ready_at_us,
                 cpu_cores: None,
                 memory_bytes: None,
+                pool: r
+                    .pool
+                    .and_then(|rank| pools.get(rank))
+                    .map(|p| p.name.clone()),
             })
             .collect()
+    }
+
+    /// Replicas in pool `rank`: all of them, and the ready ones.
+    pub fn in_pool(&self, rank: usize) -> (u32, u32) {
+        let (mut all, mut ready) = (0, 0);
+        for r in self.map.values().filter(|r| r.pool == Some(rank)) {
+            all += 1;
+            ready += u32::from(r.phase == Phase::Ready);
+        }
+        (all, ready)
     }
 }
 

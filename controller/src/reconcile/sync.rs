@@ -98,6 +98,10 @@ impl ServiceLoop {
         } = replica;
         self.replicas
             .insert(id.clone(), addr, phase, now, started_at_us);
+        let pool = self.backend.pool_of(&id);
+        if let Some(tracked) = self.replicas.get_mut(&id) {
+            tracked.pool = pool;
+        }
         self.watch(&id, readiness);
     }
 
@@ -247,11 +251,11 @@ impl ServiceLoop {
             if !listed.iter().any(|r| &r.id == id) {
                 gone.push((id.clone(), None));
             } else if tracked.phase == Phase::Starting
-                && now.duration_since(tracked.since) > timeout
+                && now.duration_since(tracked.since) > self.backend.startup_timeout_of(id)
             {
                 let failure = ReconcileError::StartupTimeout {
                     id: id.clone(),
-                    timeout,
+                    timeout: self.backend.startup_timeout_of(id),
                 };
                 gone.push((id.clone(), Some(failure)));
             }

@@ -67,12 +67,20 @@ impl DockerBackend {
             owner: Owner {
                 service: service.to_string(),
                 controller: controller.to_string(),
+                pool: None,
             },
             config,
             engine,
             network_ready: OnceCell::new(),
             exit_reasons: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The backend of pool `pool` of the service: its containers carry
+    /// `rouse.pool=<pool>` and ids `<service>-<pool>-…`.
+    pub fn in_pool(mut self, pool: &str) -> Self {
+        self.owner.pool = Some(pool.to_string());
+        self
     }
 
     /// This service's containers, from the engine's shared list.
@@ -175,7 +183,7 @@ impl DockerBackend {
 
     /// Creates and starts one container; removes it again if it cannot start.
     async fn start_one(&self, docker: &Docker) -> Result<Replica, BackendError> {
-        let id = format!("{}-{:08x}", self.owner.service, fastrand::u32(..));
+        let id = format!("{}-{:08x}", self.owner.prefix(), fastrand::u32(..));
         let port = if self.config.network == HOST_NETWORK {
             super::free_port().map_err(|source| BackendError::Io {
                 what: "finding a free port".into(),

@@ -19,6 +19,9 @@ pub const SERVICE_LABEL: &str = "rouse.service";
 pub const REPLICA_LABEL: &str = "rouse.replica";
 /// Label naming the controller (`controller.id`) that owns the container.
 pub const CONTROLLER_LABEL: &str = "rouse.controller";
+/// Label naming the pool (`backend.pools`) a container belongs to, so
+/// two pools of one service on one engine each list only their own.
+pub const POOL_LABEL: &str = "rouse.pool";
 /// Label holding the replica's port on the `host` network, where each
 /// replica listens on its own port, so a restarted controller knows it.
 pub const PORT_LABEL: &str = "rouse.port";
@@ -31,6 +34,8 @@ pub const HOST_NETWORK: &str = "host";
 pub struct Owner {
     pub service: String,
     pub controller: String,
+    /// The pool, for a service with `backend.pools`.
+    pub pool: Option<String>,
 }
 
 /// The engine's `label=k=v` filter for the containers of `controller`.
@@ -42,13 +47,27 @@ pub fn controller_filters(controller: &str) -> HashMap<String, Vec<String>> {
 }
 
 impl Owner {
-    /// Whether a container of this controller serves this service.
+    /// Whether a container of this controller serves this service (and
+    /// this pool). Without a pool every container of the service is ours,
+    /// so a service that no longer has pools adopts what they ran.
     pub fn owns(&self, summary: &ContainerSummary) -> bool {
-        summary
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(SERVICE_LABEL))
-            .is_some_and(|service| *service == self.service)
+        let Some(labels) = summary.labels.as_ref() else {
+            return false;
+        };
+        let label = |key: &str| labels.get(key).map(String::as_str);
+        label(SERVICE_LABEL) == Some(self.service.as_str())
+            && self
+                .pool
+                .as_deref()
+                .is_none_or(|pool| label(POOL_LABEL) == Some(pool))
+    }
+
+    /// What its replicas' ids start with: `<service>` or `<service>-<pool>`.
+    pub fn prefix(&self) -> String {
+        match &self.pool {
+            Some(pool) => format!("{}-{pool}", self.service),
+            None => self.service.clone(),
+        }
     }
 
     /// The engine's name for a replica's container: `docker ps` shows it.
@@ -85,6 +104,9 @@ pub fn create_body(
     labels.insert(REPLICA_LABEL.into(), replica.into());
     labels.insert(CONTROLLER_LABEL.into(), owner.controller.clone());
     labels.insert(PORT_LABEL.into(), port.to_string());
+    if let Some(pool) = &owner.pool {
+        labels.insert(POOL_LABEL.into(), pool.clone());
+    }
 
     let container_port = format!("{port}/tcp");
     let publish = !on_host && config.address == DockerAddress::Published;
@@ -286,6 +308,7 @@ mod tests {
         Owner {
             service: "echo".into(),
             controller: "ctl".into(),
+            pool: None,
         }
     }
 
@@ -310,8 +333,40 @@ mod tests {
         let other = Owner {
             service: "other".into(),
             controller: "ctl".into(),
+            pool: None,
         };
         assert!(!other.owns(&mine));
+    }
+
+    #[test]
+    fn pools_of_one_service_own_only_their_containers() {
+        let cfg = config("{image: 'rouse:dev', port: 8080}");
+        let pool = |name: &str| Owner {
+            pool: Some(name.into()),
+            ..owner()
+        };
+        let body = create_body(&cfg, &pool("b"), "echo-b-1", 8080);
+        let labels = body.labels.expect("labels");
+        assert_eq!(labels[POOL_LABEL], "b");
+        assert!(body
+            .env
+            .expect("env")
+            .contains(&"ROUSE_SERVICE=echo".to_string()));
+        let in_b = ContainerSummary {
+            labels: Some(labels),
+            ..Default::default()
+        };
+        assert!(pool("b").owns(&in_b));
+        assert!(!pool("a").owns(&in_b));
+        // The service without pools takes every container it finds.
+        assert!(owner().owns(&in_b));
+        let plain = ContainerSummary {
+            labels: create_body(&cfg, &owner(), "echo-1", 8080).labels,
+            ..Default::default()
+        };
+        assert!(!pool("a").owns(&plain));
+        assert_eq!(pool("b").prefix(), "echo-b");
+        assert_eq!(owner().prefix(), "echo");
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct BackendState {
     pub keeps_replicas: bool,
     /// Like a StatefulSet: the oldest replica (lowest id) goes first.
     pub remove_oldest: bool,
+    /// Ids `<prefix>-N` and addresses `10.0.<subnet>.N` instead of
+    /// `echo-N` and `10.0.0.N`, for several fakes as pools of one service.
+    pub prefix: Option<&'static str>,
+    pub subnet: u8,
 }
 
 fn unreachable() -> BackendError {
@@ -59,9 +63,9 @@ impl FakeBackend {
     pub fn add(&self, readiness: Readiness) -> Replica {
         let mut state = self.state();
         state.next += 1;
-        let id = format!("{SERVICE}-{}", state.next);
+        let id = format!("{}-{}", state.prefix.unwrap_or(SERVICE), state.next);
         let replica = Replica {
-            addr: format!("10.0.0.{}:80", state.next),
+            addr: format!("10.0.{}.{}:80", state.subnet, state.next),
             id: id.clone(),
             health: Health::Running,
             readiness,

@@ -30,6 +30,8 @@ pub struct Harness {
     pub status: Arc<StatusBoard>,
     /// The service the loop runs; change it before `start`.
     pub spec: ServiceConfig,
+    /// The backend the loop runs on instead of `backend` (a pooled one).
+    pub run_on: Option<Arc<dyn Backend>>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     seq: u64,
@@ -46,6 +48,7 @@ impl Harness {
             metrics: Arc::new(ControllerMetrics::new()),
             status: Arc::default(),
             spec: service(),
+            run_on: None,
             shutdown,
             task: None,
             seq: 0,
@@ -63,7 +66,10 @@ impl Harness {
             on_shutdown: ShutdownPolicy::Stop,
             backlog: None,
         };
-        let backend = Arc::clone(&self.backend) as Arc<dyn Backend>;
+        let backend = match &self.run_on {
+            Some(backend) => Arc::clone(backend),
+            None => Arc::clone(&self.backend) as Arc<dyn Backend>,
+        };
         let service_loop =
             ServiceLoop::new(self.spec.clone(), backend, Arc::clone(&self.inbox), wiring);
         self.task = Some(tokio::spawn(service_loop.run()));

@@ -5,6 +5,7 @@
 
 mod fakes;
 mod harness;
+mod pools;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -228,6 +229,7 @@ async fn a_restarted_loop_adopts_what_runs_and_keeps_ready_replicas_ready() {
             id: ready.id.clone(),
             addr: ready.addr.clone(),
             state: EndpointState::Ready,
+            pool_rank: None,
         }],
     });
     let mut h = h;
@@ -448,6 +450,7 @@ async fn adoption_waits_for_a_backend_that_cannot_be_listed() {
             id: ready.id.clone(),
             addr: ready.addr.clone(),
             state: EndpointState::Ready,
+            pool_rank: None,
         }],
     };
     *h.publisher.set.lock().unwrap_or_else(|p| p.into_inner()) = Some(previous.clone());
