@@ -5,12 +5,18 @@
 //! the replica-seconds, queueing delay, requests held past the hold timeout
 //! and scale events.
 //!
+//! Then the same traces on the other signals rouse scales on (request rate,
+//! CPU utilization, a queue's backlog): rouse configured on each, against the
+//! HPA-like baseline on the same signal, so each signal's table says what
+//! rouse's handling of it is worth next to what Kubernetes users run today.
+//!
 //! Modules, in the order the data flows through them:
 //! - `traces`: load shapes and their seeded arrivals;
 //! - `model`: the simulated service (replicas, wait queue, accounting);
+//! - `signals`: what rps, CPU and backlog are made of, and their meters;
 //! - `policies`: rouse (the real autoscaler), KPA-like, HPA-like;
 //! - `run`: one trace through every policy;
-//! - `report`: CSV, SVG charts, the Markdown summary.
+//! - `report`: CSV, SVG charts, the Markdown summaries.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,14 +28,16 @@ mod model;
 mod policies;
 mod report;
 mod run;
+mod signals;
 mod traces;
 
-pub use report::summary_markdown;
+pub use report::{signals_markdown, summary_markdown};
 pub use run::TraceRun;
 
 use model::ModelConfig;
 use run::SimConfig;
-use traces::Arrivals;
+use signals::Signal;
+use traces::{Arrivals, Trace};
 
 /// Trace-driven autoscaling simulation: rouse vs KPA-like vs HPA-like.
 #[derive(Debug, Parser)]
@@ -79,10 +87,68 @@ pub struct Args {
     /// `<trace>-rouse-decisions.csv`.
     #[arg(long)]
     pub decisions: bool,
+    /// Signals to run against the HPA-like baseline besides concurrency
+    /// (comma-separated: rps, cpu, queue; `none` for none). Their files go
+    /// to `<out>/signals/`, their tables to `signals.md`/`signals.csv`.
+    #[arg(long, value_delimiter = ',', default_value = "rps,cpu,queue")]
+    pub signals: Vec<String>,
+    /// On the signal runs, give rouse a `behavior.scale_down` with this
+    /// stabilization window (and no rate policy) instead of its own
+    /// scale-down pacing.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub signal_down_window: Option<Duration>,
+}
+
+/// Everything one invocation ran.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The concurrency runs (rouse, KPA-like, HPA-like).
+    pub runs: Vec<TraceRun>,
+    /// The other signals' runs (rouse and HPA-like on each).
+    pub signal_runs: Vec<TraceRun>,
+}
+
+impl Outcome {
+    /// Every run, concurrency first (what the signal tables compare).
+    pub fn all(&self) -> Vec<TraceRun> {
+        self.runs.iter().chain(&self.signal_runs).cloned().collect()
+    }
+}
+
+fn create_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// The signals `--signals` names.
+fn parse_signals(names: &[String]) -> Result<Vec<Signal>> {
+    if names.iter().any(|n| n == "none") {
+        return Ok(Vec::new());
+    }
+    names
+        .iter()
+        .map(|name| {
+            Signal::parse(name)
+                .with_context(|| format!("no signal `{name}` (rps, cpu, queue, none)"))
+        })
+        .collect()
+}
+
+/// Writes a run's per-second CSV, its chart and any decision logs into `dir`.
+fn write_run(dir: &std::path::Path, run: &TraceRun, primary: bool) -> Result<()> {
+    let stem = report::stem(run, primary);
+    report::write(&dir.join(format!("{stem}.csv")), &report::series_csv(run))?;
+    report::chart(run, &dir.join(format!("{stem}.svg")))?;
+    for policy in &run.policies {
+        if let Some(csv) = &policy.decisions {
+            let name = format!("{stem}-{}-decisions.csv", policy.name);
+            report::write(&dir.join(name), csv)?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs the simulation and writes every output; returns the runs.
-pub fn main(args: Args) -> Result<Vec<TraceRun>> {
+pub fn main(args: Args) -> Result<Outcome> {
     let step_ms = args.step.as_millis();
     if step_ms == 0 || args.step != Duration::from_millis(step_ms as u64) || 1000 % step_ms != 0 {
         bail!("--step must be a whole number of milliseconds dividing 1 s");
@@ -93,62 +159,82 @@ pub fn main(args: Args) -> Result<Vec<TraceRun>> {
     if args.startup.is_empty() {
         bail!("--startup needs at least one duration");
     }
+    let signals = parse_signals(&args.signals)?;
+    let selected = select_traces(&args)?;
+    let signal_dir = args.out.join("signals");
+    create_dir(&args.out)?;
+    if !signals.is_empty() {
+        create_dir(&signal_dir)?;
+    }
+
+    let mut outcome = Outcome {
+        runs: Vec::new(),
+        signal_runs: Vec::new(),
+    };
+    for (index, &startup) in args.startup.iter().enumerate() {
+        let config = sim_config(&args, startup);
+        for trace in &selected {
+            let run = run::run_trace(trace, &config);
+            write_run(&args.out, &run, index == 0)?;
+            outcome.runs.push(run);
+            for &signal in &signals {
+                let run = run::run_signal(trace, &config, signal);
+                write_run(&signal_dir, &run, index == 0)?;
+                outcome.signal_runs.push(run);
+            }
+        }
+    }
+    let runs = &outcome.runs;
+    report::write(&args.out.join("summary.csv"), &report::summary_csv(runs))?;
+    report::write(
+        &args.out.join("summary.md"),
+        &report::summary_markdown(runs),
+    )?;
+    if !signals.is_empty() {
+        let all = outcome.all();
+        report::write(&args.out.join("signals.csv"), &report::signals_csv(&all))?;
+        report::write(
+            &args.out.join("signals.md"),
+            &report::signals_markdown(&all),
+        )?;
+    }
+    Ok(outcome)
+}
+
+/// The traces `--trace` names (all when none), scaled by `--load-scale`.
+fn select_traces(args: &Args) -> Result<Vec<Trace>> {
     let all = traces::standard();
     for name in &args.traces {
         if !all.iter().any(|t| t.name == name) {
             bail!("no trace `{name}`");
         }
     }
-    let selected: Vec<_> = all
+    Ok(all
         .iter()
         .filter(|t| args.traces.is_empty() || args.traces.iter().any(|n| n == t.name))
         .map(|t| t.scaled(args.load_scale))
-        .collect();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+        .collect())
+}
 
-    let mut runs = Vec::new();
-    for (index, &startup) in args.startup.iter().enumerate() {
-        let config = SimConfig {
-            model: ModelConfig {
-                step: args.step,
-                service_time: args.service_time,
-                container_concurrency: args.container_concurrency,
-                startup,
-                hold_timeout: args.hold_timeout,
-                max_replicas: args.max_replicas,
-            },
-            target_concurrency: args.target,
-            scale_to_zero_after: args.scale_to_zero_after,
-            seed: args.seed,
-            arrivals: if args.deterministic {
-                Arrivals::Deterministic
-            } else {
-                Arrivals::Poisson
-            },
-            log_decisions: args.decisions,
-        };
-        for trace in &selected {
-            let run = run::run_trace(trace, &config);
-            let stem = report::stem(&run, index == 0);
-            report::write(
-                &args.out.join(format!("{stem}.csv")),
-                &report::series_csv(&run),
-            )?;
-            report::chart(&run, &args.out.join(format!("{stem}.svg")))?;
-            for policy in &run.policies {
-                if let Some(csv) = &policy.decisions {
-                    let name = format!("{stem}-{}-decisions.csv", policy.name);
-                    report::write(&args.out.join(name), csv)?;
-                }
-            }
-            runs.push(run);
-        }
+fn sim_config(args: &Args, startup: Duration) -> SimConfig {
+    SimConfig {
+        model: ModelConfig {
+            step: args.step,
+            service_time: args.service_time,
+            container_concurrency: args.container_concurrency,
+            startup,
+            hold_timeout: args.hold_timeout,
+            max_replicas: args.max_replicas,
+        },
+        target_concurrency: args.target,
+        scale_to_zero_after: args.scale_to_zero_after,
+        seed: args.seed,
+        arrivals: if args.deterministic {
+            Arrivals::Deterministic
+        } else {
+            Arrivals::Poisson
+        },
+        log_decisions: args.decisions,
+        signal_down_window: args.signal_down_window,
     }
-    report::write(&args.out.join("summary.csv"), &report::summary_csv(&runs))?;
-    report::write(
-        &args.out.join("summary.md"),
-        &report::summary_markdown(&runs),
-    )?;
-    Ok(runs)
 }

@@ -10,8 +10,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let out = args.out.clone();
     match rouse_sim::main(args) {
-        Ok(runs) => {
-            print!("{}", rouse_sim::summary_markdown(&runs));
+        Ok(outcome) => {
+            print!("{}", rouse_sim::summary_markdown(&outcome.runs));
+            if !outcome.signal_runs.is_empty() {
+                print!("{}", rouse_sim::signals_markdown(&outcome.all()));
+            }
             println!("written to {}", out.display());
             ExitCode::SUCCESS
         }

@@ -14,6 +14,12 @@
 //! (newest first): a draining replica takes no new request, finishes what it
 //! has and only then goes away, so no request is ever lost to a scale-down.
 //! Every replica that exists, starting, ready or draining, costs.
+//!
+//! Each replica also counts its busy slot-steps (slots in use, summed over
+//! steps): the CPU time a controller would read from it, with a request in
+//! service using `1 / container_concurrency` of the replica's CPU. Policies
+//! that scale on CPU read those counters through [`ReplicaStat`], the way a
+//! metering task reads a backend's cumulative CPU time.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -49,10 +55,11 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// `duration` in whole steps, rounded up.
+    /// `duration` in whole steps, rounded up (saturating: `Duration::MAX`
+    /// is never).
     pub fn steps(&self, duration: Duration) -> u64 {
         let step = self.step.as_nanos().max(1);
-        duration.as_nanos().div_ceil(step) as u64
+        u64::try_from(duration.as_nanos().div_ceil(step)).unwrap_or(u64::MAX)
     }
 
     pub fn step_secs(&self) -> f64 {
@@ -69,12 +76,48 @@ enum Phase {
 
 #[derive(Debug)]
 struct Replica {
+    /// Unique within one simulation, in the order replicas were asked for.
+    id: u64,
     phase: Phase,
     /// Step the replica was asked for; newest go first on scale-down.
     since: u64,
+    /// Step it became ready, once it has.
+    ready_since: Option<u64>,
     /// Steps at which the requests it serves finish, oldest first (a fixed
     /// service time keeps them in order).
     in_service: VecDeque<u64>,
+    /// Slots in use, summed over every step so far.
+    busy_slot_steps: u64,
+}
+
+/// Where a replica is in its life, as a metering policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaPhase {
+    Starting,
+    Ready,
+    Draining,
+}
+
+/// One replica's state and CPU counter, after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaStat {
+    pub id: u64,
+    pub phase: ReplicaPhase,
+    /// Step it became ready, once it has.
+    pub ready_since: Option<u64>,
+    /// Slots in use, summed over every step of its life: its cumulative CPU
+    /// time in slot-steps.
+    pub busy_slot_steps: u64,
+}
+
+/// CPU utilization, as a share of one replica's CPU, from `busy_slot_steps`
+/// accumulated over `steps` steps: a full replica is 1.0, an idle one 0.0.
+pub fn cpu_share(busy_slot_steps: u64, steps: u64, container_concurrency: u32) -> f64 {
+    let capacity = steps.saturating_mul(u64::from(container_concurrency.max(1)));
+    if capacity == 0 {
+        return 0.0;
+    }
+    busy_slot_steps as f64 / capacity as f64
 }
 
 /// Counts of queueing delays, one bucket per step of waiting.
@@ -182,6 +225,7 @@ pub struct Cluster {
     /// Arrival step of every waiting request, oldest first.
     queue: VecDeque<u64>,
     totals: Totals,
+    next_id: u64,
 }
 
 impl Cluster {
@@ -194,6 +238,34 @@ impl Cluster {
             replicas: Vec::new(),
             queue: VecDeque::new(),
             totals: Totals::default(),
+            next_id: 0,
+        }
+    }
+
+    /// A service that already has `ready` replicas serving when the trace
+    /// starts (a baseline that never goes below one); they are not counted
+    /// as starts.
+    pub fn with_ready(config: ModelConfig, ready: u32) -> Self {
+        let mut cluster = Self::new(config);
+        for _ in 0..ready {
+            let replica = cluster.replica(Phase::Ready, 0);
+            cluster.replicas.push(Replica {
+                ready_since: Some(0),
+                ..replica
+            });
+        }
+        cluster
+    }
+
+    fn replica(&mut self, phase: Phase, now: u64) -> Replica {
+        self.next_id += 1;
+        Replica {
+            id: self.next_id,
+            phase,
+            since: now,
+            ready_since: None,
+            in_service: VecDeque::new(),
+            busy_slot_steps: 0,
         }
     }
 
@@ -207,6 +279,7 @@ impl Cluster {
             if let Phase::Starting { ready_at } = replica.phase {
                 if ready_at <= now {
                     replica.phase = Phase::Ready;
+                    replica.ready_since = Some(now);
                 }
             }
             while replica.in_service.front().is_some_and(|end| *end <= now) {
@@ -240,7 +313,8 @@ impl Cluster {
             newly_held: was_empty && !self.queue.is_empty(),
             ..View::default()
         };
-        for replica in &self.replicas {
+        for replica in &mut self.replicas {
+            replica.busy_slot_steps += replica.in_service.len() as u64;
             view.in_service += replica.in_service.len() as u64;
             match replica.phase {
                 Phase::Starting { .. } => view.starting += 1,
@@ -294,6 +368,21 @@ impl Cluster {
         self.queue.len() as u64
     }
 
+    /// Every replica's state and CPU counter, into `out` (cleared first).
+    pub fn replica_stats(&self, out: &mut Vec<ReplicaStat>) {
+        out.clear();
+        out.extend(self.replicas.iter().map(|r| ReplicaStat {
+            id: r.id,
+            phase: match r.phase {
+                Phase::Starting { .. } => ReplicaPhase::Starting,
+                Phase::Ready => ReplicaPhase::Ready,
+                Phase::Draining => ReplicaPhase::Draining,
+            },
+            ready_since: r.ready_since,
+            busy_slot_steps: r.busy_slot_steps,
+        }));
+    }
+
     /// Makes `target` (capped at `max_replicas`) replicas active, starting
     /// new ones or cancelling/draining the newest.
     pub fn scale_to(&mut self, now: u64, target: u32) {
@@ -303,11 +392,8 @@ impl Cluster {
             let ready_at = now + self.startup_steps;
             self.totals.starts += u64::from(target - active);
             for _ in active..target {
-                self.replicas.push(Replica {
-                    phase: Phase::Starting { ready_at },
-                    since: now,
-                    in_service: VecDeque::new(),
-                });
+                let replica = self.replica(Phase::Starting { ready_at }, now);
+                self.replicas.push(replica);
             }
             return;
         }
@@ -486,5 +572,28 @@ mod tests {
         }
         assert_eq!(c.totals().replica_steps, billed);
         assert!(c.totals().completed > 0);
+    }
+
+    #[test]
+    fn ready_replicas_at_the_start_serve_at_once_and_count_busy_slots() {
+        let mut c = Cluster::with_ready(config(), 1);
+        let v = c.advance(0, 3);
+        assert_eq!((v.ready, v.in_service, v.queued), (1, 2, 1));
+        assert_eq!(c.totals().starts, 0);
+        let mut stats = Vec::new();
+        c.replica_stats(&mut stats);
+        assert_eq!(stats.len(), 1);
+        assert_eq!(
+            (
+                stats[0].phase,
+                stats[0].ready_since,
+                stats[0].busy_slot_steps
+            ),
+            (ReplicaPhase::Ready, Some(0), 2)
+        );
+        assert_eq!(cpu_share(stats[0].busy_slot_steps, 1, 2), 1.0);
+        assert_eq!(cpu_share(0, 10, 2), 0.0);
+        // A hold timeout of `Duration::MAX` never drops.
+        assert_eq!(config().steps(Duration::MAX), u64::MAX);
     }
 }

@@ -1,4 +1,6 @@
-//! CSV files, SVG charts and the Markdown summary.
+//! CSV files, SVG charts and the Markdown summaries: `summary.*` for the
+//! concurrency runs (rouse against both baselines), `signals.*` for every
+//! signal (rouse against the HPA-like baseline on the same signal).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -8,6 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 
 use super::run::{PolicyRun, TraceRun};
+use super::signals::Signal;
 
 /// Traces on which rouse must use at least 20 % fewer replica-seconds.
 pub const BURSTY: [&str; 2] = ["on-off", "spike"];
@@ -60,17 +63,18 @@ pub fn verdict(run: &TraceRun) -> Option<Verdict> {
     })
 }
 
-/// File stem of a trace's outputs: `<trace>`, or `<trace>-startup-<d>` for
-/// startups after the first.
+/// File stem of a trace's outputs: `<trace>` (`<trace>-<signal>` for a
+/// signal other than concurrency), with `-startup-<d>` for startups after
+/// the first.
 pub fn stem(run: &TraceRun, primary: bool) -> String {
+    let base = match run.signal {
+        Signal::Concurrency => run.trace.to_string(),
+        signal => format!("{}-{signal}", run.trace),
+    };
     if primary {
-        run.trace.to_string()
+        base
     } else {
-        format!(
-            "{}-startup-{}",
-            run.trace,
-            humantime::format_duration(run.startup)
-        )
+        format!("{base}-startup-{}", humantime::format_duration(run.startup))
     }
 }
 
@@ -189,10 +193,142 @@ pub fn summary_markdown(runs: &[TraceRun]) -> String {
     out
 }
 
+/// rouse and the HPA-like baseline of a run.
+fn pair(run: &TraceRun) -> Option<(&PolicyRun, &PolicyRun)> {
+    let rouse = run.policies.iter().find(|p| p.name.starts_with("rouse"))?;
+    let hpa = run
+        .policies
+        .iter()
+        .find(|p| p.name == "hpa" || p.name.starts_with("hpa-"))?;
+    Some((rouse, hpa))
+}
+
+/// `a / b`, with 0 / 0 = 1.
+fn cost_ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else if a > 0.0 {
+        f64::INFINITY
+    } else {
+        1.0
+    }
+}
+
+/// Where rouse does at least as well as the baseline: fewer
+/// replica-seconds, and a p99 no higher.
+fn wins(rouse: &PolicyRun, hpa: &PolicyRun) -> &'static str {
+    let cheaper = rouse.replica_seconds < hpa.replica_seconds;
+    let p99 = rouse.p99 <= hpa.p99 + 1e-9;
+    match (cheaper, p99) {
+        (true, true) => "both",
+        (true, false) => "cost",
+        (false, true) => "p99",
+        (false, false) => "neither",
+    }
+}
+
+/// Runs in report order: signal (concurrency first), then as given.
+fn by_signal(runs: &[TraceRun]) -> Vec<&TraceRun> {
+    let order = |s: Signal| match s {
+        Signal::Concurrency => 0,
+        Signal::Rps => 1,
+        Signal::Cpu => 2,
+        Signal::Queue => 3,
+    };
+    let mut sorted: Vec<&TraceRun> = runs.iter().collect();
+    sorted.sort_by_key(|r| order(r.signal));
+    sorted
+}
+
+/// One row per trace, startup and signal: rouse vs the HPA-like baseline.
+pub fn signals_csv(runs: &[TraceRun]) -> String {
+    let mut out = String::from(
+        "trace,startup_s,signal,rouse_policy,hpa_policy,rouse_replica_seconds,hpa_replica_seconds,\
+         ratio,rouse_p50_delay_ms,hpa_p50_delay_ms,rouse_p99_delay_ms,hpa_p99_delay_ms,\
+         rouse_over_hold_timeout,hpa_over_hold_timeout,rouse_scale_events,hpa_scale_events,\
+         rouse_unfinished,hpa_unfinished\n",
+    );
+    for run in by_signal(runs) {
+        let Some((r, h)) = pair(run) else { continue };
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{:.1},{:.1},{:.3},{:.0},{:.0},{:.0},{:.0},{},{},{},{},{},{},{},{},{},{}",
+            run.trace,
+            run.startup.as_secs_f64(),
+            run.signal,
+            r.name,
+            h.name,
+            r.replica_seconds,
+            h.replica_seconds,
+            cost_ratio(r.replica_seconds, h.replica_seconds),
+            r.p50 * 1000.0,
+            h.p50 * 1000.0,
+            r.p99 * 1000.0,
+            h.p99 * 1000.0,
+            r.over_hold_timeout,
+            h.over_hold_timeout,
+            r.scale_events,
+            h.scale_events,
+            r.starts,
+            h.starts,
+            r.cancelled,
+            h.cancelled,
+            r.unfinished,
+            h.unfinished
+        );
+    }
+    out
+}
+
+/// The signal tables, one per startup time.
+pub fn signals_markdown(runs: &[TraceRun]) -> String {
+    let mut out = String::new();
+    let mut startups: Vec<_> = runs.iter().map(|r| r.startup).collect();
+    startups.sort();
+    startups.dedup();
+    for startup in startups {
+        let _ = writeln!(
+            out,
+            "Replica startup {} (each cell: rouse / HPA-like on the same signal):\n",
+            humantime::format_duration(startup)
+        );
+        out.push_str(
+            "| signal | trace | replica-seconds | rouse ÷ HPA-like | p50 delay (ms) | p99 delay (ms) \
+             | over hold timeout | scale events | replicas started (cancelled before ready) \
+             | rouse at least as good on |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for run in by_signal(runs).into_iter().filter(|r| r.startup == startup) {
+            let Some((r, h)) = pair(run) else { continue };
+            let both = |f: &dyn Fn(&PolicyRun) -> String| format!("{} / {}", f(r), f(h));
+            let over = match run.signal {
+                Signal::Queue => "– (messages wait)".to_string(),
+                _ => both(&|p| p.over_hold_timeout.to_string()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                run.signal,
+                run.trace,
+                both(&|p| format!("{:.0}", p.replica_seconds)),
+                cost_ratio(r.replica_seconds, h.replica_seconds),
+                both(&|p| format!("{:.0}", p.p50 * 1000.0)),
+                both(&|p| format!("{:.0}", p.p99 * 1000.0)),
+                over,
+                both(&|p| p.scale_events.to_string()),
+                both(&|p| format!("{} ({})", p.starts, p.cancelled)),
+                wins(r, h)
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn colour(name: &str) -> RGBColor {
     match name {
-        "rouse" => RGBColor(0x1f, 0x77, 0xb4),
         "kpa" => RGBColor(0xd6, 0x27, 0x28),
+        rouse if rouse.starts_with("rouse") => RGBColor(0x1f, 0x77, 0xb4),
         _ => RGBColor(0x2c, 0xa0, 0x2c),
     }
 }
@@ -201,6 +337,9 @@ fn label(name: &str) -> &str {
     match name {
         "kpa" => "KPA-like",
         "hpa" => "HPA+KEDA-like",
+        "hpa-rps" => "HPA+KEDA-like (request rate)",
+        "hpa-cpu" => "HPA-like (CPU)",
+        "hpa-queue" => "HPA+KEDA-like (queue)",
         other => other,
     }
 }
@@ -225,11 +364,18 @@ pub fn chart(run: &TraceRun, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (1100, 520)).into_drawing_area();
     let fail = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let what = match run.signal {
+        Signal::Concurrency => run.trace.to_string(),
+        signal => format!("{}, {signal} signal", run.trace),
+    };
     let caption = format!(
-        "{}: replicas and load (replica startup {})",
-        run.trace,
+        "{what}: replicas and load (replica startup {})",
         humantime::format_duration(run.startup)
     );
+    let (unit, legend) = match run.signal {
+        Signal::Queue => ("arrivals (messages/s)", "load (messages/s, right axis)"),
+        _ => ("arrivals (req/s)", "load (req/s, right axis)"),
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 20))
         .margin(12)
@@ -248,7 +394,7 @@ pub fn chart(run: &TraceRun, path: &Path) -> Result<()> {
         .map_err(|e| fail(&e))?;
     chart
         .configure_secondary_axes()
-        .y_desc("arrivals (req/s)")
+        .y_desc(unit)
         .draw()
         .map_err(|e| fail(&e))?;
     let grey = RGBColor(0xb0, 0xb0, 0xb0);
@@ -261,7 +407,7 @@ pub fn chart(run: &TraceRun, path: &Path) -> Result<()> {
             grey,
         ))
         .map_err(|e| fail(&e))?
-        .label("load (req/s, right axis)")
+        .label(legend)
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
     for p in &run.policies {
         let c = colour(p.name);
@@ -328,6 +474,7 @@ mod tests {
     fn run(trace: &'static str, rouse: f64, kpa: f64, hpa: f64) -> TraceRun {
         TraceRun {
             trace,
+            signal: Signal::Concurrency,
             startup: Duration::from_secs(2),
             arrivals_per_second: vec![5, 3, 2],
             policies: vec![
@@ -367,5 +514,33 @@ mod tests {
         let summary = summary_csv(&[run("step", 90.0, 100.0, 120.0)]);
         assert!(summary.contains("step,2,rouse,90.0,1.0,0,100,0,2,3,1,10,10,0.900\n"));
         assert!(summary_markdown(&[run("spike", 90.0, 100.0, 120.0)]).contains("missed: cost"));
+    }
+
+    #[test]
+    fn signal_tables_pair_rouse_with_the_hpa_like_baseline() {
+        let concurrency = run("step", 90.0, 100.0, 120.0);
+        let cpu = TraceRun {
+            signal: Signal::Cpu,
+            policies: vec![
+                policy("rouse-cpu", 50.0, 0.2),
+                policy("hpa-cpu", 100.0, 0.1),
+            ],
+            ..concurrency.clone()
+        };
+        let csv = signals_csv(&[cpu.clone(), concurrency.clone()]);
+        let mut rows = csv.lines().skip(1);
+        // Concurrency first, against the HPA-like baseline (not KPA-like).
+        assert!(rows
+            .next()
+            .unwrap()
+            .starts_with("step,2,concurrency,rouse,hpa,90.0,120.0,0.750,"));
+        assert!(rows
+            .next()
+            .unwrap()
+            .starts_with("step,2,cpu,rouse-cpu,hpa-cpu,50.0,100.0,0.500,0,0,200,100,"));
+        let md = signals_markdown(&[concurrency, cpu]);
+        assert!(md.contains("| cpu | step | 50 / 100 | 0.50 | 0 / 0 | 200 / 100 |"));
+        assert!(md.contains("| cost |"));
+        assert_eq!(stem(&run("step", 1.0, 1.0, 1.0), true), "step");
     }
 }

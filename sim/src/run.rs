@@ -1,16 +1,25 @@
 //! Runs every policy over a trace on the same arrivals, and collects what the
-//! report needs.
+//! report needs: on concurrency, rouse against both baselines; on each other
+//! signal, rouse configured on that signal against the HPA-like baseline on
+//! the same one, with targets equivalent to the concurrency target.
 
 use std::time::Duration;
 
-use rouse_nats::config::ScalingConfig;
+use rouse_nats::config::{MetricSpec, ScalingConfig, ScalingRules, SelectPolicy};
 
 use super::model::{Cluster, ModelConfig};
-use super::policies::hpa::{HpaConfig, Keda};
+use super::policies::hpa::{HpaConfig, Keda, KedaMetric};
+use super::policies::hpa_cpu::HpaCpu;
 use super::policies::kpa::{Kpa, KpaConfig};
 use super::policies::rouse::{Rouse, RouseTiming};
 use super::policies::{Common, Policy};
+use super::signals::{CpuMeter, Signal};
 use super::traces::{Arrivals, Trace};
+
+/// rouse's meter: samples every second, CPU rates over the last 5 s (the
+/// controller's `SAMPLE_EVERY` and `RATE_WINDOW`).
+const METER_EVERY: Duration = Duration::from_secs(1);
+const METER_WINDOW: Duration = Duration::from_secs(5);
 
 /// Everything one simulation depends on.
 #[derive(Debug, Clone)]
@@ -24,6 +33,9 @@ pub struct SimConfig {
     pub arrivals: Arrivals,
     /// Keep rouse's decisions with their inputs.
     pub log_decisions: bool,
+    /// `behavior.scale_down.stabilization_window` for rouse on the other
+    /// signals; `None` keeps rouse's own scale-down pacing.
+    pub signal_down_window: Option<Duration>,
 }
 
 impl SimConfig {
@@ -48,18 +60,125 @@ impl SimConfig {
         }
     }
 
+    /// Requests per second per replica at the concurrency target (Little's
+    /// law: 7 in flight at 150 ms each is 46.7 req/s).
+    pub fn rps_target(&self) -> f64 {
+        self.target_concurrency / self.model.service_time.as_secs_f64()
+    }
+
+    /// CPU utilization at the concurrency target, in percent (7 of 10 slots
+    /// busy is 70 %).
+    pub fn cpu_target_percent(&self) -> f64 {
+        100.0 * self.target_concurrency / f64::from(self.model.container_concurrency.max(1))
+    }
+
+    /// Backlog per replica: the concurrency target (a worker's backlog is
+    /// what it holds in service plus its share of the waiting messages).
+    pub fn queue_target(&self) -> f64 {
+        self.target_concurrency
+    }
+
+    /// rouse's scaling section on `signal` alone.
+    pub fn signal_scaling(&self, signal: Signal) -> ScalingConfig {
+        let metric = match signal {
+            Signal::Concurrency => return self.rouse_scaling(),
+            Signal::Rps => MetricSpec::Rps {
+                target: self.rps_target(),
+            },
+            Signal::Cpu => MetricSpec::Cpu {
+                target: self.cpu_target_percent(),
+            },
+            Signal::Queue => MetricSpec::Queue {
+                stream: "JOBS".into(),
+                consumer: "workers".into(),
+                target: self.queue_target(),
+            },
+        };
+        let mut scaling = ScalingConfig {
+            metrics: vec![metric],
+            ..self.rouse_scaling()
+        };
+        if let Some(window) = self.signal_down_window {
+            scaling.behavior.scale_down = Some(ScalingRules {
+                stabilization_window: window,
+                policies: Vec::new(),
+                select: SelectPolicy::Max,
+            });
+        }
+        scaling
+    }
+
+    /// The service as `signal` sees it: a queue's messages wait as long as
+    /// it takes (JetStream keeps them), requests wait up to the hold timeout.
+    pub fn model_for(&self, signal: Signal) -> ModelConfig {
+        match signal {
+            Signal::Queue => ModelConfig {
+                hold_timeout: Duration::MAX,
+                ..self.model.clone()
+            },
+            _ => self.model.clone(),
+        }
+    }
+
+    fn rouse(&self, scaling: ScalingConfig) -> Rouse {
+        let rouse = Rouse::new(scaling, RouseTiming::default(), &self.common());
+        if self.log_decisions {
+            rouse.with_log()
+        } else {
+            rouse
+        }
+    }
+
+    /// rouse and the HPA-like baseline on `signal`, fresh; on concurrency,
+    /// the three policies of the main comparison.
+    pub fn signal_policies(&self, signal: Signal) -> Vec<Box<dyn Policy>> {
+        let common = self.common();
+        let rouse = self.rouse(self.signal_scaling(signal));
+        let hpa = HpaConfig::defaults(&common);
+        let steps = |d: Duration| self.model.steps(d);
+        match signal {
+            Signal::Concurrency => self.policies(),
+            Signal::Rps => vec![
+                Box::new(rouse.named("rouse-rps")),
+                Box::new(Keda::on_metric(
+                    "hpa-rps",
+                    KedaMetric::request_rate(),
+                    HpaConfig {
+                        target: self.rps_target(),
+                        ..hpa
+                    },
+                    &common,
+                )),
+            ],
+            Signal::Cpu => {
+                let cc = self.model.container_concurrency;
+                let meter = CpuMeter::new(steps(METER_EVERY), 0, steps(METER_WINDOW), cc);
+                vec![
+                    Box::new(rouse.named("rouse-cpu").with_cpu(meter)),
+                    Box::new(HpaCpu::new(self.cpu_target_percent(), hpa, cc, &common)),
+                ]
+            }
+            Signal::Queue => vec![
+                Box::new(rouse.named("rouse-queue").queue_worker(METER_EVERY)),
+                Box::new(Keda::on_metric(
+                    "hpa-queue",
+                    KedaMetric::Backlog,
+                    HpaConfig {
+                        target: self.queue_target(),
+                        poll_ms: hpa.keda_polling_ms,
+                        ..hpa
+                    },
+                    &common,
+                )),
+            ],
+        }
+    }
+
     /// The three policies, fresh.
     pub fn policies(&self) -> Vec<Box<dyn Policy>> {
         let common = self.common();
         vec![
-            Box::new({
-                let rouse = Rouse::new(self.rouse_scaling(), RouseTiming::default(), &common);
-                if self.log_decisions {
-                    rouse.with_log()
-                } else {
-                    rouse
-                }
-            }),
+            Box::new(self.rouse(self.rouse_scaling())),
             Box::new(Kpa::new(KpaConfig::knative_defaults(&common), &common)),
             Box::new(Keda::new(HpaConfig::defaults(&common), &common)),
         ]
@@ -107,6 +226,8 @@ pub struct PolicyRun {
 #[derive(Debug, Clone)]
 pub struct TraceRun {
     pub trace: &'static str,
+    /// What the policies scale on.
+    pub signal: Signal,
     pub startup: Duration,
     pub arrivals_per_second: Vec<u64>,
     pub policies: Vec<PolicyRun>,
@@ -128,6 +249,12 @@ fn trace_seed(seed: u64, name: &str) -> u64 {
 
 /// Runs every policy over `trace`, all on the same arrivals.
 pub fn run_trace(trace: &Trace, config: &SimConfig) -> TraceRun {
+    run_signal(trace, config, Signal::Concurrency)
+}
+
+/// Runs the policies of `signal` over `trace`, on the same arrivals as every
+/// other signal's.
+pub fn run_signal(trace: &Trace, config: &SimConfig, signal: Signal) -> TraceRun {
     let step_secs = config.model.step_secs();
     let mut rng = fastrand::Rng::with_seed(trace_seed(config.seed, trace.name));
     let arrivals = trace.arrivals(step_secs, config.arrivals, &mut rng);
@@ -136,13 +263,15 @@ pub fn run_trace(trace: &Trace, config: &SimConfig) -> TraceRun {
         .chunks(steps_per_second)
         .map(|c| c.iter().map(|n| u64::from(*n)).sum())
         .collect();
+    let model = config.model_for(signal);
     let policies = config
-        .policies()
+        .signal_policies(signal)
         .into_iter()
-        .map(|mut policy| run_policy(&arrivals, policy.as_mut(), &config.model))
+        .map(|mut policy| run_policy(&arrivals, policy.as_mut(), &model))
         .collect();
     TraceRun {
         trace: trace.name,
+        signal,
         startup: config.model.startup,
         arrivals_per_second,
         policies,
@@ -151,14 +280,20 @@ pub fn run_trace(trace: &Trace, config: &SimConfig) -> TraceRun {
 
 /// Drives one policy over per-step `arrivals`.
 pub fn run_policy(arrivals: &[u32], policy: &mut dyn Policy, model: &ModelConfig) -> PolicyRun {
-    let mut cluster = Cluster::new(model.clone());
+    let mut desired = policy.initial_replicas().min(model.max_replicas);
+    let mut cluster = Cluster::with_ready(model.clone(), desired);
     let steps_per_second = ((1.0 / model.step_secs()).round() as u64).max(1);
-    let mut desired = 0;
     let mut scale_events = 0;
     let mut series = Series::default();
     let mut queued_max = 0;
+    let metered = policy.wants_replicas();
+    let mut replicas = Vec::new();
     for (step, &n) in (0u64..).zip(arrivals) {
         let view = cluster.advance(step, n);
+        if metered {
+            cluster.replica_stats(&mut replicas);
+            policy.meter(step, &replicas);
+        }
         if let Some(want) = policy.on_step(&view) {
             let want = want.min(model.max_replicas);
             if want != desired {
@@ -210,6 +345,7 @@ mod tests {
             seed: 1,
             arrivals: Arrivals::Poisson,
             log_decisions: false,
+            signal_down_window: None,
         }
     }
 
@@ -285,5 +421,112 @@ mod tests {
             assert!((2..=6).contains(&last), "{} {last}", p.name);
             assert_eq!(p.over_hold_timeout, 0, "{}", p.name);
         }
+    }
+
+    fn flat(rate: f64, duration: f64) -> Trace {
+        Trace {
+            name: "flat",
+            duration,
+            shape: Shape::Step {
+                low: rate,
+                high: rate,
+                up_at: 0.0,
+                down_at: duration,
+            },
+        }
+    }
+
+    #[test]
+    fn signal_targets_match_the_concurrency_target() {
+        let config = quick();
+        assert!((config.rps_target() - 7.0 / 0.15).abs() < 1e-9);
+        assert!((config.cpu_target_percent() - 70.0).abs() < 1e-9);
+        assert_eq!(config.queue_target(), 7.0);
+        let cpu = config.signal_scaling(Signal::Cpu);
+        assert_eq!(cpu.metrics, vec![MetricSpec::Cpu { target: 70.0 }]);
+        assert_eq!(cpu.target_rps, None);
+    }
+
+    #[test]
+    fn every_signal_conserves_requests_and_queues_drop_nothing() {
+        let config = quick();
+        for trace in standard() {
+            let short = Trace {
+                duration: 300.0,
+                ..trace.scaled(0.5)
+            };
+            for signal in Signal::MEASURED {
+                let run = run_signal(&short, &config, signal);
+                let arrivals: u64 = run.arrivals_per_second.iter().sum();
+                assert_eq!(run.policies.len(), 2);
+                for p in &run.policies {
+                    let what = format!("{} {} {}", run.trace, signal, p.name);
+                    assert_eq!(p.arrivals, arrivals, "{what}");
+                    assert_eq!(
+                        p.arrivals,
+                        p.completed + p.unfinished + p.over_hold_timeout,
+                        "{what}"
+                    );
+                    if signal == Signal::Queue {
+                        assert_eq!(p.over_hold_timeout, 0, "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_signal_serves_a_steady_load() {
+        let run_all = |signal| run_signal(&flat(100.0, 600.0), &quick(), signal);
+        for signal in Signal::MEASURED {
+            for p in &run_all(signal).policies {
+                // 15 in flight: 3 replicas at 7 each (70 % CPU, 47 req/s, a
+                // backlog of 7).
+                let last = p.series.ready.last().copied().unwrap_or(0);
+                assert!((2..=6).contains(&last), "{signal} {} {last}", p.name);
+                assert_eq!(p.over_hold_timeout, 0, "{signal} {}", p.name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_cpu_baseline_starts_with_one_ready_replica_and_keeps_it() {
+        let run = run_signal(&flat(0.0, 120.0), &quick(), Signal::Cpu);
+        let rouse = run.policy("rouse-cpu").unwrap();
+        let hpa = run.policy("hpa-cpu").unwrap();
+        assert_eq!((rouse.replica_seconds, rouse.scale_events), (0.0, 0));
+        assert!(hpa.series.ready.iter().all(|n| *n == 1));
+        assert_eq!(hpa.starts, 0);
+    }
+
+    #[test]
+    fn rouse_on_a_queue_wakes_on_a_backlog_and_returns_to_zero_dropping_nothing() {
+        // Nothing for 10 s, 20 s of 100 messages/s, then nothing for 90 s.
+        let burst = Trace {
+            name: "burst",
+            duration: 120.0,
+            shape: Shape::Step {
+                low: 0.0,
+                high: 100.0,
+                up_at: 10.0,
+                down_at: 30.0,
+            },
+        };
+        let config = quick();
+        let run = run_signal(&burst, &config, Signal::Queue);
+        let rouse = run.policy("rouse-queue").unwrap();
+        let replicas = &rouse.series.replicas;
+        // Nothing before the first message; replicas once there is a backlog.
+        assert!(replicas[..10].iter().all(|n| *n == 0), "{replicas:?}");
+        assert!(replicas[10..30].iter().all(|n| *n > 0), "{replicas:?}");
+        // Every message done, none dropped, and back at zero by the end...
+        assert_eq!((rouse.over_hold_timeout, rouse.unfinished), (0, 0));
+        assert_eq!(rouse.completed, rouse.arrivals);
+        assert_eq!(replicas.last(), Some(&0));
+        // ...but only once the backlog has been empty for scale_to_zero_after
+        // (the last messages arrive just before 30 s).
+        let zero_again = replicas[30..].iter().position(|n| *n == 0).unwrap() + 30;
+        let idle = config.scale_to_zero_after.as_secs() as usize;
+        assert!(zero_again >= 30 + idle, "zero at {zero_again} s");
     }
 }

@@ -21,11 +21,20 @@
 //!   300 s (stabilisation window) and may remove up to 100 % per 15 s, down
 //!   to the HPA's minimum of 1;
 //! - the HPA does nothing while the workload is at zero.
+//!
+//! The same machinery on other signals ([`KedaMetric`]): the add-on's
+//! request rate (its `requestRate` metric: requests over the last minute in
+//! 1 s buckets, divided by 60 s; active while above zero), and a queue
+//! scaler (KEDA's NATS JetStream trigger: activation checked on KEDA's own
+//! `pollingInterval`, 30 s, when the backlog is above
+//! `activationLagThreshold`, 0; the HPA's metric query reads the backlog at
+//! each sync). HPA on CPU is in [`super::hpa_cpu`].
 
 use std::collections::VecDeque;
 
 use super::{Common, Every, Policy};
 use crate::model::View;
+use crate::signals::RateWindow;
 
 #[derive(Debug, Clone)]
 pub struct HpaConfig {
@@ -96,11 +105,18 @@ impl Hpa {
         }
     }
 
-    /// One sync at `now_ms` with `current` replicas and the metric `usage`;
-    /// returns the new replica count.
+    /// One sync at `now_ms` with `current` replicas and the metric `usage`
+    /// (an average-value metric); returns the new replica count.
     pub fn sync(&mut self, now_ms: u64, current: u32, usage: f64) -> u32 {
+        let raw = recommend(current, usage, self.config.target, self.config.tolerance);
+        self.sync_raw(now_ms, current, raw)
+    }
+
+    /// One sync with the metric's raw recommendation already computed (a
+    /// utilization metric has its own formula); stabilisation and rate limits
+    /// as for any metric.
+    pub fn sync_raw(&mut self, now_ms: u64, current: u32, raw: u32) -> u32 {
         let c = self.config.clone();
-        let raw = recommend(current, usage, c.target, c.tolerance);
         // Stabilisation: up follows the current recommendation (window 0);
         // down goes no lower than the highest recommendation in the window.
         while self
@@ -171,50 +187,100 @@ impl Hpa {
     }
 }
 
-/// KEDA with the HTTP add-on, driving an HPA.
+/// What the HPA reads as its external metric, and what counts as activity
+/// for KEDA's activation and cooldown.
+#[derive(Debug, Clone)]
+pub enum KedaMetric {
+    /// The HTTP add-on's pending requests (in service + queued), as of the
+    /// scaler's last poll.
+    Pending,
+    /// The HTTP add-on's request rate over a sliding window (`requestRate`,
+    /// window 1 min, granularity 1 s), as of the last poll; active while it
+    /// is above zero.
+    RequestRate(RateWindow),
+    /// A queue consumer's backlog (waiting + in service). KEDA polls it every
+    /// `pollingInterval` for activation; the HPA's metric query asks the
+    /// scaler for the current value.
+    Backlog,
+}
+
+impl KedaMetric {
+    /// The HTTP add-on's default request-rate window.
+    pub fn request_rate() -> Self {
+        KedaMetric::RequestRate(RateWindow::new(60))
+    }
+}
+
+/// KEDA (with the HTTP add-on, or a queue scaler) driving an HPA.
 pub struct Keda {
+    name: &'static str,
     config: HpaConfig,
     step_ms: u64,
     hpa: Hpa,
+    metric: KedaMetric,
     poll: Every,
     sync: Every,
     keda_loop: Every,
-    /// Pending requests at the last poll.
-    pending: u64,
-    /// The last poll that saw a pending request.
+    /// The metric at the last poll.
+    polled: f64,
+    /// The last poll that saw activity.
     last_active_ms: Option<u64>,
 }
 
 impl Keda {
+    /// The HTTP add-on on pending requests: the main baseline.
     pub fn new(config: HpaConfig, common: &Common) -> Self {
+        Self::on_metric("hpa", KedaMetric::Pending, config, common)
+    }
+
+    /// KEDA on `metric`, polled every `config.poll_ms`.
+    pub fn on_metric(
+        name: &'static str,
+        metric: KedaMetric,
+        config: HpaConfig,
+        common: &Common,
+    ) -> Self {
         Self {
+            name,
             hpa: Hpa::new(config.clone()),
+            metric,
             poll: Every::new(config.poll_ms, 0),
             sync: Every::new(config.sync_ms, config.sync_ms),
             keda_loop: Every::new(config.keda_polling_ms, config.keda_polling_ms),
             step_ms: common.step_ms,
             config,
-            pending: 0,
+            polled: 0.0,
             last_active_ms: None,
+        }
+    }
+
+    /// The metric's value now.
+    fn read(&self, view: &View) -> f64 {
+        match &self.metric {
+            KedaMetric::Pending | KedaMetric::Backlog => view.outstanding() as f64,
+            KedaMetric::RequestRate(window) => window.rate(),
         }
     }
 }
 
 impl Policy for Keda {
     fn name(&self) -> &'static str {
-        "hpa"
+        self.name
     }
 
     fn on_step(&mut self, view: &View) -> Option<u32> {
         let now_ms = view.step * self.step_ms;
         let current = view.active();
+        if let KedaMetric::RequestRate(window) = &mut self.metric {
+            window.record(view.arrivals, (now_ms + self.step_ms).is_multiple_of(1000));
+        }
         let mut decided = None;
         if self.poll.due(now_ms) {
-            self.pending = view.outstanding();
-            if self.pending > 0 {
+            self.polled = self.read(view);
+            if self.polled > 0.0 {
                 self.last_active_ms = Some(now_ms);
                 if current == 0 {
-                    // Activation, pushed by the scaler.
+                    // Activation.
                     return Some(1);
                 }
             }
@@ -226,7 +292,11 @@ impl Policy for Keda {
             }
         }
         if self.sync.due(now_ms) && current > 0 {
-            decided = Some(self.hpa.sync(now_ms, current, self.pending as f64));
+            let usage = match self.metric {
+                KedaMetric::Backlog => self.read(view),
+                _ => self.polled,
+            };
+            decided = Some(self.hpa.sync(now_ms, current, usage));
         }
         decided
     }
@@ -317,5 +387,79 @@ mod tests {
         // until then the HPA keeps its minimum of 1.
         assert_eq!(keda.on_step(&view(30_000, 0, 1)), Some(1));
         assert_eq!(keda.on_step(&view(33_000, 0, 1)), Some(0));
+    }
+
+    #[test]
+    fn the_queue_scaler_activates_on_keda_s_first_poll_that_sees_a_backlog() {
+        let common = Common {
+            step_ms: 10,
+            target_concurrency: 7.0,
+            max_replicas: 10,
+        };
+        let config = HpaConfig {
+            poll_ms: 30_000,
+            ..HpaConfig::defaults(&common)
+        };
+        let mut keda = Keda::on_metric("hpa-queue", KedaMetric::Backlog, config, &common);
+        let view = |step, queued, ready| View {
+            step,
+            queued,
+            ready,
+            ..View::default()
+        };
+        // The poll at 0 s sees nothing; messages at 1 s wait for the next
+        // poll, at 30 s, which activates.
+        assert_eq!(keda.on_step(&view(0, 0, 0)), None);
+        assert_eq!(keda.on_step(&view(100, 50, 0)), None);
+        assert_eq!(keda.on_step(&view(2_999, 400, 0)), None);
+        assert_eq!(keda.on_step(&view(3_000, 400, 0)), Some(1));
+        // The HPA reads the backlog at its sync (45 s), not the poll's
+        // figure: 70 waiting at 7 per replica, from 1, limited to +4.
+        assert_eq!(keda.on_step(&view(4_500, 70, 1)), Some(5));
+    }
+
+    #[test]
+    fn the_request_rate_is_averaged_over_a_minute() {
+        let common = Common {
+            step_ms: 10,
+            target_concurrency: 10.0,
+            max_replicas: 10,
+        };
+        let mut keda = Keda::on_metric(
+            "hpa-rps",
+            KedaMetric::request_rate(),
+            HpaConfig::defaults(&common),
+            &common,
+        );
+        // One request at zero: a non-zero rate, active at the next poll.
+        let arrival = View {
+            step: 10,
+            arrivals: 1,
+            in_service: 0,
+            queued: 1,
+            ..View::default()
+        };
+        assert_eq!(keda.on_step(&View::default()), None);
+        assert_eq!(keda.on_step(&arrival), None);
+        assert_eq!(
+            keda.on_step(&View {
+                step: 50,
+                ..View::default()
+            }),
+            Some(1)
+        );
+        // About 5,700 requests in the first 10 s: some 95 req/s over the
+        // minute, 10 replicas at 10 each, from 1 limited to 5.
+        let mut decided = None;
+        for step in 51..=1_500 {
+            let busy = View {
+                step,
+                arrivals: if step < 1_000 { 6 } else { 0 },
+                ready: 1,
+                ..View::default()
+            };
+            decided = keda.on_step(&busy).or(decided);
+        }
+        assert_eq!(decided, Some(5));
     }
 }

@@ -1,11 +1,15 @@
 //! Scaling policies under test. Each sees the simulated service the way its
 //! real counterpart sees a real one: rouse through pushed reports and wakes,
 //! the KPA-like baseline through per-second scrapes and a 2 s tick, the
-//! HPA/KEDA-like baseline through a 500 ms poll and a 15 s sync.
+//! HPA/KEDA-like baseline through a 500 ms poll and a 15 s sync. Policies
+//! that scale on CPU also read every replica's CPU counter through
+//! [`Policy::meter`], as their controllers' metering does beside the
+//! decision loop.
 
-use crate::model::View;
+use crate::model::{ReplicaStat, View};
 
 pub mod hpa;
+pub mod hpa_cpu;
 pub mod kpa;
 pub mod rouse;
 
@@ -22,6 +26,21 @@ pub trait Policy {
     fn decision_csv(&self) -> Option<String> {
         None
     }
+
+    /// Replicas already ready when the trace starts (a policy that never
+    /// goes below one starts with one).
+    fn initial_replicas(&self) -> u32 {
+        0
+    }
+
+    /// Whether [`Policy::meter`] should be called.
+    fn wants_replicas(&self) -> bool {
+        false
+    }
+
+    /// Called after every step, before [`Policy::on_step`], with every
+    /// replica's state and CPU counter, when [`Policy::wants_replicas`].
+    fn meter(&mut self, _step: u64, _replicas: &[ReplicaStat]) {}
 }
 
 /// Parameters every policy shares, so they are compared on equal terms.

@@ -17,15 +17,24 @@
 //!   with `current` = replicas ready or starting.
 //!
 //! Messages travel with no delay: NATS on one host takes well under a step.
+//!
+//! On the other signals, the controller also measures (its meter, beside the
+//! decision loop) and passes what it measured to `decide_with`:
+//! - cpu: each replica's CPU counter sampled every second, as a rate over the
+//!   last 5 s ([`CpuMeter`]), one entry per ready replica;
+//! - queue: the consumer's backlog polled every second; a backlog appearing
+//!   wakes the loop at once (the meter's notify). A queue worker has no HTTP
+//!   route, so no proxy reports or wakes: the observation stays empty.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use rouse_controller::autoscaler::{Autoscaler, Decision, Observation};
+use rouse_controller::autoscaler::{Autoscaler, Decision, Measured, Observation, ReplicaUsage};
 use rouse_nats::config::ScalingConfig;
 
 use super::{Common, Every, Policy};
-use crate::model::View;
+use crate::model::{ReplicaPhase, ReplicaStat, View};
+use crate::signals::CpuMeter;
 
 /// The proxy's report and wake-repeat periods, and the controller's tick.
 #[derive(Debug, Clone)]
@@ -63,12 +72,32 @@ struct Report {
     arrival_rate: f64,
 }
 
+/// What the controller measures itself, beside the proxies' reports.
+enum Metering {
+    Nothing,
+    /// Each ready replica's CPU, from the meter's latest rates.
+    Cpu {
+        meter: CpuMeter,
+        ready: Vec<ReplicaUsage>,
+    },
+    /// A queue's backlog at the last poll.
+    Backlog {
+        poll: Every,
+        latest: Option<u64>,
+    },
+}
+
+/// One decision with its inputs.
+type Logged = (u64, Observation, u32, Decision, Measured);
+
 pub struct Rouse {
+    name: &'static str,
     step_ms: u64,
     /// The instant the trace starts (fake clock: simulated time is added to it).
     base: Instant,
     scaler: Autoscaler,
-    // Proxy side.
+    // Proxy side; absent for a queue worker.
+    proxy: bool,
     arrivals_since_report: u64,
     last_report_ms: u64,
     /// The last report showed no arrival, nothing in flight and nothing held.
@@ -84,8 +113,9 @@ pub struct Rouse {
     latest: Report,
     last_activity: Option<Instant>,
     woken: bool,
+    metering: Metering,
     /// Every decision, when asked for.
-    log: Option<Vec<(u64, Observation, u32, Decision)>>,
+    log: Option<Vec<Logged>>,
 }
 
 impl Rouse {
@@ -95,9 +125,11 @@ impl Rouse {
         let base = started + timing.controller_uptime;
         let ms = |d: Duration| d.as_millis() as u64;
         Self {
+            name: "rouse",
             step_ms: common.step_ms,
             base,
             scaler: Autoscaler::new(scaling, started),
+            proxy: true,
             arrivals_since_report: 0,
             last_report_ms: 0,
             idle: true,
@@ -109,8 +141,35 @@ impl Rouse {
             latest: Report::default(),
             last_activity: None,
             woken: false,
+            metering: Metering::Nothing,
             log: None,
         }
+    }
+
+    /// Renamed, for a variant.
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Also measures each ready replica's CPU with `meter`.
+    pub fn with_cpu(mut self, meter: CpuMeter) -> Self {
+        self.metering = Metering::Cpu {
+            meter,
+            ready: Vec::new(),
+        };
+        self
+    }
+
+    /// A queue worker: no proxy in front of it; the backlog is polled every
+    /// `poll`.
+    pub fn queue_worker(mut self, poll: Duration) -> Self {
+        self.proxy = false;
+        self.metering = Metering::Backlog {
+            poll: Every::new(poll.as_millis() as u64, 0),
+            latest: None,
+        };
+        self
     }
 
     /// Keeps every decision for [`Rouse::decision_csv`].
@@ -153,13 +212,9 @@ impl Rouse {
     }
 }
 
-impl Policy for Rouse {
-    fn name(&self) -> &'static str {
-        "rouse"
-    }
-
-    fn on_step(&mut self, view: &View) -> Option<u32> {
-        let now_ms = view.step * self.step_ms;
+impl Rouse {
+    /// What the proxy sends this step; true if the controller heard anything.
+    fn proxy_step(&mut self, now_ms: u64, view: &View) -> bool {
         let mut heard = false;
         let was_idle = self.idle;
         self.arrivals_since_report += u64::from(view.arrivals);
@@ -187,6 +242,69 @@ impl Policy for Rouse {
             self.send_wake(now_ms);
             heard = true;
         }
+        heard
+    }
+
+    /// Polls the backlog when due; true if one just appeared (the meter
+    /// wakes the decision loop).
+    fn poll_backlog(&mut self, now_ms: u64, view: &View) -> bool {
+        let Metering::Backlog { poll, latest } = &mut self.metering else {
+            return false;
+        };
+        if !poll.due(now_ms) {
+            return false;
+        }
+        let before = latest.unwrap_or(0);
+        let backlog = view.outstanding();
+        *latest = Some(backlog);
+        before == 0 && backlog > 0
+    }
+
+    fn measured(&self) -> Measured {
+        match &self.metering {
+            Metering::Nothing => Measured::default(),
+            Metering::Cpu { ready, .. } => Measured {
+                ready: ready.clone(),
+                backlog: None,
+            },
+            Metering::Backlog { latest, .. } => Measured {
+                ready: Vec::new(),
+                backlog: *latest,
+            },
+        }
+    }
+}
+
+impl Policy for Rouse {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn wants_replicas(&self) -> bool {
+        matches!(self.metering, Metering::Cpu { .. })
+    }
+
+    fn meter(&mut self, step: u64, replicas: &[ReplicaStat]) {
+        let Metering::Cpu { meter, ready } = &mut self.metering else {
+            return;
+        };
+        meter.observe(step, replicas);
+        ready.clear();
+        ready.extend(
+            replicas
+                .iter()
+                .filter(|r| r.phase == ReplicaPhase::Ready)
+                .map(|r| ReplicaUsage {
+                    cpu: meter.point(r.id).map(|p| p.share),
+                    memory: None,
+                }),
+        );
+    }
+
+    fn on_step(&mut self, view: &View) -> Option<u32> {
+        let now_ms = view.step * self.step_ms;
+        let mut heard = self.proxy && self.proxy_step(now_ms, view);
+        heard |= self.poll_backlog(now_ms, view);
         if !(self.tick.due(now_ms) || heard) {
             return None;
         }
@@ -197,28 +315,34 @@ impl Policy for Rouse {
             last_activity: self.last_activity,
             woken: std::mem::take(&mut self.woken),
         };
-        let decision = self
-            .scaler
-            .decide(self.at(now_ms), &observation, view.active());
+        let measured = self.measured();
+        let decision =
+            self.scaler
+                .decide_with(self.at(now_ms), &observation, view.active(), &measured);
         if let Some(log) = &mut self.log {
-            log.push((now_ms, observation, view.active(), decision));
+            log.push((now_ms, observation, view.active(), decision, measured));
         }
         Some(decision.replicas)
     }
 
     fn decision_csv(&self) -> Option<String> {
         let log = self.log.as_ref()?;
-        let mut out = String::from(
-            "t_ms,in_flight,held,arrival_rate,idle_ms,woken,current,replicas,reason\n",
-        );
-        for (at_ms, o, current, d) in log {
+        let metered = !matches!(self.metering, Metering::Nothing);
+        let mut out =
+            String::from("t_ms,in_flight,held,arrival_rate,idle_ms,woken,current,replicas,reason");
+        out.push_str(if metered {
+            ",backlog,cpu_ready\n"
+        } else {
+            "\n"
+        });
+        for (at_ms, o, current, d, m) in log {
             let idle_ms = o.last_activity.map_or(String::new(), |at| {
                 self.at(*at_ms)
                     .saturating_duration_since(at)
                     .as_millis()
                     .to_string()
             });
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "{at_ms},{},{},{:.1},{idle_ms},{},{current},{},{}",
                 o.in_flight,
@@ -228,7 +352,27 @@ impl Policy for Rouse {
                 d.replicas,
                 d.reason.as_str()
             );
+            if metered {
+                let _ = write!(out, ",{},{}", optional(m.backlog), cpu_column(&m.ready));
+            }
+            out.push('\n');
         }
         Some(out)
     }
+}
+
+fn optional(value: Option<u64>) -> String {
+    value.map_or(String::new(), |v| v.to_string())
+}
+
+/// Ready replicas' CPU in percent, `;`-separated (`-` without a sample).
+fn cpu_column(ready: &[ReplicaUsage]) -> String {
+    ready
+        .iter()
+        .map(|r| {
+            r.cpu
+                .map_or("-".to_string(), |c| format!("{:.0}", c * 100.0))
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
