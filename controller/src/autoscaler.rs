@@ -29,8 +29,9 @@
 //! `scaling.metrics` adds what the controller measures itself (see
 //! [`signals`]): per-replica CPU and memory utilization and a queue's
 //! backlog, by HPA's formulas. Each is one more need: scale-up follows the
-//! largest, scale-down goes no lower than any of them, and a signal with no
-//! sample forbids scale-down. A backlog at zero replicas wakes the service
+//! largest, scale-down goes no lower than any of them over the stable window
+//! (as HPA's scale-down stabilization), and a signal with no sample forbids
+//! scale-down. A backlog at zero replicas wakes the service
 //! like a held request, and counts as activity for `scale_to_zero_after`.
 //!
 //! `scaling.behavior` (see [`behavior`]) then limits each change the way
@@ -187,6 +188,10 @@ pub struct Autoscaler {
     backlog_at: Option<Instant>,
     /// The count the current decision starts from (for the rate's tolerance).
     current: u32,
+    /// The measured signals' floors of the last stable window: scale-down
+    /// goes no lower than the highest (a backlog read once a second would
+    /// otherwise flap the count on every dip).
+    measured_floors: VecDeque<(Instant, u32)>,
     samples: VecDeque<Sample>,
     /// When this autoscaler started; also the earliest "last activity", so a
     /// restarted controller never scales to zero before a full idle period.
@@ -212,6 +217,7 @@ impl Autoscaler {
             behavior,
             backlog_at: None,
             current: 0,
+            measured_floors: VecDeque::new(),
             config,
             samples: VecDeque::new(),
             started: now,
@@ -245,10 +251,37 @@ impl Autoscaler {
         if measured.backlog.is_some_and(|backlog| backlog > 0) {
             self.backlog_at = Some(now);
         }
-        let needs = self.needs(now, observation, current, measured);
+        let mut needs = self.needs(now, observation, current, measured);
+        needs.measured_floor = self.stable_floor(now, needs.measured_floor);
         let decision = self.unclamped(now, observation, needs, current);
         let decision = self.limit(now, current, self.clamp(decision));
         self.clamp(decision)
+    }
+
+    /// The highest measured floor within the stable window, or `floor` as
+    /// it is when `scaling.behavior.scale_down` paces scale-down instead.
+    fn stable_floor(&mut self, now: Instant, floor: u32) -> u32 {
+        if self.config.behavior.scale_down.is_some() {
+            return floor;
+        }
+        let window = self.config.stable_window;
+        while self
+            .measured_floors
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > window)
+        {
+            self.measured_floors.pop_front();
+        }
+        // Bounded like the samples: one entry per decision at most.
+        while self.measured_floors.len() >= MAX_SAMPLES {
+            self.measured_floors.pop_front();
+        }
+        self.measured_floors.push_back((now, floor));
+        self.measured_floors
+            .iter()
+            .map(|(_, f)| *f)
+            .max()
+            .unwrap_or(floor)
     }
 
     /// Applies `scaling.behavior`; a wake from zero passes unlimited (and

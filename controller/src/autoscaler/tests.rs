@@ -679,3 +679,32 @@ fn a_rate_within_tolerance_of_the_current_replicas_keeps_them() {
     }
     assert_eq!(current, 8);
 }
+
+#[test]
+fn a_jittery_backlog_does_not_flap_the_count() {
+    let clock = Clock::new();
+    let mut cfg = queue_config(7.0);
+    cfg.stable_window = Duration::from_secs(20);
+    let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
+    let idle = Observation::default();
+    let mut current = 0;
+    let mut changes = 0;
+    // A steady stream read once a second: 70 waiting, then 14, and again.
+    for second in 0..300 {
+        let backlog_now = if second % 2 == 0 { 70 } else { 14 };
+        let next = scaler
+            .decide_with(
+                clock.at(f64::from(second)),
+                &idle,
+                current,
+                &backlog(backlog_now),
+            )
+            .replicas;
+        if next != current {
+            changes += 1;
+            current = next;
+        }
+    }
+    assert_eq!(current, 10);
+    assert_eq!(changes, 1, "up once to 10, and no flapping after");
+}
