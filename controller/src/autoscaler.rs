@@ -29,8 +29,8 @@
 //! `scaling.metrics` adds what the controller measures itself (see
 //! [`signals`]): per-replica CPU and memory utilization and a queue's
 //! backlog, by HPA's formulas. Each is one more need: scale-up follows the
-//! largest, scale-down goes no lower than any of them over the stable window
-//! (as HPA's scale-down stabilization), and a signal with no sample forbids
+//! largest, scale-down goes no lower than any of them over the panic window
+//! (a short scale-down stabilization), and a signal with no sample forbids
 //! scale-down. A backlog at zero replicas wakes the service
 //! like a held request, and counts as activity for `scale_to_zero_after`.
 //!
@@ -188,9 +188,10 @@ pub struct Autoscaler {
     backlog_at: Option<Instant>,
     /// The count the current decision starts from (for the rate's tolerance).
     current: u32,
-    /// The measured signals' floors of the last stable window: scale-down
+    /// The measured signals' floors of the last panic window: scale-down
     /// goes no lower than the highest (a backlog read once a second would
-    /// otherwise flap the count on every dip).
+    /// otherwise flap the count on every dip; a whole stable window would
+    /// keep every burst's peak a minute, as the simulation showed).
     measured_floors: VecDeque<(Instant, u32)>,
     samples: VecDeque<Sample>,
     /// When this autoscaler started; also the earliest "last activity", so a
@@ -258,13 +259,13 @@ impl Autoscaler {
         self.clamp(decision)
     }
 
-    /// The highest measured floor within the stable window, or `floor` as
+    /// The highest measured floor within the panic window, or `floor` as
     /// it is when `scaling.behavior.scale_down` paces scale-down instead.
     fn stable_floor(&mut self, now: Instant, floor: u32) -> u32 {
         if self.config.behavior.scale_down.is_some() {
             return floor;
         }
-        let window = self.config.stable_window;
+        let window = self.config.panic_window();
         while self
             .measured_floors
             .front()

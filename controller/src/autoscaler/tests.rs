@@ -683,8 +683,7 @@ fn a_rate_within_tolerance_of_the_current_replicas_keeps_them() {
 #[test]
 fn a_jittery_backlog_does_not_flap_the_count() {
     let clock = Clock::new();
-    let mut cfg = queue_config(7.0);
-    cfg.stable_window = Duration::from_secs(20);
+    let cfg = queue_config(7.0);
     let mut scaler = Autoscaler::new(cfg, clock.at(0.0));
     let idle = Observation::default();
     let mut current = 0;
