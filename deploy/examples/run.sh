@@ -17,23 +17,8 @@ NAME=${1:?usage: deploy/examples/run.sh EXAMPLE (one of: $(cd deploy/examples &&
 EXAMPLE=$ROOT/deploy/examples/$NAME
 [ -f "$EXAMPLE/rouse.yaml" ] || { echo "no example called $NAME" >&2; exit 2; }
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
-missing=()
-command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if ! command -v bombardier >/dev/null 2>&1 && ! command -v oha >/dev/null 2>&1 \
-    && ! command -v hey >/dev/null 2>&1; then
-    missing+=(hey)
-fi
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]}"
-    as_root apt-get update -qq
-    as_root apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
+. deploy/local/lib.sh
+if command -v python3 >/dev/null 2>&1; then install_missing; else install_missing python3; fi
 
 if [ -n "${ROUSE_BIN:-}" ]; then
     BIN=$ROUSE_BIN
@@ -46,35 +31,18 @@ fi
 export PATH="$BIN:$PATH"
 
 WORK=$(mktemp -d -t rouse-example-XXXXXX)
-PIDS=()
 cleanup() {
     trap - EXIT INT TERM
-    say "stopping everything the example started"
-    for ((i=${#PIDS[@]}-1; i>=0; i--)); do
-        pid=${PIDS[$i]}
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
+    stop_started
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_http() {
-    for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for $1" >&2
-    return 1
-}
-
 cd "$WORK"
 say "starting nats-server, rouse-controller and rouse-proxy with $NAME/rouse.yaml"
 "$NATS_SERVER" -a 127.0.0.1 -p 14222 -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
 PIDS+=($!)
-wait_http "http://127.0.0.1:14222/" 2>/dev/null || true
 rouse-controller --config "$EXAMPLE/rouse.yaml" >"$WORK/controller.log" 2>&1 &
 PIDS+=($!)
 rouse-proxy --config "$EXAMPLE/rouse.yaml" >"$WORK/proxy.log" 2>&1 &
@@ -83,7 +51,8 @@ wait_http "http://127.0.0.1:19091/healthz"
 wait_http "http://127.0.0.1:19090/readyz"
 
 say "load: $(grep -m1 '^# load:' "$EXAMPLE/load.sh" | sed 's/^# load: //')"
-bash "$EXAMPLE/load.sh" >"$WORK/load.txt" 2>&1 &
+# Two seconds late, so the chart starts from where the service was.
+(sleep 2; exec bash "$EXAMPLE/load.sh") >"$WORK/load.txt" 2>&1 &
 LOAD=$!
 PIDS+=($LOAD)
 python3 "$ROOT/deploy/examples/watch.py" --controller http://127.0.0.1:19091 \

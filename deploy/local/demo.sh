@@ -24,23 +24,10 @@ CONTROLLER_PORT=${ROUSE_DEMO_CONTROLLER_PORT:-19091}
 LOAD_SECONDS=${ROUSE_DEMO_LOAD_SECONDS:-15}
 HOST=echo.localhost
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+. deploy/local/lib.sh
 
 # --- install what is missing ------------------------------------------------
-missing=()
-command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-if ! command -v bombardier >/dev/null 2>&1 && ! command -v oha >/dev/null 2>&1 \
-    && ! command -v hey >/dev/null 2>&1; then
-    missing+=(hey)
-fi
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing ${missing[*]}"
-    as_root apt-get update -qq
-    as_root apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
+install_missing
 
 say "building release binaries"
 scripts/release-build
@@ -48,19 +35,9 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 # --- start everything -------------------------------------------------------
 WORK=$(mktemp -d -t rouse-demo-XXXXXX)
-PIDS=()
 cleanup() {
     trap - EXIT INT TERM
-    say "stopping everything the demo started"
-    # In reverse start order, one at a time: the proxy, then the controller
-    # (on SIGTERM it takes its replicas out of KV and stops them, so NATS
-    # must still be up), then nats-server.
-    for ((i=${#PIDS[@]}-1; i>=0; i--)); do
-        pid=${PIDS[$i]}
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
+    stop_started
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -94,15 +71,6 @@ services:
       timeout: 30s
       max_requests: 10000
 YAML
-
-wait_http() {
-    for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for $1" >&2
-    return 1
-}
 
 say "starting nats-server (JetStream) on 127.0.0.1:$NATS_PORT"
 "$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
