@@ -475,3 +475,54 @@ async fn next_active(stream: &mut tonic::Streaming<rouse_e2e::keda::IsActiveResp
         .expect("an open stream")
         .result
 }
+
+/// A `cpu` target on a Kubernetes service reads the pods' usage from
+/// `metrics.k8s.io`: the status shows each pod's CPU and memory while the
+/// API is served, and says why the signal is missing when it is not (the
+/// count then holds: a missing metric never scales down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_targets_read_the_metrics_api_and_say_so_when_it_is_missing() {
+    const HOST: &str = "kmetrics.localhost";
+    let k = start(
+        Workload::echo("kmetrics"),
+        deployment("kmetrics", HOST)
+            .min_replicas(1)
+            .key("resources", "{cpus: 0.5}")
+            .scaling("metrics", "[{type: cpu, target: 50}]"),
+        |b| b,
+    )
+    .await;
+    let with_figures = k
+        .cluster
+        .poll_until(
+            "a ready pod with its CPU and memory in the status",
+            Duration::from_secs(60),
+            || async {
+                let status = k.cluster.service_status("kmetrics").await?;
+                let replica = status.raw.get("replicas")?.as_array()?.first()?.clone();
+                let memory = replica.get("memory_bytes")?.as_u64()?;
+                (status.ready == 1 && memory > 0).then_some(replica)
+            },
+        )
+        .await;
+    eprintln!("replica with figures: {with_figures}");
+    assert!(with_figures.get("cpu_cores").is_some(), "{with_figures}");
+
+    k.fake.serve_metrics(false);
+    let error = k
+        .cluster
+        .poll_until(
+            "the status says the metrics API is missing",
+            Duration::from_secs(60),
+            || async {
+                let status = k.cluster.service_status("kmetrics").await?;
+                status
+                    .last_error
+                    .filter(|e| e.contains("metrics.k8s.io is not served"))
+            },
+        )
+        .await;
+    eprintln!("last_error: {error}");
+    let status = k.cluster.service_status("kmetrics").await;
+    assert_eq!(status.map(|s| s.desired), Some(1), "the count holds");
+}
