@@ -224,6 +224,7 @@ impl ServiceLoop {
 
     /// Starts tracking a replica the backend runs, in `phase`.
     async fn scale_up(&mut self, decision: Decision, active: u32, now: Instant) {
+        let before = active;
         let mut active = active;
         // A draining replica is the cheapest new capacity: it is already warm.
         let draining = self
@@ -240,6 +241,8 @@ impl ServiceLoop {
             }
         }
         if active >= decision.replicas || self.retry_at.is_some_and(|at| now < at) {
+            // Taking drains back is a scale-up too: say so, as a start would.
+            self.record_scale(before, active, decision.reason.as_str());
             return;
         }
         let existing = self.replicas.count(|p| p != Phase::Stopping) + self.requested;
