@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_trait::async_trait;
-use rouse_nats::config::{Backend as BackendSpec, MetricSpec, ServiceConfig};
+use rouse_nats::config::{MetricSpec, ServiceConfig};
 use tokio::sync::{watch, Notify};
 
 use crate::autoscaler::{Measured, ReplicaUsage};
@@ -92,26 +92,12 @@ pub struct Sizing {
 }
 
 impl Sizing {
-    /// `resources`, else the (single) docker backend's limits, else one
-    /// core and no memory size.
+    /// What `resources` (or the docker backends' limits) say; see
+    /// [`ServiceConfig::replica_cpus`] and [`ServiceConfig::replica_memory`].
     pub fn of(spec: &ServiceConfig) -> Self {
-        let dockers: Vec<_> = spec
-            .backend
-            .each()
-            .into_iter()
-            .filter_map(|backend| match backend {
-                BackendSpec::Docker(docker) => Some(docker),
-                _ => None,
-            })
-            .collect();
-        let docker_cpus = dockers.iter().filter_map(|d| d.cpus).reduce(f64::min);
-        let docker_memory = dockers
-            .iter()
-            .filter_map(|d| d.memory.map(|m| m.as_u64()))
-            .min();
         Sizing {
-            cpus: spec.resources.cpus.or(docker_cpus).unwrap_or(1.0),
-            memory_bytes: spec.resources.memory.map(|m| m.as_u64()).or(docker_memory),
+            cpus: spec.replica_cpus(),
+            memory_bytes: spec.replica_memory(),
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The `scaled` events a controller publishes (`<prefix>.scaled.<service>`),
-//! collected from a core NATS subscription, as a user tailing the subject
-//! would see them: what the end-to-end tests judge scale decisions by.
+//! What a subject carries, collected from a core NATS subscription: the
+//! `scaled` events a controller publishes (`<prefix>.scaled.<service>`), as
+//! a user tailing the subject would see them, and anything else a test
+//! listens to (a queue worker's done ids).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,18 +19,23 @@ pub struct Scaled {
     pub at_ms: u64,
 }
 
-/// Every event of one service since [`ScaleEvents::subscribe`].
-pub struct ScaleEvents {
-    seen: Arc<Mutex<Vec<Scaled>>>,
+/// Every message of one subject since [`Collected::subscribe`] that
+/// `parse` accepts, in arrival order.
+pub struct Collected<T> {
+    seen: Arc<Mutex<Vec<T>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl ScaleEvents {
-    /// Subscribes to `rouse.scaled.<service>` on `nats_url`; returns once
-    /// the server has the subscription.
-    pub async fn subscribe(nats_url: &str, service: &str) -> anyhow::Result<Self> {
+impl<T: Clone + Send + 'static> Collected<T> {
+    /// Subscribes to `subject` on `nats_url`; returns once the server has
+    /// the subscription.
+    pub async fn subscribe(
+        nats_url: &str,
+        subject: &str,
+        parse: fn(&[u8]) -> Option<T>,
+    ) -> anyhow::Result<Self> {
         let client = async_nats::connect(nats_url).await?;
-        let mut subscriber = client.subscribe(format!("rouse.scaled.{service}")).await?;
+        let mut subscriber = client.subscribe(subject.to_string()).await?;
         client.flush().await?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&seen);
@@ -37,25 +43,28 @@ impl ScaleEvents {
             use futures::StreamExt;
             let _client = client;
             while let Some(message) = subscriber.next().await {
-                if let Ok(event) = serde_json::from_slice::<Scaled>(&message.payload) {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+                if let Some(item) = parse(&message.payload) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(item);
                 }
             }
         });
         Ok(Self { seen, task })
     }
 
-    pub fn snapshot(&self) -> Vec<Scaled> {
+    pub fn snapshot(&self) -> Vec<T> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Waits (at most `timeout`) for an event matching `predicate`.
+    /// Waits (at most `timeout`) for an item matching `predicate`.
     pub async fn wait_for(
         &self,
         desc: &str,
         timeout: Duration,
-        predicate: impl Fn(&Scaled) -> bool,
-    ) -> anyhow::Result<Scaled> {
+        predicate: impl Fn(&T) -> bool,
+    ) -> anyhow::Result<T>
+    where
+        T: std::fmt::Debug,
+    {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(found) = self.snapshot().into_iter().find(|e| predicate(e)) {
@@ -63,7 +72,7 @@ impl ScaleEvents {
             }
             if tokio::time::Instant::now() >= deadline {
                 anyhow::bail!(
-                    "{desc}: not within {timeout:?}; events: {:?}",
+                    "{desc}: not within {timeout:?}; seen: {:?}",
                     self.snapshot()
                 );
             }
@@ -72,8 +81,21 @@ impl ScaleEvents {
     }
 }
 
-impl Drop for ScaleEvents {
+impl<T> Drop for Collected<T> {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The `scaled` events of one service.
+pub type ScaleEvents = Collected<Scaled>;
+
+impl Collected<Scaled> {
+    /// Subscribes to `rouse.scaled.<service>`.
+    pub async fn scaled(nats_url: &str, service: &str) -> anyhow::Result<Self> {
+        Self::subscribe(nats_url, &format!("rouse.scaled.{service}"), |payload| {
+            serde_json::from_slice(payload).ok()
+        })
+        .await
     }
 }

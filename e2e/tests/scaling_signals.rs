@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use rouse_e2e::events::ScaleEvents;
+use rouse_e2e::events::{Collected, ScaleEvents};
 use rouse_e2e::load;
 use rouse_e2e::{Cluster, Service};
 
@@ -27,7 +27,7 @@ async fn a_scale_down_policy_of_one_pod_per_10s_is_obeyed() {
             "{scale_down: {policies: [{type: pods, value: 1, period: 10s}]}}",
         )])
     .await;
-    let events = ScaleEvents::subscribe(&cluster.nats.url(), "paced")
+    let events = ScaleEvents::scaled(&cluster.nats.url(), "paced")
         .await
         .unwrap_or_else(|e| panic!("subscribe: {e}"));
     // 4 clients back to back on 300 ms requests: about 4 in flight.
@@ -118,10 +118,10 @@ async fn queue_workers_start_from_zero_drain_the_backlog_and_return_to_zero() {
         )])
     .await;
     let nats_url = cluster.nats.url();
-    let events = ScaleEvents::subscribe(&nats_url, "workers")
+    let events = ScaleEvents::scaled(&nats_url, "workers")
         .await
         .unwrap_or_else(|e| panic!("subscribe: {e}"));
-    let done = Done::subscribe(&nats_url, "jobs.done").await;
+    let done = done_ids(&nats_url, "jobs.done").await;
     let publish = tokio::process::Command::new(rouse_e2e::bins::bin("rouse-echo"))
         .args(["publish", "--nats-url", &nats_url, "--stream", "JOBS"])
         .args(["--subject", "jobs.in", "--consumer", "workers", "--create"])
@@ -141,10 +141,10 @@ async fn queue_workers_start_from_zero_drain_the_backlog_and_return_to_zero() {
         .wait_until(
             "every message processed",
             Duration::from_secs(120),
-            || async { done.distinct() >= MESSAGES },
+            || async { distinct(&done).len() >= MESSAGES },
         )
         .await;
-    let ids = done.ids();
+    let ids = distinct(&done);
     let expected: Vec<u64> = (0..MESSAGES as u64).collect();
     assert_eq!(ids, expected, "exactly the published ids, none lost");
     if let Err(err) = events
@@ -173,59 +173,21 @@ async fn queue_workers_start_from_zero_drain_the_backlog_and_return_to_zero() {
         .await;
 }
 
-/// Message payloads seen on a core subject.
-struct Done {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
-    task: tokio::task::JoinHandle<()>,
+/// The decimal ids a queue worker reports on a core subject.
+async fn done_ids(nats_url: &str, subject: &str) -> Collected<u64> {
+    Collected::subscribe(nats_url, subject, |payload| {
+        std::str::from_utf8(payload).ok()?.parse().ok()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("subscribe: {e}"))
 }
 
-impl Done {
-    async fn subscribe(nats_url: &str, subject: &str) -> Done {
-        let client = async_nats::connect(nats_url)
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}"));
-        let mut subscriber = client
-            .subscribe(subject.to_string())
-            .await
-            .unwrap_or_else(|e| panic!("subscribe: {e}"));
-        client
-            .flush()
-            .await
-            .unwrap_or_else(|e| panic!("flush: {e}"));
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = std::sync::Arc::clone(&seen);
-        let task = tokio::spawn(async move {
-            use futures::StreamExt;
-            let _client = client;
-            while let Some(message) = subscriber.next().await {
-                if let Some(id) = std::str::from_utf8(&message.payload)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(id);
-                }
-            }
-        });
-        Done { seen, task }
-    }
-
-    /// Sorted, without duplicates (a redelivered message counts once).
-    fn ids(&self) -> Vec<u64> {
-        let mut ids = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
-    fn distinct(&self) -> usize {
-        self.ids().len()
-    }
-}
-
-impl Drop for Done {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// Sorted, without duplicates (a redelivered message counts once).
+fn distinct(done: &Collected<u64>) -> Vec<u64> {
+    let mut ids = done.snapshot();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// The `cpu` signal's current value (percent of `resources.cpus`, averaged
@@ -319,7 +281,7 @@ async fn cpu_load_scales_out_to_the_target_and_back_after_the_window() {
         .scaling("metrics", "[{type: cpu, target: 50}]")
         .scaling("behavior", "{scale_down: {stabilization_window: 15s}}")])
     .await;
-    let events = ScaleEvents::subscribe(&cluster.nats.url(), "burn")
+    let events = ScaleEvents::scaled(&cluster.nats.url(), "burn")
         .await
         .unwrap_or_else(|e| panic!("subscribe: {e}"));
     cluster

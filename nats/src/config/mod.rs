@@ -206,6 +206,49 @@ pub struct ServiceConfig {
     pub response_timeout: Option<Duration>,
 }
 
+impl ServiceConfig {
+    /// The cores one replica is sized for: `resources.cpus`, else the
+    /// smallest docker `cpus` limit among its backends, else one core.
+    pub fn replica_cpus(&self) -> f64 {
+        self.resources
+            .cpus
+            .or_else(|| {
+                self.dockers()
+                    .filter_map(|docker| docker.cpus)
+                    .reduce(f64::min)
+            })
+            .unwrap_or(1.0)
+    }
+
+    /// The memory one replica is sized for: `resources.memory`, else the
+    /// smallest docker `memory` limit when every backend (every pool) is a
+    /// docker one with a limit; `None` otherwise.
+    pub fn replica_memory(&self) -> Option<u64> {
+        if let Some(memory) = self.resources.memory {
+            return Some(memory.as_u64());
+        }
+        let backends = self.backend.each();
+        let limits: Option<Vec<u64>> = backends
+            .iter()
+            .map(|backend| match backend {
+                Backend::Docker(docker) => docker.memory.map(|m| m.as_u64()),
+                _ => None,
+            })
+            .collect();
+        limits.and_then(|limits| limits.into_iter().min())
+    }
+
+    fn dockers(&self) -> impl Iterator<Item = &DockerBackend> {
+        self.backend
+            .each()
+            .into_iter()
+            .filter_map(|backend| match backend {
+                Backend::Docker(docker) => Some(docker),
+                _ => None,
+            })
+    }
+}
+
 /// Exactly one backend per service: `process`, `docker` or `kubernetes`,
 /// or overflow `pools` of them.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

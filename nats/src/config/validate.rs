@@ -604,7 +604,7 @@ fn check_metrics(at: &str, service: &ServiceConfig, problems: &mut Problems) {
                     "is a percentage of `resources`: at most 1000".into(),
                 ));
             }
-            MetricSpec::Memory { .. } if memory_request(service).is_none() => {
+            MetricSpec::Memory { .. } if service.replica_memory().is_none() => {
                 problems.push((
                     format!("{key}.type"),
                     "a memory target is a share of `resources.memory` (or the docker backend's `memory`): set one".into(),
@@ -646,28 +646,6 @@ fn check_metrics(at: &str, service: &ServiceConfig, problems: &mut Problems) {
 /// JetStream names may not hold whitespace, `.`, `*`, `>`, path separators.
 fn is_stream_name_byte(b: u8) -> bool {
     b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\')
-}
-
-/// The memory one replica is sized for: `resources.memory`, else a docker
-/// backend's limit (every pool's, when pooled).
-fn memory_request(service: &ServiceConfig) -> Option<u64> {
-    if let Some(memory) = service.resources.memory {
-        return Some(memory.as_u64());
-    }
-    let limits: Vec<Option<u64>> = service
-        .backend
-        .each()
-        .into_iter()
-        .map(|backend| match backend {
-            Backend::Docker(docker) => docker.memory.map(|m| m.as_u64()),
-            _ => None,
-        })
-        .collect();
-    if limits.is_empty() || limits.iter().any(Option::is_none) {
-        None
-    } else {
-        limits.into_iter().flatten().min()
-    }
 }
 
 /// HPA's limits: windows up to an hour, periods up to 30 minutes.
