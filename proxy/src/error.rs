@@ -7,8 +7,10 @@
 //! the metrics, like Pingora's `fail_to_proxy`. The whole table is the
 //! `match`es below, which the tests pin down case by case.
 //!
-//! Malformed requests (400) and oversized headers (431) never get this far:
-//! hyper answers those itself while reading the request (stage 1, `server`).
+//! Requests hyper cannot parse (400) and oversized headers (431) never get
+//! this far: hyper answers those itself while reading the request (stage 1,
+//! `server`). What hyper accepts but a trusted edge refuses (a second Host,
+//! an over-long target, an oversized or malformed body) is answered here.
 //!
 //! An error borrows what its message names (the service, the request's
 //! host), so making one costs nothing; answering one formats its body.
@@ -19,6 +21,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::metrics::ProxyMetrics;
+use crate::request_body::BodyError;
 use crate::response_body::ProxyBody;
 use crate::service::Service;
 
@@ -27,10 +30,25 @@ use crate::service::Service;
 const RETRY_AFTER_TIMEOUT: HeaderValue = HeaderValue::from_static("5");
 /// After a full queue the pressure may pass quickly.
 const RETRY_AFTER_FULL: HeaderValue = HeaderValue::from_static("1");
+/// A client over its share of the queue waits for its own requests.
+const RETRY_AFTER_CLIENT: HeaderValue = HeaderValue::from_static("1");
 
 /// Why the proxy answers a request itself. The message is the body.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError<'a> {
+    /// Parsed, but not a request an edge may pass on (RFC 9112 §3.2: a
+    /// second Host, none on HTTP/1.1, an invalid one; a malformed body).
+    #[error("bad request: {reason}")]
+    BadRequest { reason: &'static str },
+    /// The request target is longer than `proxy.limits.max_request_line`.
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: u64 },
+    /// The body is larger than the service's `max_body`.
+    #[error("the request body is larger than {limit} bytes, the most {} accepts", .service.name)]
+    BodyTooLarge { service: &'a Service, limit: u64 },
+    /// This client already has `hold.max_requests_per_client` held.
+    #[error("service {} is starting and this client already has {limit} requests waiting", .service.name)]
+    ClientHoldFull { service: &'a Service, limit: usize },
     /// No service matches the host and path.
     #[error("no service for host {host:?} and path {path:?}")]
     NoRoute { host: &'a str, path: &'a str },
@@ -59,6 +77,21 @@ pub enum ProxyError<'a> {
     },
 }
 
+impl<'a> ProxyError<'a> {
+    /// The answer to a request body that could not be passed on.
+    pub fn of_body(service: &'a Service, error: &BodyError) -> Self {
+        match error {
+            BodyError::Client(_) => Self::BadRequest {
+                reason: "the request body was malformed or cut off",
+            },
+            BodyError::TooLarge { limit } => Self::BodyTooLarge {
+                service,
+                limit: *limit,
+            },
+        }
+    }
+}
+
 /// The hold counter an error adds to, besides `rouse_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldCounter {
@@ -71,6 +104,10 @@ pub enum HoldCounter {
 impl ProxyError<'_> {
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ClientHoldFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::QueueFull { .. } | Self::HoldTimeout { .. } | Self::NoUsableReplica { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -84,8 +121,12 @@ impl ProxyError<'_> {
     pub fn retry_after(&self) -> Option<HeaderValue> {
         match self {
             Self::QueueFull { .. } => Some(RETRY_AFTER_FULL),
+            Self::ClientHoldFull { .. } => Some(RETRY_AFTER_CLIENT),
             Self::HoldTimeout { .. } | Self::NoUsableReplica { .. } => Some(RETRY_AFTER_TIMEOUT),
-            Self::NoRoute { .. }
+            Self::BadRequest { .. }
+            | Self::UriTooLong { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::NoRoute { .. }
             | Self::Refused { .. }
             | Self::UpstreamFailed { .. }
             | Self::ResponseTimeout { .. } => None,
@@ -94,9 +135,12 @@ impl ProxyError<'_> {
 
     pub fn hold_counter(&self) -> Option<HoldCounter> {
         match self {
-            Self::QueueFull { .. } => Some(HoldCounter::Rejected),
+            Self::QueueFull { .. } | Self::ClientHoldFull { .. } => Some(HoldCounter::Rejected),
             Self::HoldTimeout { .. } | Self::NoUsableReplica { .. } => Some(HoldCounter::Timeouts),
-            Self::NoRoute { .. }
+            Self::BadRequest { .. }
+            | Self::UriTooLong { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::NoRoute { .. }
             | Self::Refused { .. }
             | Self::UpstreamFailed { .. }
             | Self::ResponseTimeout { .. } => None,
@@ -107,7 +151,10 @@ impl ProxyError<'_> {
     /// `rouse_requests_total` with an empty service label.
     fn service(&self) -> Option<&Service> {
         match self {
-            Self::NoRoute { .. } => None,
+            Self::BadRequest { .. } | Self::UriTooLong { .. } | Self::NoRoute { .. } => None,
+            Self::BodyTooLarge { service, .. } | Self::ClientHoldFull { service, .. } => {
+                Some(service)
+            }
             Self::QueueFull { service }
             | Self::HoldTimeout { service }
             | Self::NoUsableReplica { service }
@@ -175,6 +222,27 @@ mod tests {
     )> {
         let after = Duration::from_secs(1);
         vec![
+            (
+                ProxyError::BadRequest {
+                    reason: "two Host headers",
+                },
+                400,
+                None,
+                None,
+            ),
+            (ProxyError::UriTooLong { limit: 16 }, 414, None, None),
+            (
+                ProxyError::BodyTooLarge { service, limit: 8 },
+                413,
+                None,
+                None,
+            ),
+            (
+                ProxyError::ClientHoldFull { service, limit: 3 },
+                429,
+                Some("1"),
+                Some(HoldCounter::Rejected),
+            ),
             (
                 ProxyError::NoRoute {
                     host: "other.test",
@@ -276,6 +344,8 @@ mod tests {
             let message = error.to_string();
             let named = match error {
                 ProxyError::NoRoute { .. } => "\"other.test\"",
+                ProxyError::BadRequest { .. } => "two Host headers",
+                ProxyError::UriTooLong { .. } => "16 bytes",
                 _ => "app",
             };
             assert!(message.contains(named), "{message:?} names {named}");
@@ -299,7 +369,9 @@ mod tests {
             let (error, status, _, counter) = cases(&service).swap_remove(index);
             let name = format!("{error:?}");
             let label = match error {
-                ProxyError::NoRoute { .. } => "",
+                ProxyError::NoRoute { .. }
+                | ProxyError::BadRequest { .. }
+                | ProxyError::UriTooLong { .. } => "",
                 _ => "app",
             };
             drop(error.respond(&metrics));

@@ -24,7 +24,7 @@ use crate::completion::Completion;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::pool::{ConnectError, Pool, PoolSettings, Pooled};
-use crate::request_body::{Lent, OutBody};
+use crate::request_body::{self, BodyError, ClientBody, Lent, OutBody};
 use crate::response_body::ProxyBody;
 use crate::service::Service;
 use crate::upgrade;
@@ -48,6 +48,8 @@ enum ForwardError {
 #[derive(Clone)]
 pub struct Forwarder {
     pool: Arc<Pool>,
+    /// `proxy.limits.body_buffer`: chunked bytes read before forwarding.
+    body_buffer: u64,
 }
 
 impl Forwarder {
@@ -63,6 +65,10 @@ impl Forwarder {
     ) -> Result<Response<ProxyBody>, ProxyError<'a>> {
         let client_upgrade = upgrade::requested(&mut request);
         let (mut parts, body) = request.into_parts();
+        let body = self
+            .client_body(service, &parts, body)
+            .await
+            .map_err(|err| ProxyError::of_body(service, &err))?;
         // Only keep what a retry needs when another replica could take it.
         let retry_possible = client_upgrade.is_none() && service.endpoints.load().ready.len() > 1;
         let (mut replay, mut body) = if retry_possible {
@@ -104,6 +110,10 @@ impl Forwarder {
                     return Err(ProxyError::ResponseTimeout { service, after });
                 }
                 ForwardError::Failed(err) => {
+                    if let Some(body_error) = BodyError::cause_of(&err) {
+                        tracing::debug!(service = %name, error = %body_error, "request body refused");
+                        return Err(ProxyError::of_body(service, body_error));
+                    }
                     tracing::warn!(service = %name, endpoint = %endpoint.id, error = %err, "forwarding failed");
                     return Err(ProxyError::UpstreamFailed { service });
                 }
@@ -117,7 +127,27 @@ impl Forwarder {
             idle_timeout: config.pool_idle_timeout,
             max_idle_per_endpoint: MAX_IDLE_PER_ENDPOINT,
         });
-        Self { pool }
+        Self {
+            pool,
+            body_buffer: config.limits.body_buffer.as_u64(),
+        }
+    }
+
+    /// The client's body, limited to the service's `max_body`; a chunked
+    /// HTTP/1 body read ahead first, so that a malformed or oversized one is
+    /// refused with nothing forwarded.
+    async fn client_body(
+        &self,
+        service: &Service,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Result<ClientBody, BodyError> {
+        let read_ahead = request_body::wants_read_ahead(&body, parts.version, self.body_buffer);
+        let body = ClientBody::new(body, service.max_body);
+        if !read_ahead {
+            return Ok(body);
+        }
+        Box::pin(request_body::read_ahead(body, self.body_buffer)).await
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -182,7 +212,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn capture(parts: &http::request::Parts, body: Incoming) -> (Self, OutBody) {
+    fn capture(parts: &http::request::Parts, body: ClientBody) -> (Self, OutBody) {
         let lent = Lent::new(body);
         let replay = Self {
             method: parts.method.clone(),

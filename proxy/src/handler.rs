@@ -1,5 +1,5 @@
 //! One request through the data path, as `server` (stage 1) hands it over:
-//! route → hold → balance → forward (→ upgrade).
+//! strict checks → route → hold → balance → forward (→ upgrade).
 //!
 //! Each stage lives in its own module; this one only strings them together,
 //! in the order a request meets them, and hands every failure to
@@ -7,17 +7,18 @@
 //! data path can be read in one function.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use tokio::sync::mpsc;
 
 use crate::completion::Completion;
+use crate::error::ProxyError;
 use crate::forward::Forwarder;
 use crate::hold;
 use crate::metrics::ProxyMetrics;
@@ -25,6 +26,7 @@ use crate::report::{self, Signal};
 use crate::response_body::ProxyBody;
 use crate::route::Routes;
 use crate::service::Service;
+use crate::strict::{self, RequestLimits};
 
 static COLD_START: &str = "x-rouse-cold-start";
 
@@ -35,10 +37,12 @@ pub struct Proxy {
     pub forwarder: Forwarder,
     pub signals: mpsc::Sender<Signal>,
     pub metrics: Arc<ProxyMetrics>,
+    pub limits: RequestLimits,
 }
 
 /// Per connection: who the client is, rendered once for X-Forwarded-For.
 pub struct Peer {
+    pub ip: IpAddr,
     pub client_ip: HeaderValue,
 }
 
@@ -46,7 +50,10 @@ impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
         let client_ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { client_ip }
+        Self {
+            ip: addr.ip(),
+            client_ip,
+        }
     }
 }
 
@@ -61,12 +68,25 @@ impl Proxy {
         // async fn keeps its own copy of its arguments, and this future is
         // what hyper keeps per connection while a request is held.
         let started = Instant::now();
+        if let Err(error) = strict::check(&request, &self.limits) {
+            return Ok(error.respond(&self.metrics));
+        }
         let service = match self.routes.load().route(&request) {
             Ok(service) => service,
             Err(error) => return Ok(error.respond(&self.metrics)),
         };
+        // A declared length over the limit is refused before it is held.
+        if request.body().size_hint().lower() > service.max_body {
+            let limit = service.max_body;
+            let error = ProxyError::BodyTooLarge {
+                service: &service,
+                limit,
+            };
+            return Ok(error.respond(&self.metrics));
+        }
         report::note_arrival(&service, &self.signals);
-        let (lease, cold) = match hold::wait_for_endpoint(&service, &self.signals, started).await {
+        let waited = hold::wait_for_endpoint(&service, peer.ip, &self.signals, started).await;
+        let (lease, cold) = match waited {
             Ok(found) => found,
             Err(error) => return Ok(error.respond(&self.metrics)),
         };

@@ -88,12 +88,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// `X-Forwarded-Proto` are set when absent and kept when an ingress in front
 /// already set them.
 pub fn prepare_head(parts: &mut http::request::Parts, client_ip: &HeaderValue, upgrade: bool) {
-    let host = match parts.headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // The target's authority replaces Host (RFC 9112 §3.2.2); `strict`
+    // routed the request by it.
+    let host = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(host) = host {

@@ -5,12 +5,13 @@
 //! request waits in the service's bounded queue (`queue`) for the KV watcher
 //! to publish a ready set, and the first request held wakes the controller.
 //! Waiting ends with a lease, or with the 503 the contract sets for a full
-//! queue or for `hold.timeout`.
+//! queue or for `hold.timeout`, or a 429 for a client over its share.
 //!
 //! This future is what hyper keeps, per connection, for every held request
 //! (10,000 at once in the burst benchmark), so it holds references and a
 //! deadline, nothing more.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +27,7 @@ use crate::service::Service;
 /// Returns whether the request had to wait (a cold start).
 pub async fn wait_for_endpoint<'a>(
     service: &'a Arc<Service>,
+    client: IpAddr,
     signals: &mpsc::Sender<Signal>,
     started: Instant,
 ) -> Result<(Lease, bool), ProxyError<'a>> {
@@ -36,12 +38,18 @@ pub async fn wait_for_endpoint<'a>(
     let mut held = false;
     loop {
         let admission = if held {
-            service.hold.readmit(|| service.has_ready())
+            service.hold.readmit(client, || service.has_ready())
         } else {
-            service.hold.admit(|| service.has_ready())
+            service.hold.admit(client, || service.has_ready())
         };
         match admission {
             Admission::Full => return Err(ProxyError::QueueFull { service }),
+            Admission::ClientFull => {
+                return Err(ProxyError::ClientHoldFull {
+                    service,
+                    limit: service.hold.max_per_client(),
+                })
+            }
             Admission::ReadyNow => {
                 // Replicas are listed ready, yet none could be leased
                 // (a set being swapped): let the swap finish.

@@ -2,7 +2,9 @@
 //!
 //! A request meets these stages in this order, one module each:
 //!
-//! 1. `server`: accept connections, serve HTTP/1.1 and h2c.
+//! 1. `server`: accept connections, serve HTTP/1.1 and h2c, within the
+//!    head limits of `proxy.limits` (431).
+//!    `strict`: refuse what a trusted edge refuses (400, 414, 413).
 //! 2. `route`: find the service of the host and path (or 404).
 //! 3. `hold`: wait in the service's queue while it has no ready replica
 //!    (or 503 with `Retry-After`).
@@ -48,6 +50,7 @@ mod route;
 mod run;
 mod server;
 mod service;
+mod strict;
 mod upgrade;
 
 pub use forward::Forwarder;
@@ -60,3 +63,4 @@ pub use route::Routes;
 pub use run::run;
 pub use server::serve;
 pub use service::Service;
+pub use strict::RequestLimits;

@@ -1,6 +1,7 @@
 //! Stage 2 of the data path: which service does a request belong to?
 //!
-//! Hosts match exactly first, then the longest `*.suffix`, then `*`; within a
+//! The host is the request target's authority (absolute form, HTTP/2's
+//! `:authority`), else Host (see `strict`). Hosts match exactly first, then the longest `*.suffix`, then `*`; within a
 //! host the longest segment-aware path prefix wins (`/api` matches `/api` and
 //! `/api/x`, never `/apix`). A host tier with no matching path falls through to
 //! the next tier: a 404 that names the host. The table is immutable; a new
@@ -9,9 +10,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::{header, Request};
+use http::Request;
 
 use crate::error::ProxyError;
+use crate::strict;
 
 /// Routes of one host: `(prefix, target)` ordered longest prefix first.
 #[derive(Debug)]
@@ -103,7 +105,7 @@ impl<T: Clone> RouteTable<T> {
     /// The target of `request`, or the 404 naming its host.
     pub(crate) fn route<'r, B>(&self, request: &'r Request<B>) -> Result<T, ProxyError<'r>> {
         let path = request.uri().path();
-        let host = request_host(request);
+        let host = strict::authority(request);
         match host.and_then(|host| self.find(host, path)) {
             Some(target) => Ok(target.clone()),
             None => Err(ProxyError::NoRoute {
@@ -135,14 +137,6 @@ impl<T: Clone> RouteTable<T> {
             }
         }
         self.any.find(path)
-    }
-}
-
-/// The Host header, or for HTTP/2 the `:authority`.
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    match request.headers().get(header::HOST) {
-        Some(host) => host.to_str().ok(),
-        None => request.uri().authority().map(|a| a.as_str()),
     }
 }
 

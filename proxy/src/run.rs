@@ -21,6 +21,7 @@ use crate::report::Reporter;
 use crate::route::Routes;
 use crate::server;
 use crate::service::Service;
+use crate::strict::RequestLimits;
 
 /// Room for edge signals; when full, the periodic report covers the edge.
 const SIGNAL_CAPACITY: usize = 1024;
@@ -33,11 +34,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .services
         .iter()
         .map(|s| {
-            Arc::new(Service::new(
-                s,
-                proxy_config.response_timeout,
-                metrics.for_service(&s.name),
-            ))
+            Arc::new(
+                Service::new(
+                    s,
+                    proxy_config.response_timeout,
+                    metrics.for_service(&s.name),
+                )
+                .with_default_max_body(proxy_config.limits.max_body.map(|b| b.as_u64())),
+            )
         })
         .collect();
     let mut routes = Routes::default();
@@ -92,6 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             forwarder: Forwarder::new(proxy_config),
             signals: signals.clone(),
             metrics: Arc::clone(&metrics),
+            limits: RequestLimits::from(&proxy_config.limits),
         };
         finished.push(spawn_data_thread(
             index,

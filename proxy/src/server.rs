@@ -1,6 +1,7 @@
 //! Stage 1 of the data path: accept connections and serve HTTP/1.1 and h2c.
 //!
-//! hyper answers malformed requests itself (400, 431 for oversized headers);
+//! hyper answers malformed requests itself (400; 431 for heads over
+//! `proxy.limits.max_header_bytes` or `max_headers`);
 //! a slow client gets `header_read_timeout` to send its headers. On shutdown
 //! the listener closes first, then open connections get `shutdown_timeout` to
 //! finish what they are doing.
@@ -25,15 +26,23 @@ pub async fn serve(
     config: &ProxyConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limits = &config.limits;
+    // The read buffer holds the whole head while it is parsed, so its size
+    // is the head's limit: hyper answers 431 beyond it, and beyond
+    // `max_headers` fields.
+    let header_bytes = usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(header_bytes)
+        .max_headers(limits.max_headers)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

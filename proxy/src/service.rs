@@ -73,6 +73,8 @@ pub struct Service {
     pub(crate) reported_in_flight: AtomicU64,
     pub(crate) surge_signalled: AtomicBool,
     pub(crate) metrics: ServiceMetrics,
+    /// Largest request body accepted (`max_body`); `u64::MAX`: any.
+    pub(crate) max_body: u64,
 }
 
 impl std::fmt::Debug for Service {
@@ -102,14 +104,24 @@ impl Service {
             hold_timeout: config.hold.timeout,
             endpoints: ArcSwap::from_pointee(EndpointSnapshot::default()),
             counters: Counters::default(),
-            hold: HoldQueue::new(config.hold.max_requests),
+            hold: HoldQueue::new(config.hold.max_requests, config.hold.per_client_limit()),
             container_concurrency: u64::from(config.scaling.container_concurrency),
             prefer_first: config.backend.prefer == PoolPreference::First,
             busy: AtomicBool::new(false),
             reported_in_flight: AtomicU64::new(0),
             surge_signalled: AtomicBool::new(false),
             metrics,
+            max_body: config.max_body.map_or(u64::MAX, |b| b.as_u64()),
         }
+    }
+
+    /// With `limit` as the body limit when the service sets none
+    /// (`proxy.limits.max_body`).
+    pub fn with_default_max_body(mut self, limit: Option<u64>) -> Self {
+        if self.max_body == u64::MAX {
+            self.max_body = limit.unwrap_or(u64::MAX);
+        }
+        self
     }
 
     /// Replaces the endpoint set (the KV watcher orders updates by revision)

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -24,18 +23,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rouse_nats::config::{Config, ServiceConfig};
-use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
-use rouse_proxy::serve;
-use rouse_proxy::Forwarder;
-use rouse_proxy::Pool;
-use rouse_proxy::Proxy;
-use rouse_proxy::ProxyMetrics;
-use rouse_proxy::Routes;
-use rouse_proxy::Service;
 use tokio::net::TcpListener;
 
 mod common;
+
+use common::{set_endpoints, Harness};
 
 /// A replica that echoes POST bodies, sleeps on `/slow`, and counts requests.
 async fn replica() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -99,63 +91,8 @@ services:
     hold: {timeout: 2s}
 ";
 
-struct Harness {
-    addr: SocketAddr,
-    service: Arc<Service>,
-    /// The upstream connection pool of the proxy's (only) data thread.
-    pool: Arc<Pool>,
-}
-
 async fn start_proxy() -> Harness {
-    let config = Config::parse(std::path::Path::new("test.yaml"), CONFIG).expect("config");
-    let metrics = Arc::new(ProxyMetrics::new());
-    let spec: &ServiceConfig = &config.services[0];
-    let service = Arc::new(Service::new(
-        spec,
-        config.proxy.response_timeout,
-        metrics.for_service("app"),
-    ));
-    let mut routes = Routes::default();
-    routes.insert("app.test", "/", Arc::clone(&service));
-    let (signals, mut signal_rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move { while signal_rx.recv().await.is_some() {} });
-    let forwarder = Forwarder::new(&config.proxy);
-    let pool = Arc::clone(forwarder.pool());
-    let proxy = Arc::new(Proxy {
-        routes: Arc::new(ArcSwap::from_pointee(routes)),
-        forwarder,
-        signals,
-        metrics,
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let proxy_config = config.proxy.clone();
-    tokio::spawn(async move {
-        serve(listener, proxy, &proxy_config, std::future::pending()).await;
-    });
-    Harness {
-        addr,
-        service,
-        pool,
-    }
-}
-
-fn set_endpoints(service: &Service, generation: u64, addrs: &[SocketAddr]) {
-    let set = EndpointSet {
-        v: VERSION,
-        generation,
-        endpoints: addrs
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| Endpoint {
-                id: format!("r{i}"),
-                addr: addr.to_string(),
-                state: EndpointState::Ready,
-                pool_rank: None,
-            })
-            .collect(),
-    };
-    assert!(service.apply(&set).is_empty());
+    common::start_proxy(CONFIG).await
 }
 
 async fn send(

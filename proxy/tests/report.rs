@@ -30,6 +30,7 @@ use rouse_proxy::Forwarder;
 use rouse_proxy::Proxy;
 use rouse_proxy::ProxyMetrics;
 use rouse_proxy::Reporter;
+use rouse_proxy::RequestLimits;
 use rouse_proxy::Routes;
 use rouse_proxy::Service;
 use tokio::net::TcpListener;
@@ -127,6 +128,7 @@ async fn traffic_on_an_idle_service_and_a_surge_are_reported_at_once() {
         forwarder: Forwarder::new(&config.proxy),
         signals,
         metrics,
+        limits: RequestLimits::from(&config.proxy.limits),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let proxy_addr = listener.local_addr().expect("addr");

@@ -7,6 +7,7 @@
 //! can tell an operator exactly what to fix.
 
 mod defaults;
+mod limits;
 mod locate;
 mod scaling;
 mod validate;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use limits::{LimitsConfig, MAX_REQUEST_LINE, MIN_HEADER_BYTES};
 pub use locate::LineIndex;
 pub use scaling::{
     BehaviorConfig, MetricSpec, PolicySpec, PolicyType, ResourcesConfig, ScalingRules, SelectPolicy,
@@ -105,6 +107,9 @@ pub struct ProxyConfig {
     /// Runtime worker threads; defaults to the number of cores.
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// What a request may carry (headers, request line, body).
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// What a controller does with its replicas when it is stopped (SIGTERM).
@@ -204,6 +209,10 @@ pub struct ServiceConfig {
     /// Overrides `proxy.response_timeout` for this service.
     #[serde(default, with = "humantime_serde")]
     pub response_timeout: Option<Duration>,
+    /// Largest request body accepted; more → 413. Overrides
+    /// `proxy.limits.max_body`.
+    #[serde(default)]
+    pub max_body: Option<bytesize::ByteSize>,
 }
 
 impl ServiceConfig {
@@ -706,6 +715,18 @@ pub struct HoldConfig {
     pub timeout: Duration,
     #[serde(default = "defaults::hold_max_requests")]
     pub max_requests: usize,
+    /// Held requests of one client address at once; more → 429. Defaults
+    /// to a quarter of `max_requests`, so one client cannot fill the queue.
+    #[serde(default)]
+    pub max_requests_per_client: Option<usize>,
+}
+
+impl HoldConfig {
+    /// `max_requests_per_client`, or its default share of `max_requests`.
+    pub fn per_client_limit(&self) -> usize {
+        self.max_requests_per_client
+            .unwrap_or((self.max_requests / 4).max(1))
+    }
 }
 
 impl Default for HoldConfig {
@@ -713,6 +734,7 @@ impl Default for HoldConfig {
         Self {
             timeout: defaults::hold_timeout(),
             max_requests: defaults::hold_max_requests(),
+            max_requests_per_client: None,
         }
     }
 }

@@ -486,3 +486,49 @@ services:
         assert!(keys.contains(&key), "{key} missing from {issues:#?}");
     }
 }
+
+#[test]
+fn edge_limits_default_to_a_trusted_edge_and_are_checked() {
+    let config = Config::parse(Path::new("rouse.yaml"), VALID).expect("valid");
+    let limits = &config.proxy.limits;
+    assert_eq!(limits.max_header_bytes.as_u64(), 64 * 1024);
+    assert_eq!(limits.max_headers, 100);
+    assert_eq!(limits.body_buffer.as_u64(), 64 * 1024);
+    let echo = config.service("echo").expect("echo");
+    assert_eq!(echo.hold.per_client_limit(), 2_500);
+    assert_eq!(echo.max_body, None);
+
+    let source = VALID
+        .replace(
+            "  report_interval: 500ms\n",
+            "  report_interval: 500ms\n  limits: {max_header_bytes: 1KiB, max_headers: 0, max_request_line: 1MiB}\n",
+        )
+        .replace("      timeout: 5s\n", "      timeout: 5s\n      max_requests: 10\n      max_requests_per_client: 11\n");
+    let found = issues(&source);
+    let at = |key: &str| {
+        found
+            .iter()
+            .find(|i| i.key == key)
+            .unwrap_or_else(|| panic!("no issue for {key}: {found:?}"))
+    };
+    assert!(at("proxy.limits.max_header_bytes").reason.contains("8192"));
+    assert_eq!(at("proxy.limits.max_header_bytes").line, Some(6));
+    assert!(at("proxy.limits.max_headers").reason.contains("at least 1"));
+    assert!(at("proxy.limits.max_request_line").reason.contains("65534"));
+    let share = at("services[0].hold.max_requests_per_client");
+    assert!(
+        share.reason.contains("more than hold.max_requests"),
+        "{share}"
+    );
+    assert_eq!(share.line, Some(20));
+}
+
+#[test]
+fn max_body_reads_sizes() {
+    let source = VALID.replace("    hold:\n", "    max_body: 1MiB\n    hold:\n");
+    let config = Config::parse(Path::new("rouse.yaml"), &source).expect("valid");
+    let echo = config.service("echo").expect("echo");
+    assert_eq!(echo.max_body.map(|b| b.as_u64()), Some(1024 * 1024));
+    let bad = issues(&VALID.replace("    hold:\n", "    max_body: lots\n    hold:\n"));
+    assert_eq!(bad[0].key, "services[0].max_body");
+}

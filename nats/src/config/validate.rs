@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{
-    Backend, BackendConfig, Config, DockerBackend, KubernetesBackend, LeaderElection, MetricSpec,
-    PortRef, ScalingDriver, ScalingRules, ServiceConfig,
+    Backend, BackendConfig, Config, DockerBackend, KubernetesBackend, LeaderElection, LimitsConfig,
+    MetricSpec, PortRef, ScalingDriver, ScalingRules, ServiceConfig, MAX_REQUEST_LINE,
+    MIN_HEADER_BYTES,
 };
 
 type Problems = Vec<(String, String)>;
@@ -49,6 +50,7 @@ fn check_durations(durations: &[(String, Duration)], problems: &mut Problems) {
 
 fn check_globals(config: &Config, problems: &mut Problems) {
     let proxy = &config.proxy;
+    check_limits(&proxy.limits, problems);
     check_durations(
         &[
             ("proxy.report_interval".into(), proxy.report_interval),
@@ -195,6 +197,7 @@ fn check_service(at: &str, service: &ServiceConfig, problems: &mut Problems) {
             "must be at least 1: the first held request is what wakes the service".into(),
         ));
     }
+    check_hold_share(at, service, problems);
     let scaling = &service.scaling;
     let mut durations = vec![
         (
@@ -686,5 +689,62 @@ fn check_rules(at: &str, rules: &ScalingRules, problems: &mut Problems) {
                 "must be above 0 and at most 30m".into(),
             ));
         }
+    }
+}
+
+fn check_limits(limits: &LimitsConfig, problems: &mut Problems) {
+    let header_bytes = limits.max_header_bytes.as_u64();
+    if header_bytes < MIN_HEADER_BYTES {
+        problems.push((
+            "proxy.limits.max_header_bytes".into(),
+            format!(
+                "must be at least {MIN_HEADER_BYTES} bytes (8 KiB): that is also the read buffer"
+            ),
+        ));
+    }
+    if header_bytes > u64::from(u32::MAX) {
+        problems.push((
+            "proxy.limits.max_header_bytes".into(),
+            "must be below 4 GiB".into(),
+        ));
+    }
+    if limits.max_headers == 0 {
+        problems.push((
+            "proxy.limits.max_headers".into(),
+            "must be at least 1: HTTP/1.1 requests carry Host".into(),
+        ));
+    }
+    let line = limits.max_request_line.as_u64();
+    if line == 0 || line > MAX_REQUEST_LINE {
+        problems.push((
+            "proxy.limits.max_request_line".into(),
+            format!("must be between 1 and {MAX_REQUEST_LINE} bytes"),
+        ));
+    }
+    if limits.body_buffer.as_u64() > 64 * 1024 * 1024 {
+        problems.push((
+            "proxy.limits.body_buffer".into(),
+            "must be at most 64 MiB: it is held in memory per request".into(),
+        ));
+    }
+}
+
+fn check_hold_share(at: &str, service: &ServiceConfig, problems: &mut Problems) {
+    let Some(per_client) = service.hold.max_requests_per_client else {
+        return;
+    };
+    if per_client == 0 {
+        problems.push((
+            format!("{at}.hold.max_requests_per_client"),
+            "must be at least 1".into(),
+        ));
+    } else if per_client > service.hold.max_requests {
+        problems.push((
+            format!("{at}.hold.max_requests_per_client"),
+            format!(
+                "{per_client} is more than hold.max_requests ({}), which caps every client together",
+                service.hold.max_requests
+            ),
+        ));
     }
 }

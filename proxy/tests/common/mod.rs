@@ -1,12 +1,18 @@
-//! A replica written against raw sockets, for tests that need behaviour a
-//! well-behaved HTTP server would not show. Shared by several test files,
+//! A proxy on real sockets without NATS (endpoint sets applied directly, as
+//! the KV watcher applies them), and a replica written against raw sockets,
+//! for tests that need behaviour a well-behaved HTTP server would not show. Shared by several test files,
 //! not all of which read every field.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use http::uri::Authority;
+use rouse_nats::config::{Config, ServiceConfig};
+use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
+use rouse_proxy::{serve, Forwarder, Pool, Proxy, ProxyMetrics, RequestLimits, Routes, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -20,6 +26,8 @@ pub struct RawReplica {
     pub authority: Authority,
     pub accepted: Arc<AtomicUsize>,
     pub ended: Arc<AtomicUsize>,
+    /// Every request head received, as text.
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub async fn raw_replica(close_after_response: bool) -> RawReplica {
@@ -32,11 +40,14 @@ pub async fn raw_replica(close_after_response: bool) -> RawReplica {
         .expect("authority");
     let accepted = Arc::new(AtomicUsize::new(0));
     let ended = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (accepts, ends) = (Arc::clone(&accepted), Arc::clone(&ended));
+    let received = Arc::clone(&heads);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             accepts.fetch_add(1, Ordering::SeqCst);
             let ends = Arc::clone(&ends);
+            let received = Arc::clone(&received);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
@@ -46,7 +57,10 @@ pub async fn raw_replica(close_after_response: bool) -> RawReplica {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        if let Ok(mut heads) = received.lock() {
+                            heads.push(String::from_utf8_lossy(&head).into_owned());
+                        }
                         let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if stream.write_all(response).await.is_err() {
                             break;
@@ -65,5 +79,72 @@ pub async fn raw_replica(close_after_response: bool) -> RawReplica {
         authority,
         accepted,
         ended,
+        heads,
     }
+}
+
+pub struct Harness {
+    pub addr: SocketAddr,
+    pub service: Arc<Service>,
+    /// The upstream connection pool of the proxy's (only) data thread.
+    pub pool: Arc<Pool>,
+}
+
+/// A proxy with one data thread serving the first service of `config`
+/// (host `app.test`), on a free port, with no NATS behind it.
+pub async fn start_proxy(config: &str) -> Harness {
+    let config = Config::parse(std::path::Path::new("test.yaml"), config).expect("config");
+    let metrics = Arc::new(ProxyMetrics::new());
+    let spec: &ServiceConfig = &config.services[0];
+    let service = Arc::new(
+        Service::new(
+            spec,
+            config.proxy.response_timeout,
+            metrics.for_service(&spec.name),
+        )
+        .with_default_max_body(config.proxy.limits.max_body.map(|b| b.as_u64())),
+    );
+    let mut routes = Routes::default();
+    routes.insert("app.test", "/", Arc::clone(&service));
+    let (signals, mut signal_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move { while signal_rx.recv().await.is_some() {} });
+    let forwarder = Forwarder::new(&config.proxy);
+    let pool = Arc::clone(forwarder.pool());
+    let proxy = Arc::new(Proxy {
+        routes: Arc::new(ArcSwap::from_pointee(routes)),
+        forwarder,
+        signals,
+        metrics,
+        limits: RequestLimits::from(&config.proxy.limits),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let proxy_config = config.proxy.clone();
+    tokio::spawn(async move {
+        serve(listener, proxy, &proxy_config, std::future::pending()).await;
+    });
+    Harness {
+        addr,
+        service,
+        pool,
+    }
+}
+
+/// Applies ready endpoints `r0..` at `addrs`, as the KV watcher would.
+pub fn set_endpoints(service: &Service, generation: u64, addrs: &[SocketAddr]) {
+    let set = EndpointSet {
+        v: VERSION,
+        generation,
+        endpoints: addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| Endpoint {
+                id: format!("r{i}"),
+                addr: addr.to_string(),
+                state: EndpointState::Ready,
+                pool_rank: None,
+            })
+            .collect(),
+    };
+    assert!(service.apply(&set).is_empty());
 }
