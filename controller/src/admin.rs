@@ -18,9 +18,10 @@ pub struct AdminState {
 }
 
 /// Serves admin requests until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+pub async fn serve(listener: TcpListener, token: admin::ApiToken, state: Arc<AdminState>) {
     admin::serve(
         listener,
+        token,
         Arc::new(move |request: &Request<Incoming>| route(&state, request)),
     )
     .await;

@@ -86,8 +86,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&metrics),
     ));
 
+    let token = rouse_nats::admin::ApiToken::load(config.controller.admin_token_file.as_deref())
+        .context("reading controller.admin_token_file")?;
     tokio::spawn(admin::serve(
         admin_listener,
+        token,
         Arc::new(AdminState {
             metrics: Arc::clone(&metrics),
             status: Arc::clone(&status),

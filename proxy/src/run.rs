@@ -85,7 +85,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         synced,
         accepting: AtomicBool::new(true),
     });
-    tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
+    let token = rouse_nats::admin::ApiToken::load(proxy_config.admin_token_file.as_deref())
+        .context("reading proxy.admin_token_file")?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        token,
+        Arc::clone(&admin_state),
+    ));
 
     let routes = Arc::new(ArcSwap::from_pointee(routes));
     let (stop_tx, stop_rx) = watch::channel(false);

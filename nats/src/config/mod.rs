@@ -110,6 +110,10 @@ pub struct ProxyConfig {
     /// What a request may carry (headers, request line, body).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// A file holding the bearer token `/api/...` on the admin port asks
+    /// for; unset: `ROUSE_ADMIN_TOKEN`, else open.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// What a controller does with its replicas when it is stopped (SIGTERM).
@@ -128,6 +132,10 @@ pub enum ShutdownPolicy {
 pub struct ControllerConfig {
     #[serde(default = "defaults::controller_admin")]
     pub admin_listen: SocketAddr,
+    /// A file holding the bearer token `/api/...` asks for (e.g.
+    /// `/api/v1/services`); unset: `ROUSE_ADMIN_TOKEN`, else open.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// Where the process backend keeps its pid files and replica logs.
     #[serde(default = "defaults::state_dir")]
     pub state_dir: PathBuf,

@@ -532,3 +532,19 @@ fn max_body_reads_sizes() {
     let bad = issues(&VALID.replace("    hold:\n", "    max_body: lots\n    hold:\n"));
     assert_eq!(bad[0].key, "services[0].max_body");
 }
+
+#[test]
+fn an_unreadable_admin_token_file_names_its_key() {
+    let source = VALID.replace(
+        "  report_interval: 500ms\n",
+        "  report_interval: 500ms\ncontroller:\n  admin_token_file: /nonexistent/rouse-token\n",
+    );
+    let found = issues(&source);
+    assert_eq!(found[0].key, "controller.admin_token_file");
+    assert_eq!(found[0].line, Some(7));
+    assert!(
+        found[0].reason.contains("/nonexistent/rouse-token"),
+        "{}",
+        found[0]
+    );
+}

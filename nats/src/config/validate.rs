@@ -51,6 +51,19 @@ fn check_durations(durations: &[(String, Duration)], problems: &mut Problems) {
 fn check_globals(config: &Config, problems: &mut Problems) {
     let proxy = &config.proxy;
     check_limits(&proxy.limits, problems);
+    for (key, file) in [
+        ("proxy.admin_token_file", &proxy.admin_token_file),
+        (
+            "controller.admin_token_file",
+            &config.controller.admin_token_file,
+        ),
+    ] {
+        if let Some(file) = file {
+            if let Err(err) = crate::admin::read_token(file) {
+                problems.push((key.into(), format!("cannot read {}: {err}", file.display())));
+            }
+        }
+    }
     check_durations(
         &[
             ("proxy.report_interval".into(), proxy.report_interval),
