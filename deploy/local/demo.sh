@@ -70,6 +70,7 @@ services:
     hold:
       timeout: 30s
       max_requests: 10000
+      max_requests_per_client: 10000   # the demo's load all comes from 127.0.0.1
 YAML
 
 say "starting nats-server (JetStream) on 127.0.0.1:$NATS_PORT"

@@ -276,6 +276,13 @@ impl Service {
         out.push_str("    hold:\n");
         let _ = writeln!(out, "      timeout: {}", q(&self.hold_timeout));
         let _ = writeln!(out, "      max_requests: {}", self.hold_max_requests);
+        // Every test and benchmark client is 127.0.0.1: one address stands
+        // for many clients, so it gets the whole queue.
+        let _ = writeln!(
+            out,
+            "      max_requests_per_client: {}",
+            self.hold_max_requests
+        );
         for (key, value) in &self.service_extra {
             let _ = writeln!(out, "    {key}: {value}");
         }
