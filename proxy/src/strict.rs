@@ -7,7 +7,10 @@
 //! than one, or with an invalid one; RFC 9113 §8.3.1 treats an HTTP/2 Host
 //! that names another authority than `:authority` as malformed. Without
 //! these a request could be routed by one Host and served by a replica that
-//! reads the other. An over-long target gets 414, a declared body over the
+//! reads the other. (A body framed both by Transfer-Encoding and by
+//! Content-Length, the other smuggling vector, hyper already reads as
+//! chunked and drops the Content-Length, RFC 9112 §6.3.) An over-long
+//! target gets 414, a declared body over the
 //! service's limit 413 (the body itself is checked as it streams, in
 //! `request_body`).
 //!

@@ -244,3 +244,18 @@ async fn one_client_cannot_fill_a_cold_services_queue() {
     }
     assert_eq!(queue.clients(), 0);
 }
+
+#[tokio::test]
+async fn a_body_framed_twice_is_read_as_chunked_and_forwarded_with_one_framing() {
+    let (harness, replica) = warm().await;
+    // The smuggler's request: a replica reading Content-Length would take
+    // `0\r\n\r\n` as the start of a second request.
+    let smuggled = "POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(exchange(harness.addr, smuggled.as_bytes()).await.0, 200);
+    let heads = replica.heads.lock().expect("heads").clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let head = heads[0].to_ascii_lowercase();
+    assert!(!head.contains("content-length: 5"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+}
