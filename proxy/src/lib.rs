@@ -2,7 +2,8 @@
 //!
 //! A request meets these stages in this order, one module each:
 //!
-//! 1. `server`: accept connections, serve HTTP/1.1 and h2c.
+//! 1. `server`: accept connections, serve HTTP/1.1 and h2c (and, through
+//!    `tls`, HTTPS with SNI certificates and ALPN h2).
 //! 2. `route`: find the service of the host and path (or 404).
 //! 3. `hold`: wait in the service's queue while it has no ready replica
 //!    (or 503 with `Retry-After`).
@@ -48,6 +49,7 @@ mod route;
 mod run;
 mod server;
 mod service;
+pub mod tls;
 mod upgrade;
 
 pub use forward::Forwarder;
@@ -58,5 +60,5 @@ pub use report::Reporter;
 pub use request_body::OutBody;
 pub use route::Routes;
 pub use run::run;
-pub use server::serve;
+pub use server::{serve, serve_with, Handshake, Plain};
 pub use service::Service;

@@ -9,6 +9,7 @@
 mod defaults;
 mod locate;
 mod scaling;
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ pub use locate::LineIndex;
 pub use scaling::{
     BehaviorConfig, MetricSpec, PolicySpec, PolicyType, ResourcesConfig, ScalingRules, SelectPolicy,
 };
+pub use tls::{CertKeyFiles, ProxyTlsConfig, TlsVersion};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -105,6 +107,9 @@ pub struct ProxyConfig {
     /// Runtime worker threads; defaults to the number of cores.
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// A TLS listener besides `listen` (off when unset).
+    #[serde(default)]
+    pub tls: Option<ProxyTlsConfig>,
 }
 
 /// What a controller does with its replicas when it is stopped (SIGTERM).
