@@ -146,3 +146,76 @@ pub(super) fn check(tls: &ProxyTlsConfig, plain: SocketAddr) -> Vec<(String, Str
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{Config, ConfigError, ConfigIssue};
+    use super::*;
+
+    fn with_tls(tls: &str) -> String {
+        format!(
+            "proxy:\n  listen: 127.0.0.1:8080\n  tls:\n{tls}services: []\n",
+            tls = tls
+                .lines()
+                .map(|line| format!("    {line}\n"))
+                .collect::<String>()
+        )
+    }
+
+    fn parse(source: &str) -> Result<Config, Vec<ConfigIssue>> {
+        match Config::parse(Path::new("rouse.yaml"), source) {
+            Ok(config) => Ok(config),
+            Err(ConfigError::Invalid(issues)) => Err(issues),
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_an_unquoted_version() {
+        let source = with_tls("certs:\n  - {cert_file: a.crt, key_file: a.key}\n");
+        let config = parse(&source).expect("valid");
+        let tls = config.proxy.tls.expect("tls");
+        assert_eq!(tls.listen, default_listen());
+        assert_eq!(tls.min_version, TlsVersion::Tls12);
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(tls.certs[0].key_file, PathBuf::from("a.key"));
+        // YAML reads an unquoted 1.3 as a number.
+        let source = with_tls("certs: [{cert_file: a.crt, key_file: a.key}]\nmin_version: 1.3\n");
+        let tls = parse(&source).expect("valid").proxy.tls.expect("tls");
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert!(parse("proxy: {}\n").expect("valid").proxy.tls.is_none());
+    }
+
+    #[test]
+    fn an_unsupported_version_names_key_and_line() {
+        let source =
+            with_tls("certs: [{cert_file: a.crt, key_file: a.key}]\nmin_version: \"1.1\"\n");
+        let issues = parse(&source).expect_err("1.1 accepted");
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "proxy.tls.min_version");
+        assert_eq!(issues[0].line, Some(5));
+        assert!(
+            issues[0].reason.contains("unsupported min_version `1.1`"),
+            "{issues:?}"
+        );
+    }
+
+    #[test]
+    fn no_certificates_and_a_clash_with_the_plain_listener() {
+        let source = with_tls("listen: 127.0.0.1:8080\ncerts: []\nhandshake_timeout: 0s\n");
+        let issues = parse(&source).expect_err("accepted");
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "proxy.tls.certs",
+                "proxy.tls.listen",
+                "proxy.tls.handshake_timeout"
+            ],
+            "{issues:?}"
+        );
+        assert_eq!(issues[0].line, Some(5));
+    }
+}
