@@ -158,6 +158,14 @@ impl StackBuilder {
         self
     }
 
+    /// A `proxy:` key (value in YAML, e.g. `tls`), for every proxy.
+    pub fn proxy_key(mut self, key: &str, value: &str) -> Self {
+        self.config
+            .proxy_extra
+            .push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// A `controller:` key (value in YAML), e.g. `leader_election`.
     pub fn controller_key(mut self, key: &str, value: &str) -> Self {
         self.config
