@@ -249,14 +249,15 @@ struct Answer {
     body: String,
 }
 
-/// `GET https://<host>/` as HTTP/2 over `stream`.
-async fn h2_get(stream: TlsStream<TcpStream>, host: &str) -> anyhow::Result<Answer> {
+/// `GET https://<host><path>` as HTTP/2 over `stream`.
+async fn h2_get(stream: TlsStream<TcpStream>, host: String, path: &str) -> anyhow::Result<Answer> {
     let exchange = async {
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await?;
         tokio::spawn(conn);
-        let request = hyper::Request::get(format!("https://{host}/")).body(Empty::<Bytes>::new())?;
+        let request =
+            hyper::Request::get(format!("https://{host}{path}")).body(Empty::<Bytes>::new())?;
         let response = sender.send_request(request).await?;
         let header = |name: &str| {
             response
@@ -348,8 +349,9 @@ fn counter(metrics: &str, name: &str) -> Option<f64> {
 
 /// Two certificates chosen by SNI (verified by rustls and by curl), h2 by
 /// ALPN and HTTP/1.1 when only that is offered, `X-Forwarded-Proto: https`
-/// at the replica, and certificates replaced on disk served without a
-/// restart while a broken replacement is refused.
+/// at the replica, certificates replaced on disk served without a restart
+/// while a broken replacement is refused, and SIGTERM finishing a request
+/// in flight over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_alpn_forwarded_proto_and_reload() {
     let pki = Pki::new();
@@ -360,7 +362,7 @@ async fn sni_alpn_forwarded_proto_and_reload() {
         tls_listen,
         &[(&a.cert_file, &a.key_file), (&b.cert_file, &b.key_file)],
     );
-    let cluster = Cluster::builder()
+    let mut cluster = Cluster::builder()
         .service(Service::new("echo", "a.test").hosts(&["a.test", "b.test", "x.b.test"]))
         .proxy_key("tls", &tls)
         .start()
@@ -383,7 +385,7 @@ async fn sni_alpn_forwarded_proto_and_reload() {
             .unwrap_or_else(|e| cluster_panic(&cluster, &format!("TLS to {host}: {e:#}")));
         assert!(presented(&stream) == leaf.der, "{host}: wrong certificate");
         assert_eq!(alpn(&stream).as_deref(), Some("h2"), "{host}: ALPN");
-        let answer = h2_get(stream, host)
+        let answer = h2_get(stream, host.to_string(), "/")
             .await
             .unwrap_or_else(|e| cluster_panic(&cluster, &format!("h2 GET {host}: {e:#}")));
         assert_eq!(answer.version, hyper::Version::HTTP_2);
@@ -487,7 +489,9 @@ async fn sni_alpn_forwarded_proto_and_reload() {
     let stream = connect(tls_listen, "a.test", &[b"h2"], Trust::Ca(&ca))
         .await
         .expect("TLS with the renewed certificate");
-    let answer = h2_get(stream, "a.test").await.expect("h2 GET after reload");
+    let answer = h2_get(stream, "a.test".into(), "/")
+        .await
+        .expect("h2 GET after reload");
     assert_eq!(answer.status, 200, "{}", answer.body);
     let metrics = cluster.proxy_metrics(0).await.expect("metrics");
     assert!(
@@ -499,6 +503,34 @@ async fn sni_alpn_forwarded_proto_and_reload() {
         .await
         .expect("TLS to b.test");
     assert!(presented(&stream) == b.der);
+
+    // SIGTERM: a request in flight over TLS is finished, then exit 0.
+    let stream = connect(tls_listen, "a.test", &[b"h2"], Trust::Ca(&ca))
+        .await
+        .expect("TLS before SIGTERM");
+    let in_flight = tokio::spawn(h2_get(stream, "a.test".into(), "/sleep/3000"));
+    cluster
+        .wait_until(
+            "the TLS request is in flight",
+            Duration::from_secs(20),
+            || async { cluster.proxy_metric(0, "rouse_in_flight", "echo").await == Some(1.0) },
+        )
+        .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the 3 s request finished before SIGTERM"
+    );
+    cluster.proxy_proc(0).sigterm();
+    let answer = match in_flight.await.expect("request task panicked") {
+        Ok(answer) => answer,
+        Err(e) => cluster_panic(&cluster, &format!("TLS request cut by SIGTERM: {e:#}")),
+    };
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let status = cluster
+        .proxy_proc(0)
+        .wait_exit(Duration::from_secs(30))
+        .await;
+    assert_eq!(status.code(), Some(0), "proxy exit after SIGTERM: {status}");
 }
 
 /// Fails with the logs of every process in the cluster.
