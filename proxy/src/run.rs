@@ -55,7 +55,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let listeners = bind_data(proxy_config.listen, threads)
         .with_context(|| format!("binding proxy.listen {}", proxy_config.listen))?;
-    // Certificates load before anything binds, so bad files fail the start.
+    // Loaded before NATS is reached (main has already checked the files),
+    // so unusable certificates fail the start at once.
     let mut tls_listeners = match &proxy_config.tls {
         Some(tls) => {
             let (handshake, reloader) = tls::start(tls, Arc::clone(&metrics))?;

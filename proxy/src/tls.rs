@@ -152,11 +152,12 @@ fn load_pair(
     let key_key = format!("{at}.key_file");
     let chain = bytes
         .cert
-        .clone()
-        .and_then(|b| parse_chain(&files.cert_file, &b))
+        .as_deref()
+        .map_err(String::clone)
+        .and_then(|b| parse_chain(&files.cert_file, b))
         .and_then(|chain| Ok((dns_names(&files.cert_file, &chain[0])?, chain)));
-    let key = bytes.key.clone().and_then(|b| {
-        PrivateKeyDer::from_pem_slice(&b)
+    let key = bytes.key.as_deref().map_err(String::clone).and_then(|b| {
+        PrivateKeyDer::from_pem_slice(b)
             .map_err(|err| pem_reason(&files.key_file, "private key", err))
     });
     let key = key.and_then(|key| {

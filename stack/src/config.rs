@@ -441,6 +441,18 @@ mod tests {
     }
 
     #[test]
+    fn proxy_keys_go_under_proxy() {
+        let mut config = Config::new("nats://127.0.0.1:4222", Path::new("/tmp/s"), "m1");
+        config
+            .proxy_extra
+            .push(("tls".into(), "{certs: []}".into()));
+        let yaml = config.to_yaml();
+        let proxy = line_of(&yaml, "proxy:", 0).unwrap();
+        let tls = line_of(&yaml, "tls: {certs: []}", 0).unwrap();
+        assert!(tls > proxy && line_of(&yaml, "controller:", 0).unwrap() > tls);
+    }
+
+    #[test]
     fn keda_listen_goes_under_controller() {
         let mut config = Config::new("nats://127.0.0.1:4222", Path::new("/tmp/s"), "m1");
         config.keda_listen = Some(SocketAddr::from(([127, 0, 0, 1], 9095)));

@@ -158,7 +158,8 @@ impl StackBuilder {
         self
     }
 
-    /// A `proxy:` key (value in YAML, e.g. `tls`), for every proxy.
+    /// A `proxy:` key (value in YAML, e.g. `tls`), the same for every proxy
+    /// (so a fixed listen address in it suits a one-proxy stack only).
     pub fn proxy_key(mut self, key: &str, value: &str) -> Self {
         self.config
             .proxy_extra
