@@ -73,6 +73,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// A `proxy:` key (value in YAML, e.g. `tls`), the same for every proxy
+    /// (so a fixed listen address in it suits a one-proxy stack only).
+    pub fn proxy_key(mut self, key: &str, value: &str) -> Self {
+        self.stack = self.stack.proxy_key(key, value);
+        self
+    }
+
     /// `n` more controllers (standbys under leader election).
     pub fn standby_controllers(mut self, n: usize) -> Self {
         self.stack = self.stack.standby_controllers(n);

@@ -71,7 +71,8 @@ pub fn load(args: &CommonArgs) -> Loaded {
     }
 }
 
-fn report(err: &ConfigError) {
+/// Prints a bad config's issues to stderr, one per line.
+pub fn report(err: &ConfigError) {
     eprintln!("invalid config:");
     for line in err.to_string().lines() {
         eprintln!("  {line}");

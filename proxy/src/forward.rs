@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use http::header::HeaderValue;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -22,6 +21,7 @@ use rouse_nats::config::ProxyConfig;
 use crate::balance;
 use crate::completion::Completion;
 use crate::error::ProxyError;
+use crate::handler::Peer;
 use crate::headers;
 use crate::pool::{ConnectError, Pool, PoolSettings, Pooled};
 use crate::request_body::{self, BodyError, ClientBody, Lent, OutBody};
@@ -60,7 +60,7 @@ impl Forwarder {
         &self,
         service: &'a Service,
         mut request: Request<Incoming>,
-        client_ip: &HeaderValue,
+        peer: &Peer,
         mut completion: Completion,
     ) -> Result<Response<ProxyBody>, ProxyError<'a>> {
         let client_upgrade = upgrade::requested(&mut request);
@@ -80,7 +80,12 @@ impl Forwarder {
         let mut tried: Vec<Arc<str>> = Vec::new();
         loop {
             let endpoint = &completion.lease.endpoint;
-            headers::prepare_head(&mut parts, client_ip, client_upgrade.is_some());
+            headers::prepare_head(
+                &mut parts,
+                &peer.client_ip,
+                &peer.proto,
+                client_upgrade.is_some(),
+            );
             let outbound = Request::from_parts(parts, body);
             let sent = self
                 .send(outbound, &endpoint.authority, service.response_timeout)

@@ -40,19 +40,22 @@ pub struct Proxy {
     pub limits: RequestLimits,
 }
 
-/// Per connection: who the client is, rendered once for X-Forwarded-For.
+/// Per connection: who the client is, rendered once for X-Forwarded-For,
+/// and how it came (`http` or `https`) for X-Forwarded-Proto.
 pub struct Peer {
     pub ip: IpAddr,
     pub client_ip: HeaderValue,
+    pub proto: HeaderValue,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, scheme: &'static str) -> Self {
         let client_ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self {
             ip: addr.ip(),
             client_ip,
+            proto: HeaderValue::from_static(scheme),
         }
     }
 }
@@ -94,11 +97,7 @@ impl Proxy {
         // Boxed: a held request's future then stays small; only requests on
         // their way out carry the forwarding state.
         let forwarded =
-            Box::pin(
-                self.forwarder
-                    .forward(&service, request, &peer.client_ip, completion),
-            )
-            .await;
+            Box::pin(self.forwarder.forward(&service, request, &peer, completion)).await;
         let mut response = match forwarded {
             Ok(response) => {
                 service.metrics.count_response(response.status().as_u16());

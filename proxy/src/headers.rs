@@ -83,11 +83,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Rewrites an inbound request's head for a replica.
 ///
-/// `client_ip` is the peer address, pre-rendered once per connection.
+/// `client_ip` is the peer address, pre-rendered once per connection, and
+/// `proto` the scheme it connected with (`http`, `https`).
 /// `X-Forwarded-For` gets it appended; `X-Forwarded-Host` and
 /// `X-Forwarded-Proto` are set when absent and kept when an ingress in front
 /// already set them.
-pub fn prepare_head(parts: &mut http::request::Parts, client_ip: &HeaderValue, upgrade: bool) {
+pub fn prepare_head(
+    parts: &mut http::request::Parts,
+    client_ip: &HeaderValue,
+    proto: &HeaderValue,
+    upgrade: bool,
+) {
     // The target's authority replaces Host (RFC 9112 §3.2.2); `strict`
     // routed the request by it.
     let host = match parts.uri.authority() {
@@ -105,7 +111,7 @@ pub fn prepare_head(parts: &mut http::request::Parts, client_ip: &HeaderValue, u
     if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
         parts
             .headers
-            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            .insert(X_FORWARDED_PROTO.clone(), proto.clone());
     }
     // The replica gets the origin form (`/path?query`); an HTTP/2 request
     // arrives in absolute form, its authority already moved to `Host`.
@@ -165,7 +171,7 @@ mod tests {
             "/a/b?c=d",
         );
         let ip = HeaderValue::from_static("127.0.0.1");
-        prepare_head(&mut parts, &ip, false);
+        prepare_head(&mut parts, &ip, &HeaderValue::from_static("http"), false);
         assert_eq!(parts.uri, "/a/b?c=d");
         assert_eq!(parts.headers["host"], "echo.localhost");
         assert_eq!(parts.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
@@ -185,12 +191,21 @@ mod tests {
         );
         assert!(is_upgrade(&parts.headers, Version::HTTP_11));
         let ip = HeaderValue::from_static("::1");
-        prepare_head(&mut parts, &ip, true);
+        prepare_head(&mut parts, &ip, &HeaderValue::from_static("https"), true);
         assert_eq!(parts.uri, "/ws");
         assert_eq!(parts.headers["host"], "echo.localhost");
         assert_eq!(parts.headers["upgrade"], "websocket");
         assert_eq!(parts.headers["connection"], "upgrade");
         assert_eq!(parts.headers["x-forwarded-for"], "::1");
+        assert_eq!(parts.headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn forwarded_proto_from_an_ingress_is_kept() {
+        let mut parts = request(&[("x-forwarded-proto", "https")], "/");
+        let ip = HeaderValue::from_static("127.0.0.1");
+        prepare_head(&mut parts, &ip, &HeaderValue::from_static("http"), false);
+        assert_eq!(parts.headers["x-forwarded-proto"], "https");
     }
 
     #[test]

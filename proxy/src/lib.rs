@@ -2,8 +2,9 @@
 //!
 //! A request meets these stages in this order, one module each:
 //!
-//! 1. `server`: accept connections, serve HTTP/1.1 and h2c, within the
-//!    head limits of `proxy.limits` (431).
+//! 1. `server`: accept connections, serve HTTP/1.1 and h2c (and, through
+//!    `tls`, HTTPS with SNI certificates and ALPN h2), within the head
+//!    limits of `proxy.limits` (431).
 //!    `strict`: refuse what a trusted edge refuses (400, 414, 413).
 //! 2. `route`: find the service of the host and path (or 404).
 //! 3. `hold`: wait in the service's queue while it has no ready replica
@@ -51,6 +52,7 @@ mod run;
 mod server;
 mod service;
 mod strict;
+pub mod tls;
 mod upgrade;
 
 pub use forward::Forwarder;
@@ -61,6 +63,6 @@ pub use report::Reporter;
 pub use request_body::OutBody;
 pub use route::Routes;
 pub use run::run;
-pub use server::serve;
+pub use server::{serve, serve_with, Handshake, Plain};
 pub use service::Service;
 pub use strict::RequestLimits;

@@ -39,6 +39,9 @@ pub struct ProxyMetrics {
     hold_rejected: Family<ServiceLabel, Counter>,
     /// Malformed messages from NATS (endpoint sets that do not decode).
     pub bus_rejected: Counter,
+    /// `proxy.tls` certificate files changed and were taken, or refused.
+    pub tls_reloads: Counter,
+    pub tls_reload_errors: Counter,
 }
 
 impl Default for ProxyMetrics {
@@ -58,6 +61,8 @@ impl ProxyMetrics {
         let hold_timeouts = Family::<ServiceLabel, Counter>::default();
         let hold_rejected = Family::<ServiceLabel, Counter>::default();
         let bus_rejected = Counter::default();
+        let tls_reloads = Counter::default();
+        let tls_reload_errors = Counter::default();
         registry.register(
             "rouse_requests",
             "Requests answered, by service and status code",
@@ -98,6 +103,16 @@ impl ProxyMetrics {
             "Malformed messages received from NATS and dropped",
             bus_rejected.clone(),
         );
+        registry.register(
+            "rouse_tls_reloads",
+            "Changed TLS certificate files taken into use",
+            tls_reloads.clone(),
+        );
+        registry.register(
+            "rouse_tls_reload_errors",
+            "Changed TLS certificate files refused (the previous ones stay in use)",
+            tls_reload_errors.clone(),
+        );
         Self {
             registry,
             requests,
@@ -108,6 +123,8 @@ impl ProxyMetrics {
             hold_timeouts,
             hold_rejected,
             bus_rejected,
+            tls_reloads,
+            tls_reload_errors,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::route::Routes;
 use crate::server;
 use crate::service::Service;
 use crate::strict::RequestLimits;
+use crate::tls::{self, TlsHandshake};
 
 /// Room for edge signals; when full, the periodic report covers the edge.
 const SIGNAL_CAPACITY: usize = 1024;
@@ -58,6 +59,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let listeners = bind_data(proxy_config.listen, threads)
         .with_context(|| format!("binding proxy.listen {}", proxy_config.listen))?;
+    // Loaded before NATS is reached (main has already checked the files),
+    // so unusable certificates fail the start at once.
+    let mut tls_listeners = match &proxy_config.tls {
+        Some(tls) => {
+            let (handshake, reloader) = tls::start(tls, Arc::clone(&metrics))?;
+            let listeners = bind_data(tls.listen, threads)
+                .with_context(|| format!("binding proxy.tls.listen {}", tls.listen))?;
+            tokio::spawn(reloader.run());
+            listeners
+                .into_iter()
+                .map(|listener| (listener, handshake.clone()))
+                .collect()
+        }
+        None => Vec::new(),
+    }
+    .into_iter();
     let admin_listener = TcpListener::bind(proxy_config.admin_listen)
         .await
         .with_context(|| format!("binding proxy.admin_listen {}", proxy_config.admin_listen))?;
@@ -107,6 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         finished.push(spawn_data_thread(
             index,
             listener,
+            tls_listeners.next(),
             proxy,
             proxy_config.clone(),
             stop_rx.clone(),
@@ -115,6 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(signals);
     tracing::info!(
         listen = %proxy_config.listen,
+        tls_listen = ?proxy_config.tls.as_ref().map(|tls| tls.listen),
         admin = %proxy_config.admin_listen,
         id = %proxy_id,
         services = services.len(),
@@ -136,13 +155,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// replicas. A request, its inbound connection and its upstream connection
 /// then live on one thread, like an nginx worker: no task hops between
 /// threads, no contended pool lock. Resolves when the thread has finished
-/// its in-flight requests after `stop` turned true.
+/// its in-flight requests after `stop` turned true. With `proxy.tls`, the
+/// thread also has its own TLS listening socket, served the same way.
 fn spawn_data_thread(
     index: usize,
     listener: std::net::TcpListener,
+    tls: Option<(std::net::TcpListener, TlsHandshake)>,
     proxy: Proxy,
     config: ProxyConfig,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<oneshot::Receiver<()>> {
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
@@ -151,15 +172,36 @@ fn spawn_data_thread(
             let runtime = rouse_nats::runtime::build(rouse_nats::runtime::Threads::Current);
             match runtime {
                 Ok(runtime) => runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => {
+                    let tls = tls
+                        .map(|(listener, handshake)| {
+                            TcpListener::from_std(listener).map(|listener| (listener, handshake))
+                        })
+                        .transpose();
+                    match (TcpListener::from_std(listener), tls) {
+                        (Ok(listener), Ok(tls)) => {
                             tokio::spawn(Arc::clone(proxy.forwarder.pool()).sweep_periodically());
-                            let stopped = async move {
-                                let _ = stop.wait_for(|stopped| *stopped).await;
-                            };
-                            server::serve(listener, Arc::new(proxy), &config, stopped).await;
+                            let proxy = Arc::new(proxy);
+                            let plain = server::serve(
+                                listener,
+                                Arc::clone(&proxy),
+                                &config,
+                                stopped(stop.clone()),
+                            );
+                            match tls {
+                                Some((listener, handshake)) => {
+                                    let secure = server::serve_with(
+                                        listener,
+                                        handshake,
+                                        proxy,
+                                        &config,
+                                        stopped(stop),
+                                    );
+                                    tokio::join!(plain, secure);
+                                }
+                                None => plain.await,
+                            }
                         }
-                        Err(err) => {
+                        (Err(err), _) | (_, Err(err)) => {
                             tracing::error!(error = %err, "data thread cannot use the listener")
                         }
                     }
@@ -170,6 +212,11 @@ fn spawn_data_thread(
         })
         .context("starting a data-path thread")?;
     Ok(done_rx)
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// Connections a burst may open before the accept loop catches up; the

@@ -4,9 +4,12 @@
 //! `proxy.limits.max_header_bytes` or `max_headers`);
 //! a slow client gets `header_read_timeout` to send its headers. On shutdown
 //! the listener closes first, then open connections get `shutdown_timeout` to
-//! finish what they are doing.
+//! finish what they are doing. The plaintext and the TLS listener share this
+//! loop; a [`Handshake`] turns an accepted TCP stream into the one HTTP is
+//! read from (nothing for plaintext, TLS for `proxy.tls`, see `tls`).
 
 use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +18,47 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rouse_nats::config::ProxyConfig;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::handler::{Peer, Proxy};
 
-/// Serves `listener` until `shutdown` resolves, then drains connections.
+/// What happens on an accepted connection before HTTP: run on the
+/// connection's own task, so a slow handshake never holds up the accept loop.
+pub trait Handshake: Clone + Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// `X-Forwarded-Proto` of requests that arrive this way.
+    const SCHEME: &'static str;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Plaintext HTTP: the TCP stream as it is.
+#[derive(Clone, Copy)]
+pub struct Plain;
+
+impl Handshake for Plain {
+    type Stream = TcpStream;
+    const SCHEME: &'static str = "http";
+    async fn handshake(&self, tcp: TcpStream) -> io::Result<TcpStream> {
+        Ok(tcp)
+    }
+}
+
+/// Serves `listener` (plaintext) until `shutdown` resolves, then drains
+/// connections.
 pub async fn serve(
     listener: TcpListener,
+    proxy: Arc<Proxy>,
+    config: &ProxyConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listener, Plain, proxy, config, shutdown).await;
+}
+
+/// [`serve`], with `handshake` run on every accepted connection first.
+pub async fn serve_with<H: Handshake>(
+    listener: TcpListener,
+    handshake: H,
     proxy: Arc<Proxy>,
     config: &ProxyConfig,
     shutdown: impl Future<Output = ()>,
@@ -51,17 +88,27 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let peer = Arc::new(Peer::new(addr));
+                    let peer = Arc::new(Peer::new(addr, H::SCHEME));
                     let proxy = Arc::clone(&proxy);
                     let service = service_fn(move |request| {
                         Arc::clone(&proxy).handle(request, Arc::clone(&peer))
                     });
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
+                    // Taken now, so that shutdown also waits for handshakes
+                    // under way (each bounded by its own timeout).
+                    let watcher = graceful.watcher();
+                    let builder = builder.clone();
+                    let handshake = handshake.clone();
                     tokio::spawn(async move {
-                        if let Err(err) = connection.await {
+                        let stream = match handshake.handshake(stream).await {
+                            Ok(stream) => stream,
+                            Err(err) => {
+                                tracing::debug!(error = %err, "handshake failed");
+                                return;
+                            }
+                        };
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Err(err) = watcher.watch(connection).await {
                             tracing::debug!(error = %err, "connection ended with an error");
                         }
                     });

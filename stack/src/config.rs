@@ -298,6 +298,8 @@ pub struct Config {
     pub report_interval: String,
     /// `proxy.worker_threads`, when set (default: one per core).
     pub worker_threads: Option<u32>,
+    /// More `proxy:` keys, each a YAML value (e.g. `tls`).
+    pub proxy_extra: Vec<(String, String)>,
     pub controller_admin: SocketAddr,
     /// More `controller:` keys, each a YAML value (e.g. `leader_election`).
     pub controller_extra: Vec<(String, String)>,
@@ -325,6 +327,7 @@ impl Config {
             proxy_admin: crate::free_addr(),
             report_interval: "200ms".to_string(),
             worker_threads: None,
+            proxy_extra: Vec::new(),
             controller_admin: crate::free_addr(),
             controller_extra: Vec::new(),
             keda_listen: None,
@@ -353,6 +356,9 @@ impl Config {
         let _ = writeln!(out, "  report_interval: {}", q(&self.report_interval));
         if let Some(threads) = self.worker_threads {
             let _ = writeln!(out, "  worker_threads: {threads}");
+        }
+        for (key, value) in &self.proxy_extra {
+            let _ = writeln!(out, "  {key}: {value}");
         }
         out.push_str("controller:\n");
         let _ = writeln!(
@@ -439,6 +445,18 @@ mod tests {
             line_of(&yaml, "keda_listen:", 0).is_none(),
             "off unless asked"
         );
+    }
+
+    #[test]
+    fn proxy_keys_go_under_proxy() {
+        let mut config = Config::new("nats://127.0.0.1:4222", Path::new("/tmp/s"), "m1");
+        config
+            .proxy_extra
+            .push(("tls".into(), "{certs: []}".into()));
+        let yaml = config.to_yaml();
+        let proxy = line_of(&yaml, "proxy:", 0).unwrap();
+        let tls = line_of(&yaml, "tls: {certs: []}", 0).unwrap();
+        assert!(tls > proxy && line_of(&yaml, "controller:", 0).unwrap() > tls);
     }
 
     #[test]

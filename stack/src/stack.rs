@@ -158,6 +158,15 @@ impl StackBuilder {
         self
     }
 
+    /// A `proxy:` key (value in YAML, e.g. `tls`), the same for every proxy
+    /// (so a fixed listen address in it suits a one-proxy stack only).
+    pub fn proxy_key(mut self, key: &str, value: &str) -> Self {
+        self.config
+            .proxy_extra
+            .push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// A `controller:` key (value in YAML), e.g. `leader_election`.
     pub fn controller_key(mut self, key: &str, value: &str) -> Self {
         self.config

@@ -10,6 +10,7 @@ mod defaults;
 mod limits;
 mod locate;
 mod scaling;
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub use locate::LineIndex;
 pub use scaling::{
     BehaviorConfig, MetricSpec, PolicySpec, PolicyType, ResourcesConfig, ScalingRules, SelectPolicy,
 };
+pub use tls::{CertKeyFiles, ProxyTlsConfig, TlsVersion};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -114,6 +116,9 @@ pub struct ProxyConfig {
     /// for; unset: `ROUSE_ADMIN_TOKEN`, else open.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+    /// A TLS listener besides `listen` (off when unset).
+    #[serde(default)]
+    pub tls: Option<ProxyTlsConfig>,
 }
 
 /// What a controller does with its replicas when it is stopped (SIGTERM).

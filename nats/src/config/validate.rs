@@ -79,6 +79,9 @@ fn check_globals(config: &Config, problems: &mut Problems) {
         ],
         problems,
     );
+    if let Some(tls) = &proxy.tls {
+        problems.extend(super::tls::check(tls, proxy.listen));
+    }
     if proxy.worker_threads == Some(0) {
         problems.push(("proxy.worker_threads".into(), "must be at least 1".into()));
     }
