@@ -8,18 +8,20 @@
 //! both.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, Version};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not one (RFC 9110 §6.6.2): it names the trailer fields, and
+/// hyper sends HTTP/1.1 trailers only when it is present. `TE` is, but
+/// `te: trailers` goes on to the replica again (`keep_te_trailers`).
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -119,6 +121,57 @@ pub fn prepare_head(parts: &mut http::request::Parts, client_ip: &HeaderValue, u
         parts.uri = Uri::from(path);
     }
     parts.version = Version::HTTP_11;
+}
+
+/// Whether the client accepts trailers (`TE: trailers`; gRPC clients
+/// always send it). Read before `prepare_head` strips `TE`.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let coding = t.split(';').next().unwrap_or_default();
+            coding.trim().eq_ignore_ascii_case("trailers")
+        })
+}
+
+/// Tells the replica, after `prepare_head`, that trailers are accepted:
+/// the proxy passes them on (gRPC servers require `te: trailers`; it is the
+/// only `TE` that HTTP/2 allows, RFC 9113 §8.2.2). On HTTP/1.1 `TE` is
+/// hop-by-hop, so it is listed in `Connection` too (RFC 9110 §10.1.4).
+pub fn keep_te_trailers(headers: &mut HeaderMap, version: Version) {
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if version != Version::HTTP_2 {
+        headers.append(header::CONNECTION, HeaderValue::from_static("te"));
+    }
+}
+
+/// Turns a head `prepare_head` rewrote for HTTP/1.1 (without an upgrade,
+/// so no connection-specific header is left) into an HTTP/2 one: absolute
+/// form, its authority the `Host` (else `replica`), which hyper sends as
+/// `:authority`. `Host` stays as well, equal to it (RFC 9113 §8.3.1), for
+/// replicas that read it.
+pub fn into_h2(parts: &mut http::request::Parts, replica: &Authority) {
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+        .unwrap_or_else(|| replica.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path);
+    if let Ok(uri) = Uri::from_parts(uri) {
+        parts.uri = uri;
+    }
+    parts.version = Version::HTTP_2;
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
