@@ -18,6 +18,8 @@ const HOST: &str = "grpc.localhost";
 /// Generous: a cold start on a loaded 2-core machine.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MESSAGES: u32 = 5;
+/// Bound of every wait on a condition.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn grpc_service() -> Service {
     Service::new("grpc", HOST)
@@ -156,6 +158,43 @@ async fn grpc_calls_pass_through_rouse_with_their_status() {
     assert_eq!(got, vec![0, 1], "messages before the failure");
     assert_eq!(status.code(), Code::ResourceExhausted, "status: {status:?}");
     assert_eq!(status.message(), "out of numbers", "status: {status:?}");
+
+    // A stream counts as in flight (so a draining replica is not stopped
+    // under it) until it ends, here when the client cancels it.
+    let in_flight = || async { cluster.proxy_metric(0, "rouse_in_flight", "grpc").await };
+    cluster
+        .wait_until("the finished calls are counted out", WAIT, || async {
+            in_flight().await == Some(0.0)
+        })
+        .await;
+    let long = CountRequest {
+        count: 2,
+        interval_ms: 60_000,
+        ..Default::default()
+    };
+    let mut stream = match client.count(long).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => cluster.fail(&format!("long Count call: {status:?}")).await,
+    };
+    match stream.message().await {
+        Ok(Some(reply)) => assert_eq!(reply.seq, 0),
+        other => {
+            cluster
+                .fail(&format!("first message of the long stream: {other:?}"))
+                .await
+        }
+    }
+    cluster
+        .wait_until("the open stream is in flight", WAIT, || async {
+            in_flight().await == Some(1.0)
+        })
+        .await;
+    drop(stream);
+    cluster
+        .wait_until("the cancelled stream is counted out", WAIT, || async {
+            in_flight().await == Some(0.0)
+        })
+        .await;
 }
 
 /// An HTTP/1.1 client of an `h2c` service: the proxy speaks HTTP/2 to the

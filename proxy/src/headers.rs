@@ -255,4 +255,63 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         assert!(!headers.contains_key("upgrade"));
     }
+
+    #[test]
+    fn te_trailers_is_found_among_codings() {
+        let accepts = |te: &str| accepts_trailers(&request(&[("te", te)], "/").headers);
+        assert!(accepts("trailers"));
+        assert!(accepts("gzip;q=0.5, Trailers"));
+        assert!(!accepts("gzip"));
+        assert!(!accepts_trailers(&request(&[], "/").headers));
+    }
+
+    #[test]
+    fn h2_head_has_authority_and_no_connection_headers() {
+        let mut parts = request(
+            &[
+                ("host", "grpc.localhost"),
+                ("connection", "keep-alive, te"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("transfer-encoding", "chunked"),
+                ("upgrade", "h2c"),
+                ("te", "trailers"),
+                ("trailer", "grpc-status"),
+            ],
+            "/pkg.Svc/Method",
+        );
+        let wants = accepts_trailers(&parts.headers);
+        prepare_head(&mut parts, &HeaderValue::from_static("::1"), false);
+        keep_te_trailers(&mut parts.headers, Version::HTTP_2);
+        into_h2(&mut parts, &Authority::from_static("127.0.0.1:9"));
+        assert!(wants);
+        assert_eq!(parts.version, Version::HTTP_2);
+        assert_eq!(parts.uri, "http://grpc.localhost/pkg.Svc/Method");
+        assert_eq!(parts.headers["te"], "trailers");
+        assert_eq!(parts.headers["trailer"], "grpc-status");
+        for gone in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(!parts.headers.contains_key(gone), "{gone} kept");
+        }
+    }
+
+    #[test]
+    fn h1_te_trailers_is_listed_in_connection_and_h2_falls_back_to_the_replica() {
+        let mut parts = request(&[("te", "trailers")], "/");
+        prepare_head(&mut parts, &HeaderValue::from_static("::1"), false);
+        keep_te_trailers(&mut parts.headers, Version::HTTP_11);
+        assert_eq!(parts.headers["te"], "trailers");
+        assert_eq!(parts.headers["connection"], "te");
+        assert_eq!(parts.version, Version::HTTP_11);
+
+        let mut parts = request(&[], "/x");
+        prepare_head(&mut parts, &HeaderValue::from_static("::1"), false);
+        into_h2(&mut parts, &Authority::from_static("127.0.0.1:9"));
+        assert_eq!(parts.uri, "http://127.0.0.1:9/x");
+    }
 }
