@@ -8,7 +8,7 @@
 //! intact, OK or not. And a plain HTTP/1.1 client of the same service is
 //! translated to HTTP/2 on the way to the replica.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rouse_e2e::grpc::{self, CountRequest, HelloRequest};
 use rouse_e2e::{Cluster, Service};
@@ -236,4 +236,69 @@ async fn http1_client_is_translated_for_an_h2c_service() {
     assert_eq!(echoed.status, 200, "POST response: {echoed}");
     assert_eq!(echoed.header("x-echo-version"), Some("HTTP/2"), "{echoed}");
     assert!(echoed.text() == body, "the POST body came back changed");
+}
+
+/// Scale-to-zero waits for an open stream: with `scale_to_zero_after: 2s`
+/// and a stream several times that long, the call ends with status OK, and
+/// the scale to zero is decided only after it ended (it counted as in
+/// flight to its last frame, in the load reports too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_to_zero_waits_for_an_open_stream() {
+    let cluster = Cluster::start(vec![grpc_service()
+        .scale_to_zero_after("2s")
+        .drain_timeout("5s")])
+    .await;
+    let mut client = match grpc::client(cluster.proxy_addr(0), HOST, CALL_TIMEOUT) {
+        Ok(client) => client,
+        Err(e) => cluster.fail(&format!("gRPC client: {e:#}")).await,
+    };
+    let long = CountRequest {
+        count: 7,
+        interval_ms: 1000,
+        ..Default::default()
+    };
+    let mut stream = match client.count(long).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => cluster.fail(&format!("Count call: {status:?}")).await,
+    };
+    let mut seqs = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(reply)) => seqs.push(reply.seq),
+            Ok(None) => break,
+            Err(status) => {
+                cluster
+                    .fail(&format!("the stream was cut after {seqs:?}: {status:?}"))
+                    .await
+            }
+        }
+        assert!(seqs.len() <= 7, "more messages than asked: {seqs:?}");
+    }
+    let ended_ms = now_ms();
+    assert_eq!(seqs, (0..7).collect::<Vec<_>>());
+
+    let status = cluster
+        .wait_status("grpc", "scaled to zero after the stream", WAIT, |s| {
+            let to = s.last_scale.as_ref().and_then(|v| v.get("to")?.as_u64());
+            s.ready == 0 && to == Some(0)
+        })
+        .await;
+    let decided_ms = status
+        .last_scale
+        .as_ref()
+        .and_then(|v| v.get("at_ms")?.as_u64())
+        .unwrap_or_default();
+    // The decision needs 2 s without anything in flight, so it follows the
+    // stream's end; were the stream counted out early it would come seconds
+    // before it. 1 s of slack for this clock read lagging the real end.
+    assert!(
+        decided_ms + 1000 >= ended_ms,
+        "scaled to zero at {decided_ms} ms, before the stream ended at {ended_ms} ms"
+    );
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
