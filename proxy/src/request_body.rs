@@ -1,7 +1,7 @@
 //! The request body on its way to a replica (`OutBody`).
 //!
 //! A request body is never buffered: it streams from the client to the
-//! replica. To retry a refused connection on another replica (stage 5,
+//! replica, frame by frame, trailers included. To retry a refused connection on another replica (stage 5,
 //! `forward`) the body must survive the failed attempt, so when a retry is
 //! possible the body is lent to the attempt through a shared slot and taken
 //! back if the attempt never polled it.
