@@ -24,6 +24,7 @@
 //! - `cluster`: a [`Stack`](rouse_stack::Stack) for one test, with
 //!   panicking waits and requests that dump every log on failure;
 //! - `http`: requests through the proxy (reqwest), the controller's status;
+//! - `grpc`: a gRPC client of `rouse-echo --grpc` (generated from its proto);
 //! - `keda`: a client of the controller's KEDA external scaler API, as
 //!   KEDA would call it (generated from the controller's proto, the contract);
 //! - `load`: bursts and steady load through a proxy, and the replicas'
@@ -39,6 +40,7 @@
 
 pub mod cluster;
 pub mod events;
+pub mod grpc;
 pub mod http;
 pub mod keda;
 pub mod load;

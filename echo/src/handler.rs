@@ -197,13 +197,27 @@ pub async fn handle<B>(echo: &Echo, req: Request<B>) -> Response<EchoBody<B>> {
     let route = Route::parse(&parts.method, parts.uri.path());
     let _in_flight = route.counted().then(|| echo.stats.enter());
     let reflected = reflected_headers(&parts);
+    let version = version_value(parts.version);
     let mut response = respond(echo, route, &mut parts, body).await;
     for (name, value) in reflected {
         if let Some(value) = value {
             response.headers_mut().insert(name, value);
         }
     }
+    response.headers_mut().insert(X_ECHO_VERSION, version);
     response
+}
+
+/// `x-echo-version`: the HTTP version the request arrived in, so a test can
+/// tell which one a proxy spoke to the replica.
+const X_ECHO_VERSION: HeaderName = HeaderName::from_static("x-echo-version");
+
+fn version_value(version: http::Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    })
 }
 
 async fn respond<B>(

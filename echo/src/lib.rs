@@ -6,7 +6,8 @@
 //! hungry (`/cpu`) or memory hungry (`/mem`), counts what it served
 //! (`/stats`), echoes request bodies (any `POST`), reflects the forwarding
 //! headers it received, echoes bytes on an upgraded connection (`/ws`), and
-//! can fake a slow cold start (`--startup-delay`). `rouse-echo healthcheck`
+//! can fake a slow cold start (`--startup-delay`), and with `--grpc` is a
+//! gRPC server too (unary `Hello`, server-streaming `Count`). `rouse-echo healthcheck`
 //! checks a health URL instead of serving.
 //!
 //! It is also the demo queue worker for rouse's `queue` scaling signal:
@@ -27,11 +28,14 @@
 //! - `shutdown`: SIGTERM / SIGINT as one stop every task waits on;
 //! - `handler`: the route and response of one request, and the per-process
 //!   counters `/stats` shows;
+//! - [`grpc`]: with `--grpc`, the gRPC service (proto/echo.proto) beside
+//!   the HTTP routes on the same port;
 //! - [`worker`]: the queue worker beside the HTTP server;
 //! - [`healthcheck`]: `rouse-echo healthcheck`, the one `GET` the rouse
 //!   image's `HEALTHCHECK` runs (the image has no shell and no curl);
 //! - [`publish`]: `rouse-echo publish`, test messages for the worker.
 
+pub mod grpc;
 mod handler;
 pub mod healthcheck;
 pub mod publish;

@@ -1,6 +1,6 @@
 //! The process around the handler: command line, start-up delay, the
-//! HTTP/1.1 + h2c accept loop, the queue worker beside it, and graceful
-//! shutdown on SIGTERM / SIGINT.
+//! HTTP/1.1 + h2c accept loop (with `--grpc`, gRPC calls go to `grpc`), the
+//! queue worker beside it, and graceful shutdown on SIGTERM / SIGINT.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use http_body_util::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tonic::codegen::Service as _;
 
+use crate::grpc::{self, GrpcService};
 use crate::handler::{handle, Echo};
 use crate::healthcheck::HealthcheckArgs;
 use crate::publish::PublishArgs;
@@ -77,6 +80,11 @@ pub struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub startup_delay: Option<Duration>,
 
+    /// Also serve the gRPC service of proto/echo.proto (h2c) on the same
+    /// port: calls with a gRPC content type go to it, the rest to HTTP.
+    #[arg(long)]
+    pub grpc: bool,
+
     /// The queue worker, off unless a stream and a consumer are named.
     #[command(flatten)]
     pub worker: WorkerArgs,
@@ -118,20 +126,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             worker.run(stop.clone()).await;
         }
     };
-    tokio::join!(serve(listener, echo, stop.clone().stopped()), work);
+    let grpc = args.grpc.then(|| grpc::service(&echo));
+    tokio::join!(serve(listener, echo, grpc, stop.clone().stopped()), work);
     Ok(())
 }
 
-/// Serves `listener` until `shutdown` completes, then stops accepting and
-/// gives in-flight requests up to [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(listener: TcpListener, echo: Arc<Echo>, shutdown: impl Future<Output = ()>) {
+/// Serves `listener` (and gRPC calls on it with `grpc`) until `shutdown`
+/// completes, then stops accepting and gives in-flight requests up to
+/// [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    listener: TcpListener,
+    echo: Arc<Echo>,
+    grpc: Option<GrpcService>,
+    shutdown: impl Future<Output = ()>,
+) {
     let builder = server_builder();
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_connection(&builder, &graceful, stream, &echo),
+                Ok((stream, _)) => serve_connection(&builder, &graceful, stream, &echo, grpc.as_ref()),
                 Err(err) => {
                     tracing::warn!(%err, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -161,14 +176,25 @@ fn serve_connection(
     graceful: &GracefulShutdown,
     stream: TcpStream,
     echo: &Arc<Echo>,
+    grpc: Option<&GrpcService>,
 ) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "could not set TCP_NODELAY");
     }
     let echo = Arc::clone(echo);
+    let grpc = grpc.cloned();
     let service = service_fn(move |req| {
         let echo = Arc::clone(&echo);
-        async move { Ok::<_, Infallible>(handle(&echo, req).await) }
+        let grpc = grpc.clone().filter(|_| grpc::is_grpc(&req));
+        async move {
+            match grpc {
+                Some(mut grpc) => match grpc.call(req).await {
+                    Ok(response) => Ok(response.map(Either::Right)),
+                    Err(never) => match never {},
+                },
+                None => Ok::<_, Infallible>(handle(&echo, req).await.map(Either::Left)),
+            }
+        }
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -192,6 +218,7 @@ mod tests {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             id: id.map(str::to_owned),
             startup_delay: None,
+            grpc: false,
             worker: WorkerArgs {
                 nats_url: crate::worker::DEFAULT_NATS_URL.to_owned(),
                 queue_stream: None,

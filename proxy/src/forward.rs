@@ -7,6 +7,12 @@
 //! when there is another replica to try: a single-replica service streams
 //! the body straight through. The header rules live in `headers`; a 101 is
 //! handed on to stage 6 (`upgrade`).
+//!
+//! `backend.protocol` picks the version a request goes out in: HTTP/1.1
+//! over `pool`, or HTTP/2 (h2c, prior knowledge) over `h2pool`; `auto`
+//! keeps the client's. An upgrade always goes out as HTTP/1.1, the only
+//! version it exists in. Response frames, trailers included, stream back
+//! as they come (`response_body`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,13 +20,14 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use http::uri::Authority;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use rouse_nats::config::ProxyConfig;
+use rouse_nats::config::{BackendProtocol, ProxyConfig};
 
 use crate::balance;
 use crate::completion::Completion;
 use crate::error::ProxyError;
+use crate::h2pool::H2Pool;
 use crate::handler::Peer;
 use crate::headers;
 use crate::pool::{ConnectError, Pool, PoolSettings, Pooled};
@@ -50,6 +57,7 @@ pub struct Forwarder {
     pool: Arc<Pool>,
     /// `proxy.limits.body_buffer`: chunked bytes read before forwarding.
     body_buffer: u64,
+    h2: Arc<H2Pool>,
 }
 
 impl Forwarder {
@@ -69,6 +77,8 @@ impl Forwarder {
             .client_body(service, &parts, body)
             .await
             .map_err(|err| ProxyError::of_body(service, &err))?;
+        let version = outbound_version(service.protocol, parts.version, client_upgrade.is_some());
+        let te_trailers = headers::accepts_trailers(&parts.headers);
         // Only keep what a retry needs when another replica could take it.
         let retry_possible = client_upgrade.is_none() && service.endpoints.load().ready.len() > 1;
         let (mut replay, mut body) = if retry_possible {
@@ -86,6 +96,12 @@ impl Forwarder {
                 &peer.proto,
                 client_upgrade.is_some(),
             );
+            if te_trailers {
+                headers::keep_te_trailers(&mut parts.headers, version);
+            }
+            if version == Version::HTTP_2 {
+                headers::into_h2(&mut parts, &endpoint.authority);
+            }
             let outbound = Request::from_parts(parts, body);
             let sent = self
                 .send(outbound, &endpoint.authority, service.response_timeout)
@@ -127,13 +143,14 @@ impl Forwarder {
     }
 
     pub fn new(config: &ProxyConfig) -> Self {
-        let pool = Pool::new(PoolSettings {
+        let settings = PoolSettings {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.pool_idle_timeout,
             max_idle_per_endpoint: MAX_IDLE_PER_ENDPOINT,
-        });
+        };
         Self {
-            pool,
+            pool: Pool::new(settings.clone()),
+            h2: H2Pool::new(settings),
             body_buffer: config.limits.body_buffer.as_u64(),
         }
     }
@@ -159,6 +176,11 @@ impl Forwarder {
         &self.pool
     }
 
+    /// The data thread's HTTP/2 connections.
+    pub fn h2_pool(&self) -> &Arc<H2Pool> {
+        &self.h2
+    }
+
     /// Sends `request` to the replica at `authority` and waits at most
     /// `timeout` for the response headers. The connection comes back with
     /// the response, to be released when the response body has ended.
@@ -171,16 +193,23 @@ impl Forwarder {
         request: Request<OutBody>,
         authority: &'a Authority,
         timeout: Duration,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Pooled), ForwardError>> + 'a {
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<Pooled>), ForwardError>> + 'a {
         tokio::time::timeout(timeout, self.exchange(request, authority))
             .map(move |result| result.unwrap_or(Err(ForwardError::Timeout(timeout))))
     }
 
+    /// Sends over HTTP/2 when the head says so (`into_h2`), else HTTP/1.1.
     async fn exchange(
         &self,
         mut request: Request<OutBody>,
         authority: &Authority,
-    ) -> Result<(Response<Incoming>, Pooled), ForwardError> {
+    ) -> Result<(Response<Incoming>, Option<Pooled>), ForwardError> {
+        if request.version() == Version::HTTP_2 {
+            return self
+                .exchange_h2(request, authority)
+                .await
+                .map(|r| (r, None));
+        }
         let mut conn = self
             .pool
             .get(authority)
@@ -188,7 +217,7 @@ impl Forwarder {
             .map_err(ForwardError::Connect)?;
         loop {
             let mut err = match conn.sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, conn)),
+                Ok(response) => return Ok((response, Some(conn))),
                 Err(err) => err,
             };
             // A reused connection the replica closed just as the request
@@ -204,6 +233,51 @@ impl Forwarder {
                 .await
                 .map_err(ForwardError::Connect)?;
         }
+    }
+}
+
+impl Forwarder {
+    /// [`exchange`](Self::exchange) over the replica's shared HTTP/2
+    /// connection. Nothing to give back afterwards: the connection stays
+    /// shared in the pool.
+    async fn exchange_h2(
+        &self,
+        mut request: Request<OutBody>,
+        authority: &Authority,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let mut conn = self
+            .h2
+            .get(authority)
+            .await
+            .map_err(ForwardError::Connect)?;
+        loop {
+            let mut err = match conn.sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(err) => err,
+            };
+            // As for HTTP/1.1: a connection the replica closed (e.g. a
+            // GOAWAY) hands the request back unsent; once more on a new one.
+            request = match (conn.reused, err.take_message()) {
+                (true, Some(unsent)) => unsent,
+                _ => return Err(ForwardError::Failed(err.into_error())),
+            };
+            conn = self
+                .h2
+                .replace(authority, &conn)
+                .await
+                .map_err(ForwardError::Connect)?;
+        }
+    }
+}
+
+/// The version a request goes to the replica in: `backend.protocol`, with
+/// `auto` meaning the client's; an upgrade exists only in HTTP/1.1.
+fn outbound_version(protocol: BackendProtocol, inbound: Version, upgrade: bool) -> Version {
+    match protocol {
+        _ if upgrade => Version::HTTP_11,
+        BackendProtocol::H2c => Version::HTTP_2,
+        BackendProtocol::Auto if inbound == Version::HTTP_2 => Version::HTTP_2,
+        BackendProtocol::Http1 | BackendProtocol::Auto => Version::HTTP_11,
     }
 }
 
@@ -245,7 +319,7 @@ impl Replay {
 /// to stage 6.
 fn finish(
     response: Response<Incoming>,
-    conn: Pooled,
+    conn: Option<Pooled>,
     completion: Completion,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
@@ -259,7 +333,7 @@ fn finish(
         parts,
         ProxyBody::Upstream {
             body,
-            conn: Some(conn),
+            conn,
             completion: Some(completion),
         },
     )

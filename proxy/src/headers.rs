@@ -8,18 +8,20 @@
 //! both.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, Version};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not one (RFC 9110 §6.6.2): it names the trailer fields, and
+/// hyper sends HTTP/1.1 trailers only when it is present. `TE` is, but
+/// `te: trailers` goes on to the replica again (`keep_te_trailers`).
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -126,6 +128,57 @@ pub fn prepare_head(
     parts.version = Version::HTTP_11;
 }
 
+/// Whether the client accepts trailers (`TE: trailers`; gRPC clients
+/// always send it). Read before `prepare_head` strips `TE`.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let coding = t.split(';').next().unwrap_or_default();
+            coding.trim().eq_ignore_ascii_case("trailers")
+        })
+}
+
+/// Tells the replica, after `prepare_head`, that trailers are accepted:
+/// the proxy passes them on (gRPC servers require `te: trailers`; it is the
+/// only `TE` that HTTP/2 allows, RFC 9113 §8.2.2). On HTTP/1.1 `TE` is
+/// hop-by-hop, so it is listed in `Connection` too (RFC 9110 §10.1.4).
+pub fn keep_te_trailers(headers: &mut HeaderMap, version: Version) {
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if version != Version::HTTP_2 {
+        headers.append(header::CONNECTION, HeaderValue::from_static("te"));
+    }
+}
+
+/// Turns a head `prepare_head` rewrote for HTTP/1.1 (without an upgrade,
+/// so no connection-specific header is left) into an HTTP/2 one: absolute
+/// form, its authority the `Host` (else `replica`), which hyper sends as
+/// `:authority`. `Host` stays as well, equal to it (RFC 9113 §8.3.1), for
+/// replicas that read it.
+pub fn into_h2(parts: &mut http::request::Parts, replica: &Authority) {
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+        .unwrap_or_else(|| replica.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path);
+    if let Ok(uri) = Uri::from_parts(uri) {
+        parts.uri = uri;
+    }
+    parts.version = Version::HTTP_2;
+}
+
 fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
     let value = match headers.get(&X_FORWARDED_FOR) {
         None => client_ip.clone(),
@@ -215,5 +268,79 @@ mod tests {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, false);
         assert!(!headers.contains_key("upgrade"));
+    }
+
+    #[test]
+    fn te_trailers_is_found_among_codings() {
+        let accepts = |te: &str| accepts_trailers(&request(&[("te", te)], "/").headers);
+        assert!(accepts("trailers"));
+        assert!(accepts("gzip;q=0.5, Trailers"));
+        assert!(!accepts("gzip"));
+        assert!(!accepts_trailers(&request(&[], "/").headers));
+    }
+
+    #[test]
+    fn h2_head_has_authority_and_no_connection_headers() {
+        let mut parts = request(
+            &[
+                ("host", "grpc.localhost"),
+                ("connection", "keep-alive, te"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("transfer-encoding", "chunked"),
+                ("upgrade", "h2c"),
+                ("te", "trailers"),
+                ("trailer", "grpc-status"),
+            ],
+            "/pkg.Svc/Method",
+        );
+        let wants = accepts_trailers(&parts.headers);
+        prepare_head(
+            &mut parts,
+            &HeaderValue::from_static("::1"),
+            &HeaderValue::from_static("http"),
+            false,
+        );
+        keep_te_trailers(&mut parts.headers, Version::HTTP_2);
+        into_h2(&mut parts, &Authority::from_static("127.0.0.1:9"));
+        assert!(wants);
+        assert_eq!(parts.version, Version::HTTP_2);
+        assert_eq!(parts.uri, "http://grpc.localhost/pkg.Svc/Method");
+        assert_eq!(parts.headers["te"], "trailers");
+        assert_eq!(parts.headers["trailer"], "grpc-status");
+        for gone in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(!parts.headers.contains_key(gone), "{gone} kept");
+        }
+    }
+
+    #[test]
+    fn h1_te_trailers_is_listed_in_connection_and_h2_falls_back_to_the_replica() {
+        let mut parts = request(&[("te", "trailers")], "/");
+        prepare_head(
+            &mut parts,
+            &HeaderValue::from_static("::1"),
+            &HeaderValue::from_static("http"),
+            false,
+        );
+        keep_te_trailers(&mut parts.headers, Version::HTTP_11);
+        assert_eq!(parts.headers["te"], "trailers");
+        assert_eq!(parts.headers["connection"], "te");
+        assert_eq!(parts.version, Version::HTTP_11);
+
+        let mut parts = request(&[], "/x");
+        prepare_head(
+            &mut parts,
+            &HeaderValue::from_static("::1"),
+            &HeaderValue::from_static("http"),
+            false,
+        );
+        into_h2(&mut parts, &Authority::from_static("127.0.0.1:9"));
+        assert_eq!(parts.uri, "http://127.0.0.1:9/x");
     }
 }

@@ -21,7 +21,8 @@
 //! - `request_body` / `response_body`: the bodies going to the replica and
 //!   to the client.
 //! - `headers`: hop-by-hop and `X-Forwarded-*` rules.
-//! - `pool`: each data thread's idle replica connections.
+//! - `pool`: each data thread's idle replica connections (HTTP/1.1).
+//! - `h2pool`: each data thread's shared HTTP/2 replica connections.
 //! - `queue`: a service's bounded wait queue.
 //! - `service`: per-service state (endpoint set, counters, queue).
 //! - `completion`: counts a forwarded request out at its last byte.
@@ -38,6 +39,7 @@ mod completion;
 mod endpoints;
 mod error;
 mod forward;
+mod h2pool;
 mod handler;
 mod headers;
 mod hold;
@@ -56,6 +58,7 @@ pub mod tls;
 mod upgrade;
 
 pub use forward::Forwarder;
+pub use h2pool::H2Pool;
 pub use handler::Proxy;
 pub use metrics::ProxyMetrics;
 pub use pool::{Pool, PoolSettings, Pooled};

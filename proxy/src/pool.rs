@@ -46,8 +46,11 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("HTTP/1.1 handshake failed: {0}")]
+    #[error("HTTP handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    /// A connect shared by several requests (HTTP/2, see `h2pool`).
+    #[error(transparent)]
+    Shared(std::sync::Arc<ConnectError>),
 }
 
 struct Idle {

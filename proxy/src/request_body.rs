@@ -1,13 +1,15 @@
 //! The request body on its way to a replica (`OutBody`).
 //!
-//! A body streams from the client to the replica, with two exceptions that
+//! A body streams from the client to the replica, frame by frame, trailers
+//! included, with two exceptions that
 //! keep bad bodies from reaching a replica:
 //! - a chunked HTTP/1 body is read ahead up to `proxy.limits.body_buffer`
 //!   before the request is forwarded ([`read_ahead`]), as nginx buffers
 //!   bodies: one that is malformed or over `max_body` within that much gets
 //!   400 or 413 with nothing forwarded. Only what the client sends without
-//!   pausing is waited for, so a streamed upload is not held up. HTTP/2 bodies are not read ahead: a
-//!   gRPC stream may wait for the replica's answer before sending more.
+//!   pausing is waited for, so a streamed upload is not held up. HTTP/2
+//!   bodies are not read ahead: a gRPC stream may wait for the replica's
+//!   answer before sending more.
 //! - every body is counted against `max_body` as it streams
 //!   ([`ClientBody`]); one that grows past it, or that the client breaks off,
 //!   fails with a [`BodyError`] that `forward` answers as 413 or 400.
@@ -124,8 +126,16 @@ impl ClientBody {
             .iter()
             .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
             .sum();
+        // A body read whole goes out with a Content-Length, unless it ends
+        // in trailers, which only chunked framing carries.
+        let trailers = self.ahead.iter().any(Frame::is_trailers);
         match &self.rest {
-            None => SizeHint::with_exact(ahead),
+            None if !trailers => SizeHint::with_exact(ahead),
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(ahead);
+                hint
+            }
             Some(rest) => {
                 let rest = rest.size_hint();
                 let mut hint = SizeHint::new();

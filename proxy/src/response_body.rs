@@ -4,7 +4,8 @@
 //! itself (an error, see `error`). The streamed kind carries the request's
 //! `Completion` and its replica connection: a request counts as in flight
 //! until its last byte, and the connection goes back to the pool only once
-//! the replica's response has ended.
+//! the replica's response has ended. Frames pass as they come, trailers
+//! included (a gRPC status lives in them).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,6 +23,7 @@ pub enum ProxyBody {
         body: Incoming,
         /// The replica connection the body arrives on: back to the pool
         /// once the body has ended, closed if it is dropped unfinished.
+        /// `None` over HTTP/2, whose connection stays shared (`h2pool`).
         conn: Option<Pooled>,
         /// Dropped when the body ends or the client goes away.
         completion: Option<Completion>,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use rouse_nats::config::{PoolPreference, ServiceConfig};
+use rouse_nats::config::{BackendProtocol, PoolPreference, ServiceConfig};
 use rouse_nats::messages::{EndpointSet, EndpointState};
 
 use crate::metrics::ServiceMetrics;
@@ -65,6 +65,8 @@ pub struct Service {
     /// `backend.prefer: first`: the least busy replica, ties going to the
     /// earlier pool (see `balance`).
     pub(crate) prefer_first: bool,
+    /// `backend.protocol`: the HTTP version requests go out in (`forward`).
+    pub(crate) protocol: BackendProtocol,
     /// False once a report found the service idle; the next arrival flips it
     /// and asks the reporter for an immediate report.
     pub(crate) busy: AtomicBool,
@@ -107,6 +109,7 @@ impl Service {
             hold: HoldQueue::new(config.hold.max_requests, config.hold.per_client_limit()),
             container_concurrency: u64::from(config.scaling.container_concurrency),
             prefer_first: config.backend.prefer == PoolPreference::First,
+            protocol: config.backend.protocol,
             busy: AtomicBool::new(false),
             reported_in_flight: AtomicU64::new(0),
             surge_signalled: AtomicBool::new(false),

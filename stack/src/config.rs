@@ -61,6 +61,8 @@ pub struct Service {
     pub kubernetes: Option<Vec<(String, String)>>,
     /// More service keys, written as given (e.g. `resources: {cpus: 0.5}`).
     pub service_extra: Vec<(String, String)>,
+    /// `backend.protocol` (`http1`, `h2c`, `auto`); `None` leaves it out.
+    pub protocol: Option<String>,
 }
 
 impl Service {
@@ -87,6 +89,7 @@ impl Service {
             docker: None,
             kubernetes: None,
             service_extra: Vec::new(),
+            protocol: None,
         }
     }
 
@@ -117,6 +120,12 @@ impl Service {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         );
+        self
+    }
+
+    /// `backend.protocol`: the HTTP version the proxy speaks to replicas.
+    pub fn protocol(mut self, protocol: &str) -> Self {
+        self.protocol = Some(protocol.to_string());
         self
     }
 
@@ -254,6 +263,9 @@ impl Service {
             for (key, value) in &env {
                 let _ = writeln!(out, "          {}: {}", q(key), q(value));
             }
+        }
+        if let Some(protocol) = &self.protocol {
+            let _ = writeln!(out, "      protocol: {}", q(protocol));
         }
         out.push_str("    readiness:\n");
         let _ = writeln!(out, "      http_get: {}", q(&self.readiness_http_get));

@@ -290,6 +290,24 @@ pub struct BackendConfig {
     /// How proxies spread requests over the pools' replicas.
     #[serde(default)]
     pub prefer: PoolPreference,
+    /// The HTTP version proxies speak to the replicas.
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+}
+
+/// The HTTP version proxies speak to a service's replicas (cleartext).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendProtocol {
+    /// HTTP/1.1 for every request, whatever the client spoke.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge for every request (gRPC needs this):
+    /// one multiplexed connection per replica and proxy thread.
+    H2c,
+    /// The client's version: HTTP/2 requests go out as h2c, HTTP/1.x ones
+    /// as HTTP/1.1.
+    Auto,
 }
 
 /// One overflow pool: a name, a cap, and exactly one backend.

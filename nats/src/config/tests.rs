@@ -548,3 +548,26 @@ fn an_unreadable_admin_token_file_names_its_key() {
         found[0]
     );
 }
+
+#[test]
+fn backend_protocol_defaults_to_http1_and_names_a_bad_value() {
+    let config = Config::parse(Path::new("rouse.yaml"), VALID).expect("valid");
+    let echo = config.service("echo").expect("echo");
+    assert_eq!(echo.backend.protocol, BackendProtocol::Http1);
+    for (text, protocol) in [
+        ("h2c", BackendProtocol::H2c),
+        ("auto", BackendProtocol::Auto),
+    ] {
+        let source = VALID.replace(
+            "    backend:\n",
+            &format!("    backend:\n      protocol: {text}\n"),
+        );
+        let config = Config::parse(Path::new("rouse.yaml"), &source).expect("valid");
+        assert_eq!(config.services[0].backend.protocol, protocol);
+    }
+    let source = VALID.replace("    backend:\n", "    backend:\n      protocol: h3\n");
+    let found = issues(&source);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].line, Some(10), "{}", found[0]);
+    assert!(found[0].reason.contains("h3"), "{}", found[0]);
+}
