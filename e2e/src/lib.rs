@@ -23,6 +23,8 @@
 //! Modules:
 //! - `cluster`: a [`Stack`](rouse_stack::Stack) for one test, with
 //!   panicking waits and requests that dump every log on failure;
+//! - `fault`: load with every answer attributed to a replica, raw probes,
+//!   descriptor counts, a tmpfs (the fault tests);
 //! - `http`: requests through the proxy (reqwest), the controller's status;
 //! - `keda`: a client of the controller's KEDA external scaler API, as
 //!   KEDA would call it (generated from the controller's proto, the contract);
@@ -39,6 +41,7 @@
 
 pub mod cluster;
 pub mod events;
+pub mod fault;
 pub mod http;
 pub mod keda;
 pub mod load;

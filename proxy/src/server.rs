@@ -1,7 +1,8 @@
 //! Stage 1 of the data path: accept connections and serve HTTP/1.1 and h2c.
 //!
 //! hyper answers malformed requests itself (400, 431 for oversized headers);
-//! a slow client gets `header_read_timeout` to send its headers. On shutdown
+//! a slow client gets `header_read_timeout` to send its headers, and one that
+//! sends nothing at all is closed after it too. On shutdown
 //! the listener closes first, then open connections get `shutdown_timeout` to
 //! finish what they are doing.
 
@@ -35,6 +36,7 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -47,12 +49,22 @@ pub async fn serve(
                     let service = service_fn(move |request| {
                         Arc::clone(&proxy).handle(request, Arc::clone(&peer))
                     });
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
+                    let builder = Arc::clone(&builder);
+                    let watcher = graceful.watcher();
+                    let first_byte = config.header_read_timeout;
                     tokio::spawn(async move {
-                        if let Err(err) = connection.await {
+                        // hyper's header timeout starts once the protocol is
+                        // known, i.e. after the first bytes: a client that
+                        // never sends any would hold its descriptor forever.
+                        let mut first = [0u8; 1];
+                        if tokio::time::timeout(first_byte, stream.peek(&mut first)).await.is_err() {
+                            tracing::debug!(peer = %addr, "closing a connection that sent nothing within header_read_timeout");
+                            return;
+                        }
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        if let Err(err) = watcher.watch(connection).await {
                             tracing::debug!(error = %err, "connection ended with an error");
                         }
                     });

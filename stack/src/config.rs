@@ -291,6 +291,8 @@ pub struct Config {
     pub report_interval: String,
     /// `proxy.worker_threads`, when set (default: one per core).
     pub worker_threads: Option<u32>,
+    /// More `proxy:` keys, each a YAML value (e.g. `header_read_timeout`).
+    pub proxy_extra: Vec<(String, String)>,
     pub controller_admin: SocketAddr,
     /// More `controller:` keys, each a YAML value (e.g. `leader_election`).
     pub controller_extra: Vec<(String, String)>,
@@ -318,6 +320,7 @@ impl Config {
             proxy_admin: crate::free_addr(),
             report_interval: "200ms".to_string(),
             worker_threads: None,
+            proxy_extra: Vec::new(),
             controller_admin: crate::free_addr(),
             controller_extra: Vec::new(),
             keda_listen: None,
@@ -346,6 +349,9 @@ impl Config {
         let _ = writeln!(out, "  report_interval: {}", q(&self.report_interval));
         if let Some(threads) = self.worker_threads {
             let _ = writeln!(out, "  worker_threads: {threads}");
+        }
+        for (key, value) in &self.proxy_extra {
+            let _ = writeln!(out, "  {key}: {value}");
         }
         out.push_str("controller:\n");
         let _ = writeln!(
