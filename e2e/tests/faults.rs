@@ -739,3 +739,98 @@ async fn ten_thousand_idle_connections_do_not_stop_the_proxy_and_are_closed() {
     cluster.get_ok(HOST, "/").await;
     eprintln!("idle connections: {n} held, all closed by the proxy; descriptor limit {limit}");
 }
+
+/// Fault 7, past the limit: the proxy's descriptor limit is lowered (with
+/// `prlimit`) to 200 above what it uses, and 400 idle connections arrive.
+/// The accept loop reports the failure and backs off instead of spinning
+/// or exiting; a normal request that arrives meanwhile waits in the
+/// listen queue and is served (200) once `header_read_timeout` (3 s)
+/// closes the idle connections and descriptors free up; every idle
+/// connection is closed in the end. Skipped, saying why, without
+/// `prlimit` (util-linux) or the right to use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_past_the_fd_limit_back_off_and_recover() {
+    const HOST: &str = "limit.localhost";
+    const IDLE: usize = 400;
+    let mut cluster = Cluster::builder()
+        .service(Service::new("limit", HOST).target_concurrency(100))
+        .proxy_key("header_read_timeout", "\"3s\"")
+        .worker_threads(1)
+        .start()
+        .await;
+    cluster.get_ok(HOST, "/").await;
+    let proxy_pid = cluster.proxy_proc(0).pid();
+    let baseline = fault::fd_count(proxy_pid).expect("proxy fds");
+    let limit = baseline + 200;
+    let lowered = std::process::Command::new("prlimit")
+        .arg(format!("--pid={proxy_pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .output();
+    match lowered {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            eprintln!(
+                "SKIPPED idle_connections_past_the_fd_limit: prlimit failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("SKIPPED idle_connections_past_the_fd_limit: cannot run prlimit: {e}");
+            return;
+        }
+    }
+
+    let addr = cluster.proxy_addr(0);
+    let opened =
+        futures::future::join_all((0..IDLE).map(|_| tokio::net::TcpStream::connect(addr))).await;
+    let mut idle: Vec<_> = opened.into_iter().filter_map(Result::ok).collect();
+    assert_eq!(
+        idle.len(),
+        IDLE,
+        "connections land in the listen queue even past the limit"
+    );
+    cluster
+        .wait_until(
+            "the proxy reports that accepting fails",
+            Duration::from_secs(30),
+            || async { cluster.proxy_logs(0).contains("accept failed") },
+        )
+        .await;
+    assert!(
+        cluster.is_running(),
+        "the proxy survives running out of descriptors"
+    );
+
+    let resp = match cluster.try_get_via(0, HOST, "/").await {
+        Ok(resp) => resp,
+        Err(e) => {
+            cluster
+                .fail(&format!("request past the limit: {e:#}"))
+                .await
+        }
+    };
+    assert_eq!(resp.status, 200, "request past the limit: {resp}");
+
+    let closed = futures::future::join_all(idle.iter_mut().map(|stream| async move {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::io::AsyncReadExt::read(stream, &mut buf),
+        )
+        .await;
+        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+    }))
+    .await;
+    let still_open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(still_open, 0, "idle connections the proxy never closed");
+    drop(idle);
+    cluster
+        .wait_until(
+            "the proxy's descriptors are back to the baseline",
+            Duration::from_secs(30),
+            || async { fault::fd_count(proxy_pid).is_some_and(|fds| fds <= baseline + 5) },
+        )
+        .await;
+    cluster.get_ok(HOST, "/").await;
+}
