@@ -106,6 +106,11 @@ impl Observations {
     }
 
     /// Drops proxies that stopped reporting.
+    /// How long a proxy counts as live after its last report.
+    pub fn liveness(&self) -> Duration {
+        self.report_interval * LIVE_INTERVALS
+    }
+
     pub fn expire(&mut self, now: Instant) {
         let ttl = self.report_interval * LIVE_INTERVALS;
         self.proxies

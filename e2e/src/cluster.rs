@@ -61,6 +61,19 @@ impl ClusterBuilder {
         self
     }
 
+    /// The controller's state dir instead of a fresh one (see
+    /// `StackBuilder::state_dir`).
+    pub fn state_dir(mut self, dir: &std::path::Path) -> Self {
+        self.stack = self.stack.state_dir(dir);
+        self
+    }
+
+    /// `proxy.worker_threads`.
+    pub fn worker_threads(mut self, n: u32) -> Self {
+        self.stack = self.stack.worker_threads(n);
+        self
+    }
+
     /// Services given as YAML `services:` items.
     pub fn raw_services(mut self, yaml: &str) -> Self {
         self.stack = self.stack.raw_services(yaml);

@@ -23,6 +23,8 @@
 //! Modules:
 //! - `cluster`: a [`Stack`](rouse_stack::Stack) for one test, with
 //!   panicking waits and requests that dump every log on failure;
+//! - `fault`: load with every answer attributed to a replica, raw probes,
+//!   descriptor counts, a tmpfs (the fault tests);
 //! - `http`: requests through the proxy (reqwest), the controller's status;
 //! - `grpc`: a gRPC client of `rouse-echo --grpc` (generated from its proto);
 //! - `keda`: a client of the controller's KEDA external scaler API, as
@@ -40,6 +42,7 @@
 
 pub mod cluster;
 pub mod events;
+pub mod fault;
 pub mod grpc;
 pub mod http;
 pub mod keda;

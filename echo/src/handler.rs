@@ -48,12 +48,18 @@ const REFLECTED: [(HeaderName, HeaderName); 4] = [
     (header::HOST, HeaderName::from_static("x-echo-host")),
 ];
 
+/// Names the replica on every response, so a test can tell which replica
+/// answered any request (not only `GET /`) and check each one's count.
+const REPLICA: HeaderName = HeaderName::from_static("x-echo-replica");
+
 /// Shared state of one `rouse-echo` process.
 #[derive(Debug)]
 pub struct Echo {
     id: String,
     /// `handled by <id>`, built once and cloned for every `GET /`.
     greeting: Bytes,
+    /// The id as a header value; `None` if the id is not a valid one.
+    replica: Option<HeaderValue>,
     stats: Stats,
 }
 
@@ -88,9 +94,11 @@ impl Echo {
     pub fn new(id: impl Into<String>) -> Self {
         let id = id.into();
         let greeting = Bytes::from(format!("handled by {id}"));
+        let replica = HeaderValue::from_str(&id).ok();
         Self {
             id,
             greeting,
+            replica,
             stats: Stats::default(),
         }
     }
@@ -199,6 +207,9 @@ pub async fn handle<B>(echo: &Echo, req: Request<B>) -> Response<EchoBody<B>> {
     let reflected = reflected_headers(&parts);
     let version = version_value(parts.version);
     let mut response = respond(echo, route, &mut parts, body).await;
+    if let Some(replica) = &echo.replica {
+        response.headers_mut().insert(REPLICA, replica.clone());
+    }
     for (name, value) in reflected {
         if let Some(value) = value {
             response.headers_mut().insert(name, value);
@@ -528,6 +539,7 @@ mod tests {
         let echo = Echo::new("unit");
         let hello = handle(&echo, request(Method::GET, "/")).await;
         assert_eq!(hello.status(), StatusCode::OK);
+        assert_eq!(hello.headers()["x-echo-replica"], "unit");
         assert_eq!(body_of(hello).await, "handled by unit");
 
         let mut post = request(Method::POST, "/anything");

@@ -28,6 +28,7 @@
 //! - `completion`: counts a forwarded request out at its last byte.
 //! - `metrics`, `admin`: Prometheus metrics and the admin server.
 //! - `endpoints`: keeps endpoint sets current from NATS KV.
+//! - `limits`: raises the file-descriptor limit at start-up.
 //! - `report`: tells the controller about load (`wake`, `load`).
 //! - `run`: assembles all of it from a config and runs it.
 //!
@@ -43,6 +44,7 @@ mod h2pool;
 mod handler;
 mod headers;
 mod hold;
+mod limits;
 mod metrics;
 mod pool;
 mod queue;

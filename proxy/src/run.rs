@@ -29,6 +29,7 @@ const SIGNAL_CAPACITY: usize = 1024;
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    crate::limits::raise_nofile();
     let proxy_config = &config.proxy;
     let metrics = Arc::new(ProxyMetrics::new());
     let services: Vec<Arc<Service>> = config

@@ -2,7 +2,8 @@
 //!
 //! hyper answers malformed requests itself (400; 431 for heads over
 //! `proxy.limits.max_header_bytes` or `max_headers`);
-//! a slow client gets `header_read_timeout` to send its headers. On shutdown
+//! a slow client gets `header_read_timeout` to send its headers, and one that
+//! sends nothing at all is closed after it too. On shutdown
 //! the listener closes first, then open connections get `shutdown_timeout` to
 //! finish what they are doing. The plaintext and the TLS listener share this
 //! loop; a [`Handshake`] turns an accepted TCP stream into the one HTTP is
@@ -81,6 +82,7 @@ pub async fn serve_with<H: Handshake>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -96,9 +98,18 @@ pub async fn serve_with<H: Handshake>(
                     // Taken now, so that shutdown also waits for handshakes
                     // under way (each bounded by its own timeout).
                     let watcher = graceful.watcher();
-                    let builder = builder.clone();
+                    let builder = Arc::clone(&builder);
                     let handshake = handshake.clone();
+                    let first_byte = config.header_read_timeout;
                     tokio::spawn(async move {
+                        // hyper's header timeout starts once the protocol is
+                        // known, i.e. after the first bytes: a client that
+                        // never sends any would hold its descriptor forever.
+                        let mut first = [0u8; 1];
+                        if tokio::time::timeout(first_byte, stream.peek(&mut first)).await.is_err() {
+                            tracing::debug!(peer = %addr, "closing a connection that sent nothing within header_read_timeout");
+                            return;
+                        }
                         let stream = match handshake.handshake(stream).await {
                             Ok(stream) => stream,
                             Err(err) => {

@@ -310,7 +310,7 @@ pub struct Config {
     pub report_interval: String,
     /// `proxy.worker_threads`, when set (default: one per core).
     pub worker_threads: Option<u32>,
-    /// More `proxy:` keys, each a YAML value (e.g. `tls`).
+    /// More `proxy:` keys, each a YAML value (e.g. `tls`, `header_read_timeout`).
     pub proxy_extra: Vec<(String, String)>,
     pub controller_admin: SocketAddr,
     /// More `controller:` keys, each a YAML value (e.g. `leader_election`).

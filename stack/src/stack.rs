@@ -47,6 +47,8 @@ pub struct StackBuilder {
     /// Controllers started after the first, each with its own admin port
     /// and the same state dir (with `controller.leader_election`, standbys).
     standbys: usize,
+    /// The controller's state dir, when not `<dir>/controller-state`.
+    state_dir: Option<PathBuf>,
 }
 
 impl Default for StackBuilder {
@@ -60,6 +62,7 @@ impl Default for StackBuilder {
             keep: false,
             controller_env: BTreeMap::new(),
             standbys: 0,
+            state_dir: None,
         }
     }
 }
@@ -93,6 +96,13 @@ impl StackBuilder {
     pub fn proxy_listen(mut self, addr: SocketAddr) -> Self {
         self.config.proxy_listen = addr;
         self.fixed.push(addr);
+        self
+    }
+
+    /// `controller.state_dir` (default: `controller-state` in the stack's
+    /// dir), e.g. a small file system a fault test fills up.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -236,7 +246,10 @@ impl StackBuilder {
         };
         let marker = crate::procfs::unique_marker();
         let nats = NatsServer::try_start(&dir, self.nats_port).await?;
-        let state_dir = dir.join("controller-state");
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.join("controller-state"));
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("create {}", state_dir.display()))?;
 

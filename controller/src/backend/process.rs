@@ -196,10 +196,15 @@ impl ProcessBackend {
             start_ticks: start_ticks(pid).unwrap_or(0),
         };
         let json = serde_json::to_vec(&file).unwrap_or_default();
-        if let Err(source) = fs::write(self.pid_path(&id), json) {
+        let pid_path = self.pid_path(&id);
+        if let Err(source) = fs::write(&pid_path, json) {
+            // Without a pid file a restarted controller could not find it:
+            // better not to run it at all. Nothing of it is left behind.
             let _ = child.start_kill();
+            let _ = fs::remove_file(&pid_path);
+            let _ = fs::remove_file(&log_path);
             return Err(BackendError::Io {
-                what: format!("writing the pid file of {id}"),
+                what: format!("writing the pid file {}", pid_path.display()),
                 source,
             });
         }

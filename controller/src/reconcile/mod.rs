@@ -91,6 +91,8 @@ pub struct ServiceLoop {
     /// is down is asked on the RESUBSCRIBE schedule, not every tick.
     list_failures: u32,
     list_retry_at: Option<Instant>,
+    /// When a pass last found NATS unreachable (see `cut_off`).
+    cut_off_at: Option<Instant>,
 }
 
 impl ServiceLoop {
@@ -124,6 +126,7 @@ impl ServiceLoop {
             adopted: false,
             list_failures: 0,
             list_retry_at: None,
+            cut_off_at: None,
         }
     }
 
@@ -173,6 +176,7 @@ impl ServiceLoop {
             self.update_status(now);
             return;
         }
+        let cut_off = self.cut_off(now);
         let observation = self.inbox.observations().observe(now);
         let active = self.active();
         let measured = self.measured(now);
@@ -183,7 +187,7 @@ impl ServiceLoop {
             // Overflow pools hold no more than their caps.
             decision.replicas = decision.replicas.min(capacity);
         }
-        if decision.replicas < active && !self.wiring.publisher.connected() {
+        if decision.replicas < active && cut_off {
             // Without reports, "idle" only means "cut off": keep what serves.
             decision.replicas = active;
         }
@@ -196,6 +200,30 @@ impl ServiceLoop {
         self.progress_drains(now);
         self.publish_endpoints(now).await;
         self.update_status(now);
+    }
+
+    /// Whether the loop is cut off from the proxies' reports: NATS is
+    /// unreachable, or was until too recently for every proxy to have
+    /// reconnected and reported again. Proxies reconnect on their own
+    /// schedule, so the controller may be back first; the reports missed
+    /// meanwhile must not read as an idle service (scaled to zero while a
+    /// proxy, not yet back to see the drain, still sends it traffic).
+    fn cut_off(&mut self, now: Instant) -> bool {
+        if !self.wiring.publisher.connected() {
+            self.cut_off_at = Some(now);
+            return true;
+        }
+        let Some(at) = self.cut_off_at else {
+            return false;
+        };
+        // A proxy's next attempt comes within RECONNECT's longest delay
+        // plus as much jitter; its first report within a liveness period.
+        let grace = rouse_nats::backoff::RECONNECT.max * 2 + self.inbox.observations().liveness();
+        if now.saturating_duration_since(at) < grace {
+            return true;
+        }
+        self.cut_off_at = None;
+        false
     }
 
     /// What the meter says about the ready replicas and the queue.

@@ -392,6 +392,36 @@ async fn cut_off_from_nats_it_does_not_scale_down_and_retries_the_write() {
     h.stop().await;
 }
 
+/// Back on NATS before the proxy, the loop does not take the reports it
+/// missed for idleness: no scale-down until the proxy can have reconnected
+/// and reported, and none at all once it reports traffic again.
+#[tokio::test(start_paused = true)]
+async fn back_on_nats_before_the_proxies_it_waits_for_their_reports() {
+    let mut h = Harness::new();
+    h.start();
+    let id = h.warm().await;
+    h.publisher.offline.store(true, Ordering::SeqCst);
+    let _ = h.until(secs(30), |_| false).await;
+    h.publisher.offline.store(false, Ordering::SeqCst);
+    // Within RECONNECT's longest delay plus its jitter: no drain begins.
+    let drained = h
+        .until(secs(3), |h| {
+            !h.endpoints(EndpointState::Draining).is_empty()
+        })
+        .await;
+    assert!(!drained, "drained at once, before the proxy could report");
+    assert!(h.backend.state().stopped.is_empty(), "scaled down at once");
+    // The proxy is back and busy: the replica stays.
+    let busy = {
+        let id = id.clone();
+        move |_: &Harness| vec![(id.clone(), 1)]
+    };
+    let _ = h.reporting_until(secs(10), busy, |_| false).await;
+    assert!(h.backend.state().stopped.is_empty(), "stopped while busy");
+    assert_eq!(h.backend.running(), [id.as_str()]);
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_clears_the_set_and_stops_every_replica() {
     let mut h = Harness::new();
