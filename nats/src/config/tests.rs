@@ -486,3 +486,17 @@ services:
         assert!(keys.contains(&key), "{key} missing from {issues:#?}");
     }
 }
+
+#[test]
+fn a_file_only_the_lenient_parser_reads_still_names_lines() {
+    // Found by the `config` fuzz target: `--check` printed no line here.
+    let source =
+        "services:\n  - name: Bad\n    hosts: [a]\n    backend: {process: {command: [\"x\ny\"]}}\n";
+    let found = issues(source);
+    assert!(
+        found
+            .iter()
+            .any(|i| i.key == "services[0].name" && i.line == Some(2)),
+        "{found:?}"
+    );
+}
