@@ -37,12 +37,18 @@ pub fn is_upgrade(headers: &HeaderMap, version: Version) -> bool {
 }
 
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The options a `Connection` header lists, byte by byte: a value with a
+/// non-ASCII byte somewhere still names the others (a recipient reads
+/// them so; skipping the whole value forwarded what it named).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// Removes hop-by-hop headers; an upgrade keeps `Upgrade` and
@@ -60,12 +66,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        let listed: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in listed {
             if !(upgrade && name == header::UPGRADE) {
@@ -180,18 +182,20 @@ pub fn into_h2(parts: &mut http::request::Parts, replica: &Authority) {
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    let value = match headers.get(&X_FORWARDED_FOR) {
-        None => client_ip.clone(),
-        Some(existing) => {
-            let mut joined = Vec::with_capacity(existing.len() + 2 + client_ip.len());
+    // Several lines of a header are one list (RFC 9110 §5.3): every address
+    // that came is kept, in order; blank lines add none.
+    let mut joined = Vec::new();
+    for existing in headers.get_all(&X_FORWARDED_FOR) {
+        if !existing.as_bytes().trim_ascii().is_empty() {
             joined.extend_from_slice(existing.as_bytes());
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            match HeaderValue::from_bytes(&joined) {
-                Ok(v) => v,
-                Err(_) => client_ip.clone(),
-            }
         }
+    }
+    let value = if joined.is_empty() {
+        client_ip.clone()
+    } else {
+        joined.extend_from_slice(client_ip.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
     };
     headers.insert(X_FORWARDED_FOR.clone(), value);
 }
@@ -259,6 +263,38 @@ mod tests {
         let ip = HeaderValue::from_static("127.0.0.1");
         prepare_head(&mut parts, &ip, &HeaderValue::from_static("http"), false);
         assert_eq!(parts.headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept() {
+        // Found by the `headers` fuzz target: only the first line was kept.
+        let mut parts = request(
+            &[
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-for", " "),
+                ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+            ],
+            "/",
+        );
+        let ip = HeaderValue::from_static("127.0.0.1");
+        prepare_head(&mut parts, &ip, false);
+        let all: Vec<_> = parts.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
+    }
+
+    #[test]
+    fn connection_with_a_non_ascii_byte_still_names_its_headers() {
+        // Found by the `hop_by_hop` fuzz target: the whole value was skipped.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-custom, \xf7").expect("obs-text is a valid value"),
+        );
+        headers.insert("x-custom", HeaderValue::from_static("1"));
+        headers.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut headers, false);
+        assert!(!headers.contains_key("x-custom"), "{headers:?}");
+        assert_eq!(headers["x-app"], "kept");
     }
 
     #[test]

@@ -71,3 +71,22 @@ pub use run::run;
 pub use server::{serve, serve_with, Handshake, Plain};
 pub use service::Service;
 pub use strict::RequestLimits;
+
+/// The private stages that the fuzz targets in `fuzz/` exercise: that crate
+/// sits outside this one and reaches only what is public. One item per
+/// function under test, each passing straight through. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::headers::{is_upgrade, prepare_head, strip_hop_by_hop};
+    pub use crate::route::RouteTable;
+
+    /// `RouteTable::find`: the target of a Host value and a path.
+    pub fn find<'t, T: Clone>(table: &'t RouteTable<T>, host: &str, path: &str) -> Option<&'t T> {
+        table.find(host, path)
+    }
+
+    /// `RouteTable::route`: the target of a whole request, `None` for a 404.
+    pub fn route<T: Clone, B>(table: &RouteTable<T>, request: &http::Request<B>) -> Option<T> {
+        table.route(request).ok()
+    }
+}

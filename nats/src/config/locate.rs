@@ -18,14 +18,16 @@ pub struct LineIndex {
 }
 
 impl LineIndex {
-    /// Indexes `source`. A document that fails to parse yields an empty index;
-    /// the deserialiser reports that failure with its own location.
+    /// Indexes `source`. A document this parser refuses keeps the lines of
+    /// the keys before the point of refusal: the deserialiser's parser is
+    /// more lenient (it accepts a quoted scalar continued below its
+    /// indentation, say), so it may accept the file, and the semantic
+    /// checks then still need those lines.
     pub fn new(source: &str) -> Self {
         let mut walker = Walker::default();
         let mut parser = Parser::new_from_str(source);
-        if parser.load(&mut walker, false).is_err() {
-            return Self::default();
-        }
+        // The error itself is the deserialiser's to report, with its location.
+        let _ = parser.load(&mut walker, false);
         Self {
             lines: walker.lines,
         }
@@ -172,6 +174,16 @@ services:
         assert_eq!(index.line_of("services[1].name"), Some(8));
         assert_eq!(index.line_of("services[1].hosts"), Some(9));
         assert_eq!(index.line_of("services[1].hosts[0]"), Some(10));
+    }
+
+    #[test]
+    fn keeps_the_keys_before_a_refusal() {
+        // Found by the `config` fuzz target: the deserialiser accepts a
+        // quoted scalar continued below its indentation, this parser does
+        // not, and every semantic problem in such a file had no line.
+        let source = "services:\n  - name: Bad\n    hosts: [a]\n    backend: {process: {command: [\"x\ny\"]}}\n";
+        let index = LineIndex::new(source);
+        assert_eq!(index.line_of("services[0].name"), Some(2));
     }
 
     #[test]

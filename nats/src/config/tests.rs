@@ -571,3 +571,17 @@ fn backend_protocol_defaults_to_http1_and_names_a_bad_value() {
     assert_eq!(found[0].line, Some(10), "{}", found[0]);
     assert!(found[0].reason.contains("h3"), "{}", found[0]);
 }
+
+#[test]
+fn a_file_only_the_lenient_parser_reads_still_names_lines() {
+    // Found by the `config` fuzz target: `--check` printed no line here.
+    let source =
+        "services:\n  - name: Bad\n    hosts: [a]\n    backend: {process: {command: [\"x\ny\"]}}\n";
+    let found = issues(source);
+    assert!(
+        found
+            .iter()
+            .any(|i| i.key == "services[0].name" && i.line == Some(2)),
+        "{found:?}"
+    );
+}
