@@ -277,7 +277,7 @@ mod tests {
             "/",
         );
         let ip = HeaderValue::from_static("127.0.0.1");
-        prepare_head(&mut parts, &ip, false);
+        prepare_head(&mut parts, &ip, &HeaderValue::from_static("http"), false);
         let all: Vec<_> = parts.headers.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
     }
