@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, StreamBody};
@@ -23,10 +22,12 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rouse_nats::config::Config;
-use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
-use rouse_proxy::{serve, Forwarder, Proxy, ProxyMetrics, RequestLimits, Routes, Service};
+use rouse_proxy::Service;
 use tokio::net::TcpListener;
+
+mod common;
+
+use common::{set_endpoints, Harness};
 
 const CONFIG: &str = "
 proxy:
@@ -119,75 +120,21 @@ fn refusing_addr() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
-struct Harness {
-    addr: SocketAddr,
-    services: Vec<Arc<Service>>,
-    forwarder: Forwarder,
+/// The service called `name` of CONFIG.
+fn service<'h>(harness: &'h Harness, name: &str) -> &'h Service {
+    let index = ["h2", "auto", "h1"].iter().position(|n| *n == name);
+    &harness.services[index.expect("a service of CONFIG")]
 }
 
-impl Harness {
-    fn service(&self, name: &str) -> &Service {
-        let index = ["h2", "auto", "h1"].iter().position(|n| *n == name);
-        &self.services[index.expect("a service of CONFIG")]
-    }
-
-    /// Points every service at `addrs`.
-    fn set_endpoints(&self, addrs: &[SocketAddr]) {
-        let set = EndpointSet {
-            v: VERSION,
-            generation: 1,
-            endpoints: addrs
-                .iter()
-                .enumerate()
-                .map(|(i, addr)| Endpoint {
-                    id: format!("r{i}"),
-                    addr: addr.to_string(),
-                    state: EndpointState::Ready,
-                    pool_rank: None,
-                })
-                .collect(),
-        };
-        for service in &self.services {
-            assert!(service.apply(&set).is_empty());
-        }
+/// Points every service at `addrs`.
+fn set_all_endpoints(harness: &Harness, addrs: &[SocketAddr]) {
+    for service in &harness.services {
+        set_endpoints(service, 1, addrs);
     }
 }
 
 async fn start_proxy() -> Harness {
-    let config = Config::parse(std::path::Path::new("test.yaml"), CONFIG).expect("config");
-    let metrics = Arc::new(ProxyMetrics::new());
-    let mut routes = Routes::default();
-    let mut services = Vec::new();
-    for spec in &config.services {
-        let service = Arc::new(Service::new(
-            spec,
-            config.proxy.response_timeout,
-            metrics.for_service(&spec.name),
-        ));
-        routes.insert(&spec.hosts[0], "/", Arc::clone(&service));
-        services.push(service);
-    }
-    let (signals, mut signal_rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move { while signal_rx.recv().await.is_some() {} });
-    let forwarder = Forwarder::new(&config.proxy);
-    let proxy = Arc::new(Proxy {
-        routes: Arc::new(ArcSwap::from_pointee(routes)),
-        forwarder: forwarder.clone(),
-        signals,
-        metrics,
-        limits: RequestLimits::from(&config.proxy.limits),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let proxy_config = config.proxy.clone();
-    tokio::spawn(async move {
-        serve(listener, proxy, &proxy_config, std::future::pending()).await;
-    });
-    Harness {
-        addr,
-        services,
-        forwarder,
-    }
+    common::start_proxy(CONFIG).await
 }
 
 /// What came back through the proxy.
@@ -283,7 +230,7 @@ async fn send(
 async fn h2c_carries_trailers_both_ways_and_te_trailers() {
     let harness = start_proxy().await;
     let (replica, connections) = replica().await;
-    harness.set_endpoints(&[replica]);
+    set_all_endpoints(&harness, &[replica]);
     for http2 in [true, false] {
         let answer = send(harness.addr, http2, "h2.test", "/", "grpc-ish", Some("abc")).await;
         assert_eq!(answer.status, StatusCode::OK, "client http2={http2}");
@@ -333,7 +280,7 @@ async fn h2c_carries_trailers_both_ways_and_te_trailers() {
 async fn concurrent_h2c_requests_share_one_connection() {
     let harness = start_proxy().await;
     let (replica, connections) = replica().await;
-    harness.set_endpoints(&[replica]);
+    set_all_endpoints(&harness, &[replica]);
     // A burst before any connection exists: one handshake, shared.
     let proxy = harness.addr;
     let calls: Vec<_> = (0..20)
@@ -351,7 +298,7 @@ async fn concurrent_h2c_requests_share_one_connection() {
 async fn http1_backend_passes_announced_trailers_both_ways() {
     let harness = start_proxy().await;
     let (replica, _) = replica().await;
-    harness.set_endpoints(&[replica]);
+    set_all_endpoints(&harness, &[replica]);
     let answer = send(harness.addr, false, "h1.test", "/", "chunked", Some("def")).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.header(SEEN_VERSION), Some("HTTP/1.1"));
@@ -370,7 +317,7 @@ async fn http1_backend_passes_announced_trailers_both_ways() {
 async fn auto_keeps_the_clients_version() {
     let harness = start_proxy().await;
     let (replica, _) = replica().await;
-    harness.set_endpoints(&[replica]);
+    set_all_endpoints(&harness, &[replica]);
     let h2 = send(harness.addr, true, "auto.test", "/", "a", None).await;
     assert_eq!(h2.header(SEEN_VERSION), Some("HTTP/2.0"));
     assert_eq!(h2.trailer("x-status"), Some("0"));
@@ -389,7 +336,7 @@ async fn h2c_refused_is_retried_reset_is_502_slow_is_504() {
     let harness = start_proxy().await;
     let (replica, _) = replica().await;
     let dead = [refusing_addr(), refusing_addr(), refusing_addr()];
-    harness.set_endpoints(&[dead[0], dead[1], replica, dead[2]]);
+    set_all_endpoints(&harness, &[dead[0], dead[1], replica, dead[2]]);
     for i in 0..10 {
         let answer = send(harness.addr, true, "h2.test", "/", "survives", None).await;
         assert_eq!(answer.status, StatusCode::OK, "request {i}");
@@ -403,8 +350,8 @@ async fn h2c_refused_is_retried_reset_is_502_slow_is_504() {
     let after = send(harness.addr, true, "h2.test", "/", "again", None).await;
     assert_eq!(after.status, StatusCode::OK);
 
-    harness.set_endpoints(&dead);
+    set_all_endpoints(&harness, &dead);
     let refused = send(harness.addr, true, "h2.test", "/", "", None).await;
     assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
-    assert!(harness.service("h2").hold.held() == 0);
+    assert!(service(&harness, "h2").hold.held() == 0);
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
-use rouse_nats::config::{Config, ServiceConfig};
+use rouse_nats::config::Config;
 use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
 use rouse_proxy::{serve, Forwarder, Pool, Proxy, ProxyMetrics, RequestLimits, Routes, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,31 +88,40 @@ pub struct Harness {
     pub service: Arc<Service>,
     /// The upstream connection pool of the proxy's (only) data thread.
     pub pool: Arc<Pool>,
+    /// Every service of the config, in order; `service` is the first.
+    pub services: Vec<Arc<Service>>,
+    pub forwarder: Forwarder,
 }
 
-/// A proxy with one data thread serving the first service of `config`
-/// (host `app.test`), on a free port, with no NATS behind it.
+/// A proxy with one data thread serving every service of `config` (each
+/// on its hosts, path `/`), on a free port, with no NATS behind it.
 pub async fn start_proxy(config: &str) -> Harness {
     let config = Config::parse(std::path::Path::new("test.yaml"), config).expect("config");
     let metrics = Arc::new(ProxyMetrics::new());
-    let spec: &ServiceConfig = &config.services[0];
-    let service = Arc::new(
-        Service::new(
-            spec,
-            config.proxy.response_timeout,
-            metrics.for_service(&spec.name),
-        )
-        .with_default_max_body(config.proxy.limits.max_body.map(|b| b.as_u64())),
-    );
+    let default_max_body = config.proxy.limits.max_body.map(|b| b.as_u64());
     let mut routes = Routes::default();
-    routes.insert("app.test", "/", Arc::clone(&service));
+    let mut services = Vec::new();
+    for spec in &config.services {
+        let service = Arc::new(
+            Service::new(
+                spec,
+                config.proxy.response_timeout,
+                metrics.for_service(&spec.name),
+            )
+            .with_default_max_body(default_max_body),
+        );
+        for host in &spec.hosts {
+            routes.insert(host, "/", Arc::clone(&service));
+        }
+        services.push(service);
+    }
     let (signals, mut signal_rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move { while signal_rx.recv().await.is_some() {} });
     let forwarder = Forwarder::new(&config.proxy);
     let pool = Arc::clone(forwarder.pool());
     let proxy = Arc::new(Proxy {
         routes: Arc::new(ArcSwap::from_pointee(routes)),
-        forwarder,
+        forwarder: forwarder.clone(),
         signals,
         metrics,
         limits: RequestLimits::from(&config.proxy.limits),
@@ -125,8 +134,10 @@ pub async fn start_proxy(config: &str) -> Harness {
     });
     Harness {
         addr,
-        service,
+        service: Arc::clone(&services[0]),
+        services,
         pool,
+        forwarder,
     }
 }
 
