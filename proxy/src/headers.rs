@@ -100,7 +100,7 @@ pub fn prepare_head(
 ) {
     // The target's authority replaces Host (RFC 9112 §3.2.2); `strict`
     // routed the request by it.
-    let host = match parts.uri.authority() {
+    let host = match crate::strict::target_authority(&parts.uri) {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };

@@ -20,7 +20,7 @@
 
 use http::header::{self, HeaderMap};
 use http::uri::Authority;
-use http::{Request, Version};
+use http::{Method, Request, Version};
 
 use crate::error::ProxyError;
 
@@ -47,24 +47,34 @@ pub fn check<B>(request: &Request<B>, limits: &RequestLimits) -> Result<(), Prox
             limit: limits.max_request_line,
         });
     }
-    check_host(
-        request.headers(),
-        request.uri().authority(),
-        request.version(),
-    )
-    .map_err(|reason| ProxyError::BadRequest { reason })
+    let uri = request.uri();
+    if uri.scheme().is_none() && uri.authority().is_some() && request.method() != Method::CONNECT {
+        return Err(ProxyError::BadRequest {
+            reason: "an authority-form target is only for CONNECT",
+        });
+    }
+    check_host(request.headers(), target_authority(uri), request.version())
+        .map_err(|reason| ProxyError::BadRequest { reason })
 }
 
 /// What routes the request: the target's authority (absolute form, or
 /// HTTP/2's `:authority`), else the Host header.
 pub fn authority<B>(request: &Request<B>) -> Option<&str> {
-    match request.uri().authority() {
+    match target_authority(request.uri()) {
         Some(authority) => Some(authority.as_str()),
         None => request
             .headers()
             .get(header::HOST)
             .and_then(|host| host.to_str().ok()),
     }
+}
+
+/// The authority of an absolute-form target (HTTP/2's `:authority` comes
+/// with a `:scheme`, so it is one too). An authority-form target
+/// (`GET a.example:80`) names no authority to route by: it is only for
+/// CONNECT, and refused for anything else in [`check`].
+pub fn target_authority(uri: &http::Uri) -> Option<&Authority> {
+    uri.scheme().and(uri.authority())
 }
 
 /// The request target as it was on the request line (or in HTTP/2's
@@ -202,6 +212,14 @@ mod tests {
         let host_only = request(Version::HTTP_2, "/", &["a.test"]);
         assert_eq!(verdict(&host_only), Ok(()));
         assert_eq!(verdict(&request(Version::HTTP_2, "/", &[])), Err(400));
+    }
+
+    #[test]
+    fn an_authority_form_target_routes_nothing() {
+        // Found by the `route` fuzz target: `GET dd` parsed as authority `dd`.
+        let r = request(Version::HTTP_11, "dd", &["b.test"]);
+        assert_eq!(authority(&r), Some("b.test"));
+        assert_eq!(verdict(&r), Err(400));
     }
 
     #[test]
