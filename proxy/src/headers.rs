@@ -100,9 +100,14 @@ pub fn prepare_head(
 ) {
     // The target's authority replaces Host (RFC 9112 §3.2.2); `strict`
     // routed the request by it.
+    let authority_value = |a: &http::uri::Authority| HeaderValue::from_str(a.as_str()).ok();
     let host = match crate::strict::target_authority(&parts.uri) {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
+        Some(authority) => authority_value(authority),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(authority_value)),
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(host) = host {
