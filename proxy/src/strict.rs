@@ -48,9 +48,12 @@ pub fn check<B>(request: &Request<B>, limits: &RequestLimits) -> Result<(), Prox
         });
     }
     let uri = request.uri();
-    if uri.scheme().is_none() && uri.authority().is_some() && request.method() != Method::CONNECT {
+    if uri.authority().is_some()
+        && target_authority(uri).is_none()
+        && request.method() != Method::CONNECT
+    {
         return Err(ProxyError::BadRequest {
-            reason: "an authority-form target is only for CONNECT",
+            reason: "the target is neither a path nor an http(s) URL",
         });
     }
     check_host(request.headers(), target_authority(uri), request.version())
@@ -74,7 +77,16 @@ pub fn authority<B>(request: &Request<B>) -> Option<&str> {
 /// (`GET a.example:80`) names no authority to route by: it is only for
 /// CONNECT, and refused for anything else in [`check`].
 pub fn target_authority(uri: &http::Uri) -> Option<&Authority> {
-    uri.scheme().and(uri.authority())
+    // `://a` parses with an empty scheme; only http and https name an
+    // origin this proxy serves.
+    match uri.scheme_str() {
+        Some(scheme)
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            uri.authority()
+        }
+        _ => None,
+    }
 }
 
 /// The request target as it was on the request line (or in HTTP/2's
@@ -218,6 +230,10 @@ mod tests {
     fn an_authority_form_target_routes_nothing() {
         // Found by the `route` fuzz target: `GET dd` parsed as authority `dd`.
         let r = request(Version::HTTP_11, "dd", &["b.test"]);
+        assert_eq!(authority(&r), Some("b.test"));
+        assert_eq!(verdict(&r), Err(400));
+        // Found by the same target: `://a` parses with an empty scheme.
+        let r = request(Version::HTTP_11, "://a/x", &["b.test"]);
         assert_eq!(authority(&r), Some("b.test"));
         assert_eq!(verdict(&r), Err(400));
     }
