@@ -23,6 +23,21 @@ use rouse_e2e::{load, Cluster, Service, ServiceStatus};
 
 /// Checks every ready replica's own count against the answers the
 /// clients got from it: exactly once, per replica.
+/// Fails the test, naming `fault`, if any request in `records` failed.
+async fn expect_no_failures(cluster: &Cluster, records: &[Record], fault: &str) {
+    let failures = fault::failed(records);
+    if !failures.is_empty() {
+        cluster
+            .fail(&format!(
+                "{} of {} requests failed across {fault}: {:?}",
+                failures.len(),
+                records.len(),
+                &failures[..failures.len().min(5)]
+            ))
+            .await;
+    }
+}
+
 async fn expect_counts_match(cluster: &Cluster, status: &ServiceStatus, records: &[Record]) {
     let by_replica = fault::ok_by_replica(records);
     let served = match load::served(&cluster.client, status).await {
@@ -272,17 +287,7 @@ async fn controller_sigkill_under_load_loses_nothing() {
     );
     let mut records = load.finish().await;
 
-    let failures = fault::failed(&records);
-    if !failures.is_empty() {
-        cluster
-            .fail(&format!(
-                "{} of {} requests failed across a controller SIGKILL: {:?}",
-                failures.len(),
-                records.len(),
-                &failures[..failures.len().min(5)]
-            ))
-            .await;
-    }
+    expect_no_failures(&cluster, &records, "a controller SIGKILL").await;
     assert_eq!(
         cluster.replica_pids(),
         pids,
@@ -354,17 +359,7 @@ async fn nats_restart_under_load_loses_nothing_and_wakes_resume() {
         })
         .await;
     let mut records = load.finish().await;
-    let failures = fault::failed(&records);
-    if !failures.is_empty() {
-        cluster
-            .fail(&format!(
-                "{} of {} requests failed across a NATS restart: {:?}",
-                failures.len(),
-                records.len(),
-                &failures[..failures.len().min(5)]
-            ))
-            .await;
-    }
+    expect_no_failures(&cluster, &records, "a NATS restart").await;
     assert_eq!(
         cluster.replica_pids(),
         pids,
