@@ -41,7 +41,7 @@ pub enum Command {
     /// Every bucket entry, read afresh.
     Replace(BTreeMap<String, Entry>),
     /// One bucket key changed (`None`: deleted).
-    Change(String, Option<Entry>),
+    Change(String, Option<Box<Entry>>),
 }
 
 /// Builds what a loop needs that the fleet does not own: its backend and
@@ -105,7 +105,7 @@ impl Fleet {
                     if !catalog::is_newer(self.entries.get(&key), &entry) {
                         continue;
                     }
-                    self.entries.insert(key, entry);
+                    self.entries.insert(key, *entry);
                 }
                 Command::Change(key, None) => {
                     if self.entries.remove(&key).is_none() {
@@ -224,7 +224,7 @@ impl catalog::Sink for FleetSink {
     }
 
     fn change(&self, key: &str, entry: Option<Entry>) {
-        let _ = self.0.send(Command::Change(key.to_string(), entry));
+        let _ = self.0.send(Command::Change(key.to_string(), entry.map(Box::new)));
     }
 
     fn malformed(&self, _key: &str, _error: &CatalogError) {}
@@ -263,7 +263,9 @@ pub async fn seed(store: &kv::Store, file: &[ServiceConfig], by: &str) -> anyhow
             }
         }
         let record = ServiceRecord::new(Source::File, spec.clone(), by);
-        store.put(spec.name.as_str(), catalog::encode(&record)).await?;
+        store
+            .put(spec.name.as_str(), catalog::encode(&record))
+            .await?;
         written += 1;
     }
     for key in seeded {
@@ -277,11 +279,7 @@ pub async fn seed(store: &kv::Store, file: &[ServiceConfig], by: &str) -> anyhow
 
 /// Seeds the bucket now and after every reconnect and every `reseed`
 /// (a SIGHUP's new file), retrying while NATS is away.
-pub async fn seed_forever(
-    bus: Bus,
-    mut file: watch::Receiver<Vec<ServiceConfig>>,
-    by: String,
-) {
+pub async fn seed_forever(bus: Bus, mut file: watch::Receiver<Vec<ServiceConfig>>, by: String) {
     let mut connects = bus.connects.clone();
     let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();
     loop {
@@ -297,7 +295,10 @@ pub async fn seed_forever(
         match outcome {
             Ok(written) => {
                 if written > 0 {
-                    tracing::info!(written, "seeded the catalog with the config file's services");
+                    tracing::info!(
+                        written,
+                        "seeded the catalog with the config file's services"
+                    );
                 }
                 delays.reset();
                 tokio::select! {
@@ -307,7 +308,11 @@ pub async fn seed_forever(
             }
             Err(err) => {
                 let delay = delays.next().unwrap_or_default();
-                tracing::warn!(error = format!("{err:#}"), ?delay, "cannot seed the catalog yet");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    ?delay,
+                    "cannot seed the catalog yet"
+                );
                 tokio::time::sleep(delay).await;
             }
         }
@@ -326,7 +331,11 @@ pub async fn follow_pins(bus: Bus, pins: Arc<DashMap<String, u32>>, inboxes: Arc
             Ok(()) => delays.reset(),
             Err(err) => {
                 let delay = delays.next().unwrap_or_default();
-                tracing::warn!(error = format!("{err:#}"), ?delay, "pins watch failed; retrying");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    ?delay,
+                    "pins watch failed; retrying"
+                );
                 tokio::time::sleep(delay).await;
             }
         }
