@@ -96,6 +96,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         services.clone(),
     );
     tokio::spawn(reporter.run(signal_rx));
+    if services.iter().any(|s| s.page.is_some()) {
+        tokio::spawn(crate::wake_phase::follow_scaled(
+            bus.clone(),
+            Subjects::new(config.nats.prefix.clone()),
+            services.clone(),
+        ));
+    }
 
     let admin_state = Arc::new(AdminState {
         metrics: Arc::clone(&metrics),

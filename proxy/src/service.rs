@@ -7,7 +7,7 @@
 //! counts survive an update of the set.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use rouse_nats::messages::{EndpointSet, EndpointState};
 
 use crate::metrics::ServiceMetrics;
 use crate::queue::HoldQueue;
+use crate::wake_phase::WakePhase;
 
 /// One replica of a service, as this proxy routes to it.
 #[derive(Debug)]
@@ -77,6 +78,14 @@ pub struct Service {
     pub(crate) metrics: ServiceMetrics,
     /// Largest request body accepted (`max_body`); `u64::MAX`: any.
     pub(crate) max_body: u64,
+    /// `hold.browser_page`: the waiting page browsers get while the
+    /// service is cold, rendered once.
+    pub(crate) page: Option<bytes::Bytes>,
+    /// How far a cold start has come (the waiting page's events).
+    pub(crate) phase: tokio::sync::watch::Sender<WakePhase>,
+    /// Waiting pages following the wake now: like held requests, they keep
+    /// the service wanted (reports count them as held).
+    pub(crate) page_watchers: AtomicUsize,
 }
 
 impl std::fmt::Debug for Service {
@@ -115,7 +124,34 @@ impl Service {
             surge_signalled: AtomicBool::new(false),
             metrics,
             max_body: config.max_body.map_or(u64::MAX, |b| b.as_u64()),
+            page: config
+                .hold
+                .browser_page
+                .then(|| crate::waiting::render(&config.name)),
+            phase: tokio::sync::watch::Sender::new(WakePhase::Waking),
+            page_watchers: AtomicUsize::new(0),
         }
+    }
+
+    /// Requests held plus waiting pages following the wake: what keeps a
+    /// cold service wanted (`wake` repeats, `held` in load reports).
+    pub fn waiting(&self) -> usize {
+        self.hold.held() + self.page_watchers.load(Ordering::Relaxed)
+    }
+
+    /// No replica is ready (draining ones do not count): a cold start, not
+    /// replicas that are merely busy.
+    pub(crate) fn is_cold(&self) -> bool {
+        self.endpoints.load().ready.is_empty()
+    }
+
+    /// The controller scaled this service to `to` replicas (a `scaled`
+    /// event, see `wake_phase`).
+    pub fn scaled(&self, to: u32) {
+        self.phase.send_if_modified(|phase| {
+            let next = phase.after_scaled(to);
+            std::mem::replace(phase, next) != next
+        });
     }
 
     /// With `limit` as the body limit when the service sets none
@@ -185,6 +221,10 @@ impl Service {
         if has_ready {
             self.hold.release(self.free_slots());
         }
+        self.phase.send_if_modified(|phase| {
+            let next = phase.after_endpoints(has_ready);
+            std::mem::replace(phase, next) != next
+        });
         skipped
     }
 
