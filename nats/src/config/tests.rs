@@ -541,7 +541,7 @@ fn browser_page_defaults_off_and_is_checked() {
     ));
     assert_eq!(not_bool.len(), 1, "{not_bool:?}");
     assert_eq!(not_bool[0].key, "services[0].hold.browser_page");
-    assert_eq!(not_bool[0].line, Some(21));
+    assert_eq!(not_bool[0].line, Some(18));
 
     let reserved = issues(&on.replace(
         "    hosts: [echo.localhost]\n",
