@@ -52,6 +52,11 @@ async fn the_browser_loads_a_page_runs_its_script_and_takes_a_screenshot() {
     assert_eq!(browser.text("#none").await.unwrap(), None);
     let title = browser.execute("return document.title").await.unwrap();
     assert_eq!(title, serde_json::json!("t"));
+    let viewport = browser
+        .execute("return [window.innerWidth, window.innerHeight]")
+        .await
+        .unwrap();
+    assert_eq!(viewport, serde_json::json!([800, 500]));
 
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("shots/page.png");

@@ -50,7 +50,9 @@ async fn navigation(browser: &Browser) -> Value {
         .execute(
             "const n = performance.getEntriesByType('navigation')[0]; \
              return {type: n.type, status: n.responseStatus, \
-                     first_byte_ms: n.responseStart - n.fetchStart};",
+                     first_byte_ms: n.responseStart - n.fetchStart, \
+                     connect_ms: n.connectEnd - n.fetchStart, \
+                     answer_ms: n.responseStart - n.requestStart};",
         )
         .await
         .unwrap()
@@ -78,7 +80,7 @@ async fn a_browser_gets_the_waiting_page_at_once_then_the_app_and_curl_is_held()
     let page = navigation(&browser).await;
     assert_eq!(page["status"], 503, "{page}");
     let first_byte = page["first_byte_ms"].as_f64().unwrap_or(f64::MAX);
-    eprintln!("waiting page: first byte {first_byte:.1} ms after navigation start");
+    eprintln!("waiting page: first byte {first_byte:.1} ms after navigation start ({page})");
     assert!(
         first_byte < PAGE_WITHIN_MS,
         "the page came {first_byte} ms after navigation start"
