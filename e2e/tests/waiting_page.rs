@@ -8,7 +8,8 @@
 //! there; `starting` once the controller starts a replica) and reloads into
 //! the app's own response; the page is counted in
 //! `rouse_browser_pages_total`; a curl-like client at zero is held and gets
-//! the app with `x-rouse-cold-start`, as without the page.
+//! the app with `x-rouse-cold-start`, as without the page; a page whose
+//! service does not start within `hold.timeout` says so and offers a retry.
 //!
 //! `ROUSE_SCREENSHOTS=DIR` saves a screenshot of each state in DIR (the
 //! README's are made this way, into docs/waiting-page/).
@@ -22,6 +23,7 @@ use serde_json::Value;
 
 const HOST: &str = "wait.localhost";
 const HELD_HOST: &str = "held.localhost";
+const LATE_HOST: &str = "late.localhost";
 
 /// Navigation start → first byte of the page, in the browser's own clock.
 const PAGE_WITHIN_MS: f64 = 100.0;
@@ -60,7 +62,12 @@ async fn navigation(browser: &Browser) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_gets_the_waiting_page_at_once_then_the_app_and_curl_is_held() {
-    let mut cluster = Cluster::start(vec![service("wait", HOST), service("held", HELD_HOST)]).await;
+    let mut cluster = Cluster::start(vec![
+        service("wait", HOST),
+        service("held", HELD_HOST),
+        service("late", LATE_HOST).hold_timeout("2s"),
+    ])
+    .await;
 
     // curl-like (reqwest sends `Accept: */*`): held, then the app.
     let held = cluster.get_ok(HELD_HOST, "/").await;
@@ -72,8 +79,29 @@ async fn a_browser_gets_the_waiting_page_at_once_then_the_app_and_curl_is_held()
     // for as long as this test wants, whatever the machine's speed.
     cluster.kill_controller().await;
     let port = cluster.proxy_addr(0).port();
-    let rule = format!("--host-resolver-rules=MAP {HOST} 127.0.0.1");
+    let rule = format!("--host-resolver-rules=MAP {HOST} 127.0.0.1, MAP {LATE_HOST} 127.0.0.1");
     let browser = Browser::start_with_args(&[&rule]).await.unwrap();
+
+    // Nothing starts `late` (2 s hold.timeout): the page gives up and
+    // offers to try again.
+    browser
+        .goto(&format!("http://{LATE_HOST}:{port}/"))
+        .await
+        .unwrap();
+    browser
+        .wait_for_text("#phase", "timeout", Duration::from_secs(30))
+        .await
+        .unwrap();
+    browser
+        .wait_for_text("#retry", "Try again", Duration::from_secs(5))
+        .await
+        .unwrap();
+    browser
+        .wait_for_text("h1", "late did not start in time", Duration::from_secs(5))
+        .await
+        .unwrap();
+    shot(&browser, "timeout").await;
+
     let url = format!("http://{HOST}:{port}/");
     browser.goto(&url).await.unwrap();
 
