@@ -40,7 +40,11 @@
 //! Environment knobs: those of `rouse-stack` (`NATS_SERVER_BIN`,
 //! `ROUSE_E2E_NO_BUILD=1`, `RUST_LOG`), and
 //! - `ROUSE_E2E_PARALLEL=<n>`: clusters allowed at once per test binary (1);
-//! - `ROUSE_E2E_KEEP=1`: keep each cluster's temp dir (configs, logs, state).
+//! - `ROUSE_E2E_KEEP=1`: keep each cluster's temp dir (configs, logs, state);
+//! - `CHROMIUM`, `CHROMEDRIVER`: the browser and its WebDriver server for
+//!   `browser` (default `/usr/bin/chromium`, `/usr/bin/chromedriver`);
+//! - `ROUSE_SCREENSHOTS=<dir>`: the waiting-page test saves a screenshot of
+//!   each state there.
 
 pub mod browser;
 pub mod cluster;
