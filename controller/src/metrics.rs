@@ -141,10 +141,11 @@ impl ControllerMetrics {
         }
     }
 
-    /// Creates `service`'s counters at zero, so that Prometheus sees each
-    /// one before its first increment: `rate`, `increase` and `changes`
-    /// (the dashboard's scale-event annotations) then count that increment
-    /// too, and a quiet service shows 0 instead of no data.
+    /// Creates `service`'s counters and its start-time histogram at zero,
+    /// so that Prometheus sees each one before its first increment: `rate`,
+    /// `increase` and `changes` (the dashboard's panels and scale-event
+    /// annotations) then count that increment too, and a quiet service
+    /// shows 0 instead of no data.
     pub fn init_service(&self, service: &str) {
         for direction in ["up", "down"] {
             let _ = self.scale_events.get_or_create(&ScaleLabel {
@@ -153,6 +154,7 @@ impl ControllerMetrics {
             });
         }
         let _ = self.backend_errors.get_or_create(&Self::label(service));
+        let _ = self.backend_start.get_or_create(&Self::label(service));
     }
 
     pub fn label(service: &str) -> ServiceLabel {

@@ -115,7 +115,9 @@ impl Prometheus {
     /// `GET /api/v1/<path>` with `params`; the `data` of a `success` answer.
     pub async fn api(&self, path: &str, params: &[(&str, String)]) -> anyhow::Result<Value> {
         let url = format!("http://{}/api/v1/{path}", self.addr);
-        let response = self.client.get(&url).query(params).send().await?;
+        let url = reqwest::Url::parse_with_params(&url, params)
+            .with_context(|| format!("{url} {params:?}"))?;
+        let response = self.client.get(url.clone()).send().await?;
         let status = response.status();
         let body: Value = response
             .json()
