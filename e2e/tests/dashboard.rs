@@ -166,7 +166,7 @@ async fn load(
     let mut i = 0u64;
     while !stop.load(Ordering::SeqCst) && started.elapsed() < LOAD_LIMIT {
         i += 1;
-        let (host, path) = if i % 5 == 0 {
+        let (host, path) = if i.is_multiple_of(5) {
             ("nowhere.localhost", "/")
         } else {
             (ECHO, "/sleep/20")
@@ -268,6 +268,34 @@ async fn every_dashboard_panel_has_data_from_a_real_prometheus() {
                 failures.push(format!("{title}: no data for {expr} (now: {last})"));
             }
         }
+    }
+    // The codes panel splits by code: the 404s and 503s show as their own
+    // series, not only in the total.
+    let by_code = queries
+        .iter()
+        .find(|(title, expr)| title.contains("and code") && expr.contains("code"))
+        .map(|(_, expr)| substitute(expr))
+        .unwrap_or_else(|| panic!("no panel of requests by service and code"));
+    let by_code = &by_code;
+    let codes_shown = rouse_stack::poll(PANEL_DEADLINE, || async move {
+        let series = prometheus
+            .query_range(by_code, test_start.elapsed(), Duration::from_secs(1))
+            .await
+            .ok()?;
+        let codes: Vec<&str> = series
+            .iter()
+            .filter_map(|s| s["metric"]["code"].as_str())
+            .collect();
+        ["200", "404", "503"]
+            .iter()
+            .all(|c| codes.contains(c))
+            .then_some(())
+    })
+    .await;
+    if codes_shown.is_none() {
+        failures.push(format!(
+            "requests by code: no 200, 404 and 503 series from {by_code}"
+        ));
     }
     let services = prometheus
         .label_values("service", "rouse_requests_total")
