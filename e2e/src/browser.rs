@@ -110,11 +110,7 @@ impl Browser {
             _profile: profile,
             port,
         };
-        browser
-            .client()?
-            .set_window_size(WINDOW.0, WINDOW.1)
-            .await
-            .context("setting the window size")?;
+        browser.fit_viewport().await?;
         Ok(browser)
     }
 
@@ -122,6 +118,30 @@ impl Browser {
         self.client
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("the browser session is closed"))
+    }
+
+    /// Sizes the window so that the page's viewport (what screenshots show)
+    /// is [`WINDOW`]: the window's own frame differs between Chromium
+    /// versions, so it is measured.
+    async fn fit_viewport(&self) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let frame = client
+            .execute(
+                "return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight]",
+                Vec::new(),
+            )
+            .await
+            .context("measuring the window frame")?;
+        let extra = |i: usize| {
+            frame[i]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0)
+        };
+        client
+            .set_window_size(WINDOW.0 + extra(0), WINDOW.1 + extra(1))
+            .await
+            .context("setting the window size")
     }
 
     /// The port chromedriver listens on (127.0.0.1).
