@@ -141,6 +141,22 @@ impl ControllerMetrics {
         }
     }
 
+    /// Creates `service`'s counters and its start-time histogram at zero,
+    /// so that Prometheus sees each one before its first increment: `rate`,
+    /// `increase` and `changes` (the dashboard's panels and scale-event
+    /// annotations) then count that increment too, and a quiet service
+    /// shows 0 instead of no data.
+    pub fn init_service(&self, service: &str) {
+        for direction in ["up", "down"] {
+            let _ = self.scale_events.get_or_create(&ScaleLabel {
+                service: service.to_string(),
+                direction,
+            });
+        }
+        let _ = self.backend_errors.get_or_create(&Self::label(service));
+        let _ = self.backend_start.get_or_create(&Self::label(service));
+    }
+
     pub fn label(service: &str) -> ServiceLabel {
         ServiceLabel::new(service)
     }

@@ -35,6 +35,8 @@
 //!   KEDA would call it (generated from the controller's proto, the contract);
 //! - `load`: bursts and steady load through a proxy, and the replicas'
 //!   own count of what reached them ("exactly once");
+//! - `prometheus`: a real Prometheus scraping a cluster, queried over its
+//!   HTTP API (the dashboard test);
 //! - `protocols`: h2c and HTTP/1.1 Upgrade clients written against the wire;
 //! - `bins`, `config`, `nats`, `proc`, `pids`: `rouse-stack`'s pieces under
 //!   the paths the tests (the proxy's too) import them by.
@@ -57,6 +59,7 @@ pub mod grpc;
 pub mod http;
 pub mod keda;
 pub mod load;
+pub mod prometheus;
 pub mod protocols;
 
 /// Where the binaries under test are (`rouse-stack`'s).

@@ -135,6 +135,7 @@ impl ServiceLoop {
     ) -> Self {
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let now = now();
+        wiring.metrics.init_service(&spec.name);
         Self {
             name: spec.name.clone(),
             autoscaler: Autoscaler::new(spec.scaling.clone(), now),

@@ -62,12 +62,14 @@ impl ServiceLoop {
             reason: reason.to_string(),
             at_ms: messages::now_ms(),
         };
-        self.last_scale = Some(ScaleEvent {
+        let recorded = ScaleEvent {
             from,
             to,
             reason: event.reason.clone(),
             at_ms: event.at_ms,
-        });
+        };
+        self.wiring.status.scaled(&self.name, recorded.clone());
+        self.last_scale = Some(recorded);
         self.wiring.publisher.scaled(event);
     }
 

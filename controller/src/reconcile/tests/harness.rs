@@ -159,7 +159,7 @@ impl Harness {
     }
 
     pub fn status(&self) -> Option<ServiceStatus> {
-        self.status.get(SERVICE).map(|s| s.value().clone())
+        self.status.get(SERVICE)
     }
 
     pub fn backend_errors(&self) -> i64 {
