@@ -27,6 +27,9 @@
 //! - `service`: per-service state (endpoint set, counters, queue).
 //! - `completion`: counts a forwarded request out at its last byte.
 //! - `metrics`, `admin`: Prometheus metrics and the admin server.
+//! - `observe`: what a request tells once its response has ended: the
+//!   `access_log` line and the `trace` (OpenTelemetry) spans; off unless
+//!   configured.
 //! - `endpoints`: keeps endpoint sets current from NATS KV.
 //! - `limits`: raises the file-descriptor limit at start-up.
 //! - `report`: tells the controller about load (`wake`, `load`).
@@ -34,6 +37,7 @@
 //!
 //! Exported is what the binary and the integration tests use.
 
+mod access_log;
 mod admin;
 mod balance;
 mod completion;
@@ -46,6 +50,7 @@ mod headers;
 mod hold;
 mod limits;
 mod metrics;
+mod observe;
 mod pool;
 mod queue;
 mod report;
@@ -57,12 +62,14 @@ mod server;
 mod service;
 mod strict;
 pub mod tls;
+mod trace;
 mod upgrade;
 
 pub use forward::Forwarder;
 pub use h2pool::H2Pool;
 pub use handler::Proxy;
 pub use metrics::ProxyMetrics;
+pub use observe::{ObservedBody, Observers};
 pub use pool::{Pool, PoolSettings, Pooled};
 pub use report::Reporter;
 pub use request_body::OutBody;
