@@ -7,6 +7,7 @@
 //! types so that each section reads in one place.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,10 @@ pub struct AccessLogConfig {
     /// Whether `path` keeps the query string (off: it may hold secrets).
     #[serde(default)]
     pub query: bool,
+    /// Longest a written line waits in the buffer before it reaches the
+    /// file; all are written at shutdown whatever this is.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
 }
 
 /// How an access log line looks.
@@ -80,6 +85,9 @@ fn one() -> f64 {
 fn default_buffer() -> usize {
     8192
 }
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_otlp_endpoint() -> String {
     "http://127.0.0.1:4317".into()
 }
@@ -103,6 +111,12 @@ pub(super) fn check(
             problems.push((
                 "proxy.access_log.buffer".into(),
                 format!("must be 1 to {MAX_BUFFER} lines"),
+            ));
+        }
+        if log.flush_interval.is_zero() || log.flush_interval > Duration::from_secs(24 * 3600) {
+            problems.push((
+                "proxy.access_log.flush_interval".into(),
+                "must be above 0 and at most 24h".into(),
             ));
         }
         if log.path.as_os_str().is_empty() {
@@ -176,6 +190,7 @@ mod tests {
         assert_eq!(log.path, PathBuf::from("-"));
         assert_eq!(log.sample, 1.0);
         assert!(!log.query);
+        assert_eq!(log.flush_interval, Duration::from_secs(1));
         let tracing = config.proxy.tracing.expect("tracing");
         assert_eq!(tracing.protocol, OtlpProtocol::Grpc);
         assert_eq!(tracing.otlp_endpoint, "http://127.0.0.1:4317");

@@ -2,7 +2,7 @@
 //!
 //! Lines arrive over the bounded channel the data threads `try_send` into;
 //! they are rendered into a `BufWriter`, which reaches the file when it
-//! fills, on a timer (`FLUSH_EVERY`) and at shutdown. At shutdown every line
+//! fills, on a timer (`flush_interval`) and at shutdown. At shutdown every line
 //! already queued is written before the task ends, so SIGTERM loses none.
 //! A write error is logged and the task goes on: the log is never a reason
 //! for the proxy to stop.
@@ -17,8 +17,6 @@ use tokio::sync::mpsc;
 use super::format::Format;
 use super::Entry;
 
-/// How long a line may sit in the buffer before it reaches the file.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// The buffer in front of the file.
 const BUFFER_BYTES: usize = 64 * 1024;
 
@@ -29,6 +27,7 @@ pub struct Writer {
     queue: mpsc::Receiver<Box<Entry>>,
     out: BufWriter<Sink>,
     format: Format,
+    flush_every: Duration,
     /// Where the log goes, for error messages.
     path: String,
 }
@@ -56,6 +55,7 @@ impl Writer {
                 kind: config.format,
                 query: config.query,
             },
+            flush_every: config.flush_interval,
             path: config.path.display().to_string(),
         })
     }
@@ -64,7 +64,7 @@ impl Writer {
     /// writes what is still queued and flushes.
     pub async fn run(mut self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        let mut tick = tokio::time::interval(self.flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut line = Vec::with_capacity(512);
         loop {
