@@ -93,8 +93,12 @@ impl Observation {
     }
 
     /// The request goes to `replica` with these headers: they get the
-    /// trace's `traceparent`.
-    pub fn forward(&mut self, replica: &str, headers: &mut http::HeaderMap) {
+    /// trace's `traceparent`. The log names this replica unless the
+    /// response comes from another (a retry after a refused connection).
+    pub fn forward(&mut self, replica: &Arc<str>, headers: &mut http::HeaderMap) {
+        if let Some(entry) = &mut self.entry {
+            entry.upstream = Some(Arc::clone(replica));
+        }
         if let (Some(trace), Some(tracing)) = (&mut self.trace, &self.observers.tracing) {
             trace.forward(tracing, replica, headers);
         }
@@ -126,7 +130,7 @@ impl Observation {
 
     /// The response has ended (or the client went away) after `sent`
     /// body bytes.
-    fn finish(mut self: Box<Self>, sent: u64) {
+    fn finish(&mut self, sent: u64) {
         let duration = self.started.elapsed();
         if let Some(trace) = self.trace.take() {
             trace.finish(self.status);
@@ -166,7 +170,7 @@ impl std::fmt::Debug for Observation {
 
 impl Drop for ObservedBody {
     fn drop(&mut self) {
-        if let Some(observation) = self.observation.take() {
+        if let Some(mut observation) = self.observation.take() {
             observation.finish(self.sent);
         }
     }
@@ -190,7 +194,7 @@ impl Body for ObservedBody {
                     }
                 }
                 Poll::Ready(None) => {
-                    if let Some(observation) = this.observation.take() {
+                    if let Some(mut observation) = this.observation.take() {
                         observation.finish(this.sent);
                     }
                 }
