@@ -69,6 +69,66 @@ impl Collector {
         addr
     }
 
+    /// The same collector over OTLP/HTTP (protobuf bodies on
+    /// `POST /v1/traces`); returns its address.
+    async fn start_http(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the collector");
+        let addr = listener.local_addr().expect("collector address");
+        let collector = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let collector = collector.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let collector = collector.clone();
+                    async move { collector.receive_http(request).await }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        addr
+    }
+
+    async fn receive_http(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+        use http_body_util::BodyExt as _;
+        use prost::Message as _;
+        let path_ok = request.uri().path() == "/v1/traces";
+        let body = request.into_body().collect().await.map(|b| b.to_bytes());
+        let decoded = body
+            .ok()
+            .and_then(|bytes| ExportTraceServiceRequest::decode(bytes).ok());
+        let (status, reply) = match decoded {
+            Some(export) if path_ok => {
+                if let Ok(mut spans) = self.spans.lock() {
+                    for resource in export.resource_spans {
+                        for scope in resource.scope_spans {
+                            spans.extend(scope.spans);
+                        }
+                    }
+                }
+                let reply = ExportTraceServiceResponse {
+                    partial_success: None,
+                };
+                (200, reply.encode_to_vec())
+            }
+            _ => (400, Vec::new()),
+        };
+        let mut response = hyper::Response::new(http_body_util::Full::new(reply.into()));
+        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/x-protobuf"),
+        );
+        Ok(response)
+    }
+
     fn snapshot(&self) -> Vec<Span> {
         self.spans.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -239,4 +299,51 @@ async fn cold_and_continued_traces_reach_the_collector_and_the_replica() {
             .any(|s| hex(&s.trace_id) == client_trace && s.name == "rouse.hold"),
         "a warm request has no hold span"
     );
+}
+
+/// `protocol: http`: a cold request's spans arrive over OTLP/HTTP, with the
+/// hold span under the request span and the replica's parent the forward
+/// span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_exports_the_cold_start() {
+    let collector = Collector::default();
+    let endpoint = collector.start_http().await;
+    let mut cluster = Cluster::builder()
+        .service(Service::new("traced", HOST))
+        .proxy_key(
+            "tracing",
+            &format!("{{otlp_endpoint: \"http://{endpoint}\", protocol: http}}"),
+        )
+        .start()
+        .await;
+    let cold = cluster.get_ok(HOST, "/").await;
+    assert!(cold.cold_start(), "not held: {cold}");
+    let sent = cold
+        .header("x-echo-traceparent")
+        .expect("the replica got a traceparent");
+    let (trace, parent) = parse_traceparent(sent);
+    cluster.proxy_proc(0).sigterm();
+    let status = cluster
+        .proxy_proc(0)
+        .wait_exit(Duration::from_secs(30))
+        .await;
+    assert_eq!(status.code(), Some(0), "proxy exit after SIGTERM: {status}");
+    let spans = cluster
+        .poll_until(
+            "the trace at the collector",
+            Duration::from_secs(30),
+            || async {
+                let spans = collector.snapshot();
+                spans
+                    .iter()
+                    .any(|s| s.name == "rouse.request")
+                    .then_some(spans)
+            },
+        )
+        .await;
+    let request = one(&spans, &trace, "rouse.request");
+    let hold = one(&spans, &trace, "rouse.hold");
+    assert_eq!(hold.parent_span_id, request.span_id);
+    let forward = one(&spans, &trace, "rouse.forward");
+    assert_eq!(hex(&forward.span_id), parent);
 }

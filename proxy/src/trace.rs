@@ -37,6 +37,8 @@ use rouse_nats::config::{OtlpProtocol, TracingConfig};
 
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the last export at shutdown may hold up the exit.
+const SHUTDOWN_EXPORT: Duration = Duration::from_secs(5);
 
 /// The data path's end of tracing: a tracer and the W3C propagator.
 #[derive(Clone)]
@@ -98,7 +100,9 @@ impl Exporter {
     /// Exports every span still buffered, then stops.
     pub async fn shutdown(self) {
         let provider = self.provider;
-        let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        let done =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_EXPORT))
+                .await;
         match done {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(error = %err, "exporting the last spans failed"),

@@ -119,12 +119,7 @@ pub(super) fn check(
                 "must be above 0 and at most 24h".into(),
             ));
         }
-        if log.path.as_os_str().is_empty() {
-            problems.push((
-                "proxy.access_log.path".into(),
-                "is empty (use `-` for standard output)".into(),
-            ));
-        }
+        check_log_path(&log.path, &mut problems);
     }
     if let Some(tracing) = tracing {
         check_ratio(
@@ -138,6 +133,21 @@ pub(super) fn check(
         }
     }
     problems
+}
+
+fn check_log_path(path: &std::path::Path, problems: &mut Vec<(String, String)>) {
+    let key = "proxy.access_log.path";
+    if path.as_os_str().is_empty() {
+        problems.push((key.into(), "is empty (use `-` for standard output)".into()));
+        return;
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent.filter(|dir| !dir.is_dir()) {
+        problems.push((
+            key.into(),
+            format!("the directory {} does not exist", dir.display()),
+        ));
+    }
 }
 
 fn check_ratio(key: &str, value: f64, problems: &mut Vec<(String, String)>) {
@@ -212,6 +222,15 @@ mod tests {
             ],
             "{issues:?}"
         );
+    }
+
+    #[test]
+    fn a_log_in_a_missing_directory_is_an_error() {
+        let source = "proxy:\n  access_log:\n    path: /no/such/dir/access.log\n";
+        let issues = parse(source).expect_err("accepted");
+        assert_eq!(issues[0].key, "proxy.access_log.path", "{issues:?}");
+        assert_eq!(issues[0].line, Some(3));
+        assert!(issues[0].reason.contains("/no/such/dir"), "{issues:?}");
     }
 
     #[test]
