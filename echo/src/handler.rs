@@ -552,7 +552,11 @@ mod tests {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
         post.headers_mut()
             .insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        post.headers_mut()
+            .insert("traceparent", HeaderValue::from_static(traceparent));
         let echoed = handle(&echo, post).await;
+        assert_eq!(echoed.headers()["x-echo-traceparent"], traceparent);
         assert_eq!(echoed.headers()[header::CONTENT_TYPE], "a/b");
         assert_eq!(echoed.headers()["x-echo-forwarded-for"], "10.0.0.1");
         assert!(!echoed.headers().contains_key("x-echo-forwarded-proto"));
