@@ -32,7 +32,8 @@ const UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
 const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, POST");
 
 /// Request headers reflected back, and the response header each one goes to.
-const REFLECTED: [(HeaderName, HeaderName); 4] = [
+/// `traceparent` lets a test see the trace context a proxy sent.
+const REFLECTED: [(HeaderName, HeaderName); 5] = [
     (
         HeaderName::from_static("x-forwarded-for"),
         HeaderName::from_static("x-echo-forwarded-for"),
@@ -46,6 +47,10 @@ const REFLECTED: [(HeaderName, HeaderName); 4] = [
         HeaderName::from_static("x-echo-forwarded-proto"),
     ),
     (header::HOST, HeaderName::from_static("x-echo-host")),
+    (
+        HeaderName::from_static("traceparent"),
+        HeaderName::from_static("x-echo-traceparent"),
+    ),
 ];
 
 /// Names the replica on every response, so a test can tell which replica
@@ -254,7 +259,7 @@ async fn respond<B>(
 
 /// The values of the [`REFLECTED`] headers, keyed by their response name.
 /// Over HTTP/2 the host is the `:authority`, which hyper keeps in the URI.
-fn reflected_headers(parts: &Parts) -> [(HeaderName, Option<HeaderValue>); 4] {
+fn reflected_headers(parts: &Parts) -> [(HeaderName, Option<HeaderValue>); 5] {
     REFLECTED.map(|(from, to)| {
         let mut value = parts.headers.get(&from).cloned();
         if value.is_none() && from == header::HOST {
@@ -547,7 +552,11 @@ mod tests {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
         post.headers_mut()
             .insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        post.headers_mut()
+            .insert("traceparent", HeaderValue::from_static(traceparent));
         let echoed = handle(&echo, post).await;
+        assert_eq!(echoed.headers()["x-echo-traceparent"], traceparent);
         assert_eq!(echoed.headers()[header::CONTENT_TYPE], "a/b");
         assert_eq!(echoed.headers()["x-echo-forwarded-for"], "10.0.0.1");
         assert!(!echoed.headers().contains_key("x-echo-forwarded-proto"));

@@ -102,6 +102,18 @@ pub enum HoldCounter {
 }
 
 impl ProxyError<'_> {
+    /// How a wait in the hold queue ended, when this error ended it (for
+    /// the `rouse.hold` span's `outcome`).
+    pub fn hold_outcome(&self) -> &'static str {
+        match self {
+            Self::QueueFull { .. } => "queue_full",
+            Self::ClientHoldFull { .. } => "client_limit",
+            Self::HoldTimeout { .. } => "timeout",
+            Self::NoUsableReplica { .. } => "no_usable_replica",
+            _ => "error",
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,

@@ -15,6 +15,7 @@
 //! as they come (`response_body`).
 
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,11 +71,12 @@ impl Forwarder {
         mut request: Request<Incoming>,
         peer: &Peer,
         mut completion: Completion,
+        received: Option<Arc<AtomicU64>>,
     ) -> Result<Response<ProxyBody>, ProxyError<'a>> {
         let client_upgrade = upgrade::requested(&mut request);
         let (mut parts, body) = request.into_parts();
         let body = self
-            .client_body(service, &parts, body)
+            .client_body(service, &parts, body, received)
             .await
             .map_err(|err| ProxyError::of_body(service, &err))?;
         let version = outbound_version(service.protocol(), parts.version, client_upgrade.is_some());
@@ -155,7 +157,8 @@ impl Forwarder {
         }
     }
 
-    /// The client's body, limited to the service's `max_body`; a chunked
+    /// The client's body, limited to the service's `max_body` (and counted
+    /// into `received` for the access log); a chunked
     /// HTTP/1 body read ahead first, so that a malformed or oversized one is
     /// refused with nothing forwarded.
     async fn client_body(
@@ -163,9 +166,10 @@ impl Forwarder {
         service: &Service,
         parts: &http::request::Parts,
         body: Incoming,
+        received: Option<Arc<AtomicU64>>,
     ) -> Result<ClientBody, BodyError> {
         let read_ahead = request_body::wants_read_ahead(&body, parts.version, self.body_buffer);
-        let body = ClientBody::new(body, service.max_body());
+        let body = ClientBody::new(body, service.max_body()).tallied(received);
         if !read_ahead {
             return Ok(body);
         }

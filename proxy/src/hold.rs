@@ -24,12 +24,15 @@ use crate::report::Signal;
 use crate::service::Service;
 
 /// A lease on a ready endpoint, holding the request while there is none.
-/// Returns whether the request had to wait (a cold start).
+/// Returns whether the request had to wait (a cold start); `woke` turns
+/// true if this request was the one that asked the controller to wake the
+/// service (for its trace).
 pub async fn wait_for_endpoint<'a>(
     service: &'a Arc<Service>,
     client: IpAddr,
     signals: &mpsc::Sender<Signal>,
     started: Instant,
+    woke: &mut bool,
 ) -> Result<(Lease, bool), ProxyError<'a>> {
     if let Some(lease) = balance::lease(service, &[]) {
         return Ok((lease, false));
@@ -62,6 +65,7 @@ pub async fn wait_for_endpoint<'a>(
                 held = true;
                 if ticket.first {
                     let _ = signals.try_send(Signal::Wake(Arc::clone(service)));
+                    *woke = true;
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if ticket.wait(left).await.is_err() {

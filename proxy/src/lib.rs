@@ -31,6 +31,9 @@
 //! - `metrics`, `admin`: Prometheus metrics and the admin server.
 //! - `catalog`: the services in force (file, catalog bucket, SIGHUP) and
 //!   the route table swapped whole on every change.
+//! - `observe`: what a request tells once its response has ended: the
+//!   `access_log` line and the `trace` (OpenTelemetry) spans; off unless
+//!   configured.
 //! - `endpoints`: keeps endpoint sets current from NATS KV.
 //! - `limits`: raises the file-descriptor limit at start-up.
 //! - `report`: tells the controller about load (`wake`, `load`).
@@ -38,6 +41,7 @@
 //!
 //! Exported is what the binary and the integration tests use.
 
+mod access_log;
 mod admin;
 mod balance;
 mod catalog;
@@ -51,6 +55,7 @@ mod headers;
 mod hold;
 mod limits;
 mod metrics;
+mod observe;
 mod pool;
 mod queue;
 mod report;
@@ -62,6 +67,7 @@ mod server;
 mod service;
 mod strict;
 pub mod tls;
+mod trace;
 mod upgrade;
 mod waiting;
 mod wake_phase;
@@ -71,6 +77,7 @@ pub use forward::Forwarder;
 pub use h2pool::H2Pool;
 pub use handler::Proxy;
 pub use metrics::ProxyMetrics;
+pub use observe::{ObservedBody, Observers};
 pub use pool::{Pool, PoolSettings, Pooled};
 pub use report::Reporter;
 pub use request_body::OutBody;

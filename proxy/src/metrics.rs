@@ -43,6 +43,8 @@ pub struct ProxyMetrics {
     /// `proxy.tls` certificate files changed and were taken, or refused.
     pub tls_reloads: Counter,
     pub tls_reload_errors: Counter,
+    /// Access log lines dropped because the writer was behind.
+    pub access_log_dropped: Counter,
 }
 
 impl Default for ProxyMetrics {
@@ -65,6 +67,7 @@ impl ProxyMetrics {
         let bus_rejected = Counter::default();
         let tls_reloads = Counter::default();
         let tls_reload_errors = Counter::default();
+        let access_log_dropped = Counter::default();
         registry.register(
             "rouse_requests",
             "Requests answered, by service and status code",
@@ -120,6 +123,11 @@ impl ProxyMetrics {
             "Changed TLS certificate files refused (the previous ones stay in use)",
             tls_reload_errors.clone(),
         );
+        registry.register(
+            "rouse_access_log_dropped",
+            "Access log lines dropped because the writer was behind (requests never wait for it)",
+            access_log_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -133,6 +141,7 @@ impl ProxyMetrics {
             bus_rejected,
             tls_reloads,
             tls_reload_errors,
+            access_log_dropped,
         }
     }
 

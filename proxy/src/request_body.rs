@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -67,6 +67,8 @@ pub struct ClientBody {
     rest: Option<Incoming>,
     received: u64,
     limit: u64,
+    /// The access log's count of the bytes received, when it wants one.
+    tally: Option<Arc<AtomicU64>>,
 }
 
 impl ClientBody {
@@ -77,12 +79,22 @@ impl ClientBody {
             rest: Some(body),
             received: 0,
             limit,
+            tally: None,
         }
+    }
+
+    /// The same body, adding the bytes it receives to `tally` too.
+    pub fn tallied(mut self, tally: Option<Arc<AtomicU64>>) -> Self {
+        self.tally = tally;
+        self
     }
 
     fn count(&mut self, frame: &Frame<Bytes>) -> Result<(), BodyError> {
         if let Some(data) = frame.data_ref() {
             self.received += data.len() as u64;
+            if let Some(tally) = &self.tally {
+                tally.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
             if self.received > self.limit {
                 self.rest = None;
                 return Err(BodyError::TooLarge { limit: self.limit });

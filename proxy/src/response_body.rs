@@ -43,6 +43,17 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody::Local(None)
     }
+
+    /// The id of the replica a streamed body comes from.
+    pub fn upstream(&self) -> Option<&std::sync::Arc<str>> {
+        match self {
+            ProxyBody::Upstream {
+                completion: Some(completion),
+                ..
+            } => Some(&completion.lease.endpoint.id),
+            _ => None,
+        }
+    }
 }
 
 impl Drop for ProxyBody {

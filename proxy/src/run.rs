@@ -12,12 +12,14 @@ use rouse_nats::{bus, process, Config, Subjects};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::catalog::{self, Registry};
 use crate::endpoints::EndpointWatcher;
 use crate::forward::Forwarder;
 use crate::handler::Proxy;
 use crate::metrics::ProxyMetrics;
+use crate::observe::Observers;
 use crate::report::Reporter;
 use crate::server;
 use crate::service::Defaults;
@@ -111,6 +113,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&admin_state),
     ));
 
+    let (observers, observing) = start_observers(proxy_config, &metrics)?;
+
     let routes = registry.routes();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut finished = Vec::with_capacity(threads);
@@ -121,6 +125,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             signals: signals.clone(),
             metrics: Arc::clone(&metrics),
             limits: RequestLimits::from(&proxy_config.limits),
+            // A copy per thread: the per-request reference count stays on
+            // the thread.
+            observers: Arc::new(observers.clone()),
         };
         finished.push(spawn_data_thread(
             index,
@@ -132,6 +139,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )?);
     }
     drop(signals);
+    drop(observers);
     tracing::info!(
         listen = %proxy_config.listen,
         tls_listen = ?proxy_config.tls.as_ref().map(|tls| tls.listen),
@@ -148,7 +156,64 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for done in finished {
         let _ = done.await;
     }
+    observing.finish().await;
     Ok(())
+}
+
+/// The running halves of the access log and tracing, finished at shutdown
+/// once the data threads are done.
+struct Observing {
+    writer: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    exporter: Option<crate::trace::Exporter>,
+}
+
+/// Longest the access log may take to write its last lines at shutdown.
+const ACCESS_LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Observing {
+    /// Writes the access log lines still queued and exports the last spans.
+    async fn finish(self) {
+        if let Some((stop, writer)) = self.writer {
+            let _ = stop.send(());
+            if tokio::time::timeout(ACCESS_LOG_FLUSH, writer)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the access log did not finish writing in time");
+            }
+        }
+        if let Some(exporter) = self.exporter {
+            exporter.shutdown().await;
+        }
+    }
+}
+
+/// Starts the access log writer and the trace exporter, when configured.
+fn start_observers(
+    config: &ProxyConfig,
+    metrics: &ProxyMetrics,
+) -> anyhow::Result<(Observers, Observing)> {
+    let mut observers = Observers::default();
+    let mut observing = Observing {
+        writer: None,
+        exporter: None,
+    };
+    if let Some(log) = &config.access_log {
+        let (access_log, writer) = AccessLog::new(log, metrics.access_log_dropped.clone())
+            .with_context(|| format!("opening proxy.access_log.path {}", log.path.display()))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(writer.run(async move {
+            let _ = stopped.await;
+        }));
+        observers.access_log = Some(access_log);
+        observing.writer = Some((stop, task));
+    }
+    if let Some(tracing_config) = &config.tracing {
+        let (tracing, exporter) = crate::trace::start(tracing_config)?;
+        observers.tracing = Some(tracing);
+        observing.exporter = Some(exporter);
+    }
+    Ok((observers, observing))
 }
 
 /// One data-path thread: its own single-threaded runtime, its own accept

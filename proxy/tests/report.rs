@@ -129,6 +129,7 @@ async fn traffic_on_an_idle_service_and_a_surge_are_reported_at_once() {
         signals,
         metrics,
         limits: RequestLimits::from(&config.proxy.limits),
+        observers: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let proxy_addr = listener.local_addr().expect("addr");

@@ -9,6 +9,7 @@
 mod defaults;
 mod limits;
 mod locate;
+mod observe;
 mod scaling;
 mod tls;
 mod validate;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use limits::{LimitsConfig, MAX_REQUEST_LINE, MIN_HEADER_BYTES};
 pub use locate::LineIndex;
+pub use observe::{AccessLogConfig, AccessLogFormat, OtlpProtocol, TracingConfig};
 pub use scaling::{
     BehaviorConfig, MetricSpec, PolicySpec, PolicyType, ResourcesConfig, ScalingRules, SelectPolicy,
 };
@@ -124,6 +126,12 @@ pub struct ProxyConfig {
     /// A TLS listener besides `listen` (off when unset).
     #[serde(default)]
     pub tls: Option<ProxyTlsConfig>,
+    /// One line per request (off when unset).
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+    /// OpenTelemetry traces over OTLP (off when unset).
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
 }
 
 /// What a controller does with its replicas when it is stopped (SIGTERM).

@@ -129,6 +129,10 @@ fn check_globals(config: &Config, problems: &mut Problems) {
     if let Some(tls) = &proxy.tls {
         problems.extend(super::tls::check(tls, proxy.listen));
     }
+    problems.extend(super::observe::check(
+        proxy.access_log.as_ref(),
+        proxy.tracing.as_ref(),
+    ));
     if proxy.worker_threads == Some(0) {
         problems.push(("proxy.worker_threads".into(), "must be at least 1".into()));
     }

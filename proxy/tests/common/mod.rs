@@ -125,6 +125,7 @@ pub async fn start_proxy(config: &str) -> Harness {
         signals,
         metrics,
         limits: RequestLimits::from(&config.proxy.limits),
+        observers: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
