@@ -93,11 +93,21 @@ impl Fleet {
         }
     }
 
-    /// Starts the file's services, then follows `commands` until they end;
-    /// then waits for every loop (the caller has signalled shutdown).
-    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    /// Starts the file's services, then follows `commands` until
+    /// `shutdown` turns true (the loops see it too and stop their replicas);
+    /// then waits for every loop.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         self.apply().await;
-        while let Some(command) = commands.recv().await {
+        loop {
+            let command = tokio::select! {
+                command = commands.recv() => command,
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            };
+            let Some(command) = command else { break };
             match command {
                 Command::File(file) => self.file = file,
                 Command::Replace(entries) => self.entries = entries,

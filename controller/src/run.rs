@@ -157,7 +157,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         publisher,
         status: Arc::clone(&status),
         metrics: Arc::clone(&metrics),
-        shutdown: shutdown_rx,
+        shutdown: shutdown_rx.clone(),
         js: js.clone(),
     };
     let (commands, command_rx) = mpsc::unbounded_channel();
@@ -167,7 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&pins),
         Box::new(builder),
     );
-    let fleet = tokio::spawn(fleet.run(command_rx));
+    let fleet = tokio::spawn(fleet.run(command_rx, shutdown_rx));
     tokio::spawn(fleet::follow_pins(bus.clone(), pins, Arc::clone(&inboxes)));
     let (file_tx, file_rx) = watch::channel(config.services.clone());
     tokio::spawn(fleet::seed_forever(
@@ -198,8 +198,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(policy = ?config.controller.on_shutdown, "shutting down");
     let _ = shutdown_tx.send(true);
-    // The fleet ends once its commands do, after every loop has stopped.
-    drop(commands);
+    // The fleet ends once every loop has stopped.
     if tokio::time::timeout(SHUTDOWN_LIMIT, fleet).await.is_err() {
         tracing::warn!("replicas did not stop in time; exiting anyway");
     }
