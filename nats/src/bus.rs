@@ -13,7 +13,9 @@ use async_nats::{Client, ConnectOptions, Event};
 use tokio::sync::watch;
 
 use crate::config::NatsConfig;
-use crate::subjects::{ENDPOINTS_BUCKET, EVENTS_STREAM, LEASES_BUCKET};
+use crate::subjects::{
+    ENDPOINTS_BUCKET, EVENTS_STREAM, LEASES_BUCKET, PINS_BUCKET, SERVICES_BUCKET,
+};
 
 /// Why talking to NATS failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,16 @@ pub async fn endpoints_bucket(js: &jetstream::Context) -> Result<kv::Store, BusE
 /// The bucket of controller leases (leader election), created if missing.
 pub async fn leases_bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> {
     kv_bucket(js, LEASES_BUCKET, "leases bucket").await
+}
+
+/// The service catalog (`rouse-services`), created if missing.
+pub async fn services_bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> {
+    kv_bucket(js, SERVICES_BUCKET, "services bucket").await
+}
+
+/// The pins bucket (`rouse-pins`), created if missing.
+pub async fn pins_bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> {
+    kv_bucket(js, PINS_BUCKET, "pins bucket").await
 }
 
 /// A KV bucket, its stream created by hand (see the module doc).

@@ -6,7 +6,8 @@
 //! - [`config`]: the YAML file, validated with file, line and key per problem;
 //! - [`cli`]: `--config`, `--check`, `--log-format`, logging set-up;
 //! - [`bus`]: connecting to NATS, the KV bucket and the events stream;
-//! - [`subjects`] and [`messages`]: what is published where, and its shape.
+//! - [`subjects`] and [`messages`]: what is published where, and its shape;
+//! - [`catalog`]: service definitions kept in KV beside the file.
 //!
 //! Shared plumbing:
 //! - [`process`]: `main` of both binaries, SIGTERM/SIGINT;
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod bus;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod messages;

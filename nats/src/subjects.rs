@@ -7,6 +7,10 @@
 pub const ENDPOINTS_BUCKET: &str = "rouse-endpoints";
 /// Controllers' leases (leader election), one key per lease name.
 pub const LEASES_BUCKET: &str = "rouse-leases";
+/// Service definitions (the catalog), keyed by service name.
+pub const SERVICES_BUCKET: &str = "rouse-services";
+/// Replica counts fixed by an operator (`rouse scale --pin`), keyed by service.
+pub const PINS_BUCKET: &str = "rouse-pins";
 /// JetStream stream keeping `scaled` events.
 pub const EVENTS_STREAM: &str = "ROUSE_EVENTS";
 

@@ -13,6 +13,8 @@ mod scaling;
 mod tls;
 mod validate;
 
+pub use validate::route_conflict;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -880,6 +882,15 @@ impl Config {
     /// The service called `name`.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
+    }
+}
+
+impl ServiceConfig {
+    /// Every problem of this service on its own, as (key relative to the
+    /// service, reason): the file's own checks, for a definition that comes
+    /// from elsewhere (the catalog).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        validate::check_one(self)
     }
 }
 

@@ -36,6 +36,53 @@ pub fn check(config: &Config) -> Problems {
     problems
 }
 
+/// Every problem of one service on its own (not its routes against other
+/// services'), with keys relative to the service (`scaling.max_replicas`):
+/// what a definition outside the file (the catalog) must pass.
+pub fn check_one(service: &ServiceConfig) -> Problems {
+    let mut problems = Problems::new();
+    check_service("", service, &mut problems);
+    for (key, _) in &mut problems {
+        if let Some(relative) = key.strip_prefix('.') {
+            *key = relative.to_string();
+        }
+    }
+    problems
+}
+
+/// The first host+path pair of `candidate` that one of `others` (by name,
+/// not `candidate` itself) already routes, as a sentence.
+pub fn route_conflict<'a>(
+    candidate: &ServiceConfig,
+    others: impl IntoIterator<Item = &'a ServiceConfig>,
+) -> Option<String> {
+    let mut routes: HashMap<(String, String), &str> = HashMap::new();
+    for other in others {
+        if other.name == candidate.name {
+            continue;
+        }
+        for host in &other.hosts {
+            for path in &other.paths {
+                routes.insert(
+                    (host.to_ascii_lowercase(), normalise_path(path)),
+                    &other.name,
+                );
+            }
+        }
+    }
+    for host in &candidate.hosts {
+        for path in &candidate.paths {
+            let key = (host.to_ascii_lowercase(), normalise_path(path));
+            if let Some(other) = routes.get(&key) {
+                return Some(format!(
+                    "host `{host}` with path `{path}` is already routed to service `{other}`"
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Longest duration accepted anywhere: far beyond any sensible setting, and
 /// small enough that adding it to a clock reading cannot overflow.
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
