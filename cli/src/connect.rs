@@ -70,10 +70,7 @@ impl Target {
             ),
             None => None,
         };
-        let mut nats = config
-            .as_ref()
-            .map(|c| c.nats.clone())
-            .unwrap_or_default();
+        let mut nats = config.as_ref().map(|c| c.nats.clone()).unwrap_or_default();
         if let Some(url) = &self.nats_url {
             nats.url.clone_from(url);
         }
@@ -202,20 +199,17 @@ impl Controller {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| {
-                fail(
-                    Code::Unreachable,
-                    format!(
-                        "cannot reach the controller at {}: {} \
+        let response = request.send().await.map_err(|e| {
+            fail(
+                Code::Unreachable,
+                format!(
+                    "cannot reach the controller at {}: {} \
                          (is rouse-controller running? see --controller, --config)",
-                        self.base,
-                        describe(&e)
-                    ),
-                )
-            })?;
+                    self.base,
+                    describe(&e)
+                ),
+            )
+        })?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED {
             let hint = if self.token.is_some() {

@@ -170,10 +170,7 @@ pub async fn run(args: &Args, endpoints: &Endpoints, format: Format) -> Outcome 
             .unwrap_or((0, 0));
         match messages::decode::<Scaled>(&message.payload) {
             Ok(event) => print_event(&event, seq, format)?,
-            Err(err) => eprintln!(
-                "rouse: skipped message {seq} on {}: {err}",
-                message.subject
-            ),
+            Err(err) => eprintln!("rouse: skipped message {seq} on {}: {err}", message.subject),
         }
         if left == 0 && !args.follow {
             return Ok(());
@@ -220,10 +217,7 @@ mod tests {
 
     #[test]
     fn since_takes_a_duration_or_a_time() {
-        assert_eq!(
-            parse_since("10m"),
-            Ok(Since::Ago(Duration::from_secs(600)))
-        );
+        assert_eq!(parse_since("10m"), Ok(Since::Ago(Duration::from_secs(600))));
         let Ok(Since::At(at)) = parse_since("2026-12-02T15:00:00+01:00") else {
             panic!("an RFC 3339 time with an offset parses");
         };

@@ -10,11 +10,17 @@
 //! stdout gets), `progress` (stderr while waiting) and `exit` (exit codes).
 
 mod connect;
+mod deploy;
 mod events;
 mod exit;
 mod output;
+mod remove;
+mod routes;
+mod scale;
 mod status;
+mod store;
 mod table;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -43,6 +49,14 @@ enum Command {
     Status(status::Args),
     /// Scale events (`<prefix>.scaled.*` in stream ROUSE_EVENTS).
     Events(events::Args),
+    /// Add or replace a service in the catalog (KV rouse-services).
+    Deploy(Box<deploy::Args>),
+    /// Remove a service from the catalog.
+    Remove(remove::Args),
+    /// Pin a service at N replicas, or unpin it.
+    Scale(scale::Args),
+    /// Which host and path goes to which service.
+    Routes(routes::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +83,10 @@ async fn run(cli: &Cli) -> Outcome {
     match &cli.command {
         Command::Status(args) => status::run(args, &endpoints, cli.output).await,
         Command::Events(args) => events::run(args, &endpoints, cli.output).await,
+        Command::Deploy(args) => deploy::run(args, &endpoints, cli.output).await,
+        Command::Remove(args) => remove::run(args, &endpoints, cli.output).await,
+        Command::Scale(args) => scale::run(args, &endpoints, cli.output).await,
+        Command::Routes(args) => routes::run(args, &endpoints, cli.output).await,
     }
 }
 

@@ -360,7 +360,9 @@ mod tests {
     #[test]
     fn unknown_names_are_usage_errors() {
         let rows = vec![row(serde_json::json!({"name": "a"}))];
-        let err = select(rows, &["b".into()]).err().map(|e| (e.code, e.to_string()));
+        let err = select(rows, &["b".into()])
+            .err()
+            .map(|e| (e.code, e.to_string()));
         assert_eq!(
             err,
             Some((
