@@ -75,6 +75,9 @@ pub struct ServiceStatus {
     pub replicas: Vec<ReplicaStatus>,
     pub held: u64,
     pub in_flight: u64,
+    /// Requests per second arriving, summed over the live proxies' last
+    /// report intervals.
+    pub rps: f64,
     /// Proxies whose reports are live.
     pub proxies: usize,
     pub last_scale: Option<ScaleEvent>,
