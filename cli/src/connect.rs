@@ -31,22 +31,47 @@ pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:9091";
 pub struct Target {
     /// rouse's config file: `nats.*` and `controller.admin_listen` (and
     /// `controller.admin_token_file`) are read from it.
-    #[arg(long, env = "ROUSE_CONFIG", global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        env = "ROUSE_CONFIG",
+        global = true,
+        help_heading = "Connection",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
     /// NATS URL, instead of the config's `nats.url` [default:
     /// nats://127.0.0.1:4222].
-    #[arg(long, env = "ROUSE_NATS_URL", global = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "ROUSE_NATS_URL",
+        global = true,
+        help_heading = "Connection",
+        value_name = "URL"
+    )]
     pub nats_url: Option<String>,
     /// The controller's admin server, instead of the config's
     /// `controller.admin_listen` [default: http://127.0.0.1:9091].
-    #[arg(long, env = "ROUSE_CONTROLLER", global = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "ROUSE_CONTROLLER",
+        global = true,
+        help_heading = "Connection",
+        value_name = "URL"
+    )]
     pub controller: Option<String>,
     /// File holding the bearer token of the controller's /api; else
     /// ROUSE_ADMIN_TOKEN, else the config's `controller.admin_token_file`.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, help_heading = "Connection", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// How long NATS and the controller get to answer.
-    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection",
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = humantime::parse_duration
+    )]
     pub connect_timeout: Duration,
 }
 

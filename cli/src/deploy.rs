@@ -63,32 +63,32 @@ pub struct Args {
     #[arg(long = "path", value_name = "PATH", help_heading = "Routing")]
     pub paths: Vec<String>,
     /// Readiness probe: an HTTP path (`/healthz`) or `tcp` [default: tcp].
-    #[arg(long, value_parser = parse_readiness, help_heading = "Routing")]
+    #[arg(long, value_name = "PATH|tcp", value_parser = parse_readiness, help_heading = "Routing")]
     pub readiness: Option<Readiness>,
     /// scaling.min_replicas [default: 0].
-    #[arg(long, help_heading = "Scaling")]
+    #[arg(long, value_name = "N", help_heading = "Scaling")]
     pub min: Option<u32>,
     /// scaling.max_replicas [default: 10].
-    #[arg(long, help_heading = "Scaling")]
+    #[arg(long, value_name = "N", help_heading = "Scaling")]
     pub max: Option<u32>,
     /// scaling.target_concurrency: in-flight requests per replica [default: 10].
-    #[arg(long, help_heading = "Scaling")]
+    #[arg(long, value_name = "N", help_heading = "Scaling")]
     pub target_concurrency: Option<f64>,
     /// scaling.target_rps: requests per second per replica.
-    #[arg(long, help_heading = "Scaling")]
+    #[arg(long, value_name = "RPS", help_heading = "Scaling")]
     pub target_rps: Option<f64>,
     /// scaling.scale_to_zero_after [default: 60s].
-    #[arg(long, value_parser = duration, help_heading = "Scaling")]
+    #[arg(long, value_parser = duration, value_name = "DURATION", help_heading = "Scaling")]
     pub scale_to_zero_after: Option<String>,
     /// hold.timeout: how long a request waits for a replica [default: 30s].
-    #[arg(long, value_parser = duration, help_heading = "Scaling")]
+    #[arg(long, value_parser = duration, value_name = "DURATION", help_heading = "Scaling")]
     pub hold_timeout: Option<String>,
     /// Wait until the controller runs the service (and, with --min 1 or
     /// more, until a replica is ready).
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits.
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 

@@ -29,7 +29,7 @@ pub struct Args {
     pub service: Option<String>,
     /// Events since this long ago (`10m`, `2h`) or this time (RFC 3339,
     /// `2026-12-02T15:00:00Z`) [default: 1h].
-    #[arg(long, value_parser = parse_since, conflicts_with = "from_start")]
+    #[arg(long, value_name = "AGO|TIME", value_parser = parse_since, conflicts_with = "from_start")]
     pub since: Option<Since>,
     /// Every event the stream still keeps.
     #[arg(long)]

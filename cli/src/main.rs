@@ -36,7 +36,7 @@ struct Cli {
     #[command(flatten)]
     target: connect::Target,
     /// What stdout gets: aligned columns, or stable JSON for scripts.
-    #[arg(long, short, global = true, value_enum, default_value_t = output::Format::Table)]
+    #[arg(long, short, global = true, value_enum, default_value_t = output::Format::Table, help_heading = "Output")]
     output: output::Format,
     #[command(subcommand)]
     command: Command,
@@ -46,16 +46,22 @@ struct Cli {
 enum Command {
     /// Services as the controller sees them: replicas desired and ready,
     /// requests held and in flight, requests per second, last scale event.
+    #[command(after_help = exit::HELP)]
     Status(status::Args),
     /// Scale events (`<prefix>.scaled.*` in stream ROUSE_EVENTS).
+    #[command(after_help = exit::HELP)]
     Events(events::Args),
     /// Add or replace a service in the catalog (KV rouse-services).
+    #[command(after_help = exit::HELP)]
     Deploy(Box<deploy::Args>),
     /// Remove a service from the catalog.
+    #[command(after_help = exit::HELP)]
     Remove(remove::Args),
     /// Pin a service at N replicas, or unpin it.
+    #[command(after_help = exit::HELP)]
     Scale(scale::Args),
     /// Which host and path goes to which service.
+    #[command(after_help = exit::HELP)]
     Routes(routes::Args),
 }
 

@@ -18,13 +18,14 @@ use crate::wait::{self, Step};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The service's name.
     #[arg(value_parser = crate::service_name)]
     pub name: String,
     /// Wait until the controller no longer lists the service.
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits.
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 

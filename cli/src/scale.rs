@@ -16,6 +16,7 @@ use crate::store::{self, Store};
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("how").required(true).args(["pin", "unpin"])))]
 pub struct Args {
+    /// The service's name.
     #[arg(value_parser = crate::service_name)]
     pub name: String,
     /// Hold the service at N replicas, whatever its load.

@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, short)]
     pub watch: bool,
     /// Time between redraws with --watch.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub interval: Duration,
 }
 

@@ -494,3 +494,33 @@ async fn nats_down_is_exit_1_naming_the_url() {
         assert!(down.stdout.is_empty(), "{args:?}: {down:#?}");
     }
 }
+
+/// `--wait` with no controller to answer: the definition is written, then
+/// the wait runs out (exit 4) saying what it last saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_without_a_controller_times_out_with_exit_4() {
+    let nats = Nats::start().await;
+    let url = nats.url();
+    let waited = run(
+        &url,
+        &[
+            "deploy",
+            "web",
+            "--host",
+            "web.localhost",
+            "--wait",
+            "--timeout",
+            "2s",
+            "--command",
+            "x",
+        ],
+    )
+    .await
+    .expect_code(4);
+    assert_eq!(waited.stdout, "service web created (revision 1)\n");
+    assert!(
+        waited.stderr.contains("timed out after 2s waiting for `web`: web: the controller: cannot reach the controller at http://127.0.0.1:9"),
+        "{waited:#?}"
+    );
+    assert!(nats.record("web").await.is_some());
+}
