@@ -319,3 +319,139 @@ async fn status_sends_the_token_and_a_controller_down_is_exit_1() {
     );
     assert!(down.stdout.is_empty(), "{down:#?}");
 }
+
+/// `rouse deploy --wait` of a new service while another one serves steady
+/// load: the new service is routed and answers, and not one request of the
+/// busy service fails while the catalog changes under the proxy and the
+/// controller; `rouse remove --wait` takes it away again, as cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_while_another_service_is_under_load_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const BUSY: &str = "busy.localhost";
+    const FRESH: &str = "fresh.localhost";
+    let cluster = Cluster::start(vec![Service::new("busy", BUSY)
+        .min_replicas(1)
+        .max_replicas(2)])
+    .await;
+    cluster
+        .wait_status("busy", "one replica ready", Duration::from_secs(60), |s| {
+            s.ready >= 1
+        })
+        .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic: Vec<_> = (0..4)
+        .map(|_| {
+            rouse_e2e::load::sequential_until(
+                cluster.proxy_addr(0),
+                BUSY,
+                "/sleep/5",
+                Arc::clone(&stop),
+            )
+        })
+        .collect();
+    cluster
+        .wait_until(
+            "the busy service serves the load",
+            Duration::from_secs(30),
+            || async {
+                cluster
+                    .proxy_metric(0, "rouse_requests_total", "busy")
+                    .await
+                    .is_some_and(|n| n >= 50.0)
+            },
+        )
+        .await;
+
+    let echo = bin("rouse-echo").display().to_string();
+    let marker = format!("{}={}", rouse_e2e::MARKER_ENV, cluster.marker);
+    let deployed = run(
+        &cluster,
+        &[
+            "deploy",
+            "fresh",
+            "--host",
+            FRESH,
+            "--min",
+            "1",
+            "--max",
+            "1",
+            "--readiness",
+            "/healthz",
+            "--env",
+            &marker,
+            "--wait",
+            "--timeout",
+            "90s",
+            "--command",
+            &echo,
+            "--port",
+            "{port}",
+        ],
+    )
+    .await;
+    assert_eq!(deployed.code, 0, "{deployed:#?}");
+    assert!(
+        deployed
+            .stdout
+            .starts_with("service fresh created (revision "),
+        "{deployed:#?}"
+    );
+    assert!(
+        deployed.stderr.contains("fresh: 1/1 ready"),
+        "{deployed:#?}"
+    );
+
+    let answer = cluster
+        .poll_until(
+            "the proxy routes the new service",
+            Duration::from_secs(30),
+            || async {
+                let resp = cluster.try_get_via(0, FRESH, "/").await.ok()?;
+                (resp.status == 200).then_some(resp)
+            },
+        )
+        .await;
+    assert!(answer.text().starts_with("handled by"), "{answer}");
+    let routes = run(&cluster, &["routes"]).await;
+    assert_eq!(routes.code, 0, "{routes:#?}");
+    assert_eq!(
+        row(&routes.stdout, BUSY),
+        [BUSY, "/", "busy", "file"],
+        "{routes:#?}"
+    );
+    assert_eq!(
+        row(&routes.stdout, FRESH),
+        [FRESH, "/", "fresh", "api"],
+        "{routes:#?}"
+    );
+
+    let removed = run(&cluster, &["remove", "fresh", "--wait", "--timeout", "90s"]).await;
+    assert_eq!(removed.code, 0, "{removed:#?}");
+    assert!(removed.stderr.contains("fresh: gone"), "{removed:#?}");
+    cluster
+        .wait_until(
+            "the proxy no longer routes the removed service",
+            Duration::from_secs(30),
+            || async {
+                cluster
+                    .try_get_via(0, FRESH, "/")
+                    .await
+                    .is_ok_and(|r| r.status == 404)
+            },
+        )
+        .await;
+
+    stop.store(true, Ordering::SeqCst);
+    let (mut failures, mut sent) = (Vec::new(), 0);
+    for task in traffic {
+        let (failed, count) = task.await.expect("traffic task");
+        failures.extend(failed);
+        sent += count;
+    }
+    cluster
+        .expect_no_failed_traffic("while a service was deployed and removed", (failures, sent))
+        .await;
+}
