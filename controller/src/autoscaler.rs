@@ -97,12 +97,15 @@ pub enum Reason {
     Memory,
     /// The queue's backlog above its target.
     Queue,
+    /// Fixed by an operator (`rouse scale --pin`).
+    Pinned,
 }
 
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Wake => "wake",
+            Reason::Pinned => "pinned",
             Reason::Load => "load",
             Reason::Panic => "panic",
             Reason::Stable => "stable",

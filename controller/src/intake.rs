@@ -5,7 +5,7 @@
 //! this controller does not run is counted in `rouse_bus_rejected_total` and
 //! dropped; it never stops the loop.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,7 +27,11 @@ pub struct Inbox {
     /// Bumped after every delivered message, for any number of watchers
     /// (the KEDA activity streams) besides the reconcile loop.
     changes: watch::Sender<u64>,
+    /// `NOT_PINNED`, or the pinned replica count.
+    pin: AtomicU64,
 }
+
+const NOT_PINNED: u64 = u64::MAX;
 
 impl Inbox {
     pub fn new(report_interval: Duration) -> Self {
@@ -35,7 +39,23 @@ impl Inbox {
             observations: Mutex::new(Observations::new(report_interval)),
             wakeup: Arc::new(Notify::new()),
             changes: watch::Sender::new(0),
+            pin: AtomicU64::new(NOT_PINNED),
         }
+    }
+
+    /// The replica count an operator pinned (`rouse scale --pin`), if any.
+    pub fn pin(&self) -> Option<u32> {
+        match self.pin.load(Ordering::Relaxed) {
+            NOT_PINNED => None,
+            n => u32::try_from(n).ok(),
+        }
+    }
+
+    /// Pins (or with `None` unpins) the service and wakes its loop.
+    pub fn set_pin(&self, pin: Option<u32>) {
+        self.pin
+            .store(pin.map_or(NOT_PINNED, u64::from), Ordering::Relaxed);
+        self.wakeup.notify_one();
     }
 
     pub fn observations(&self) -> MutexGuard<'_, Observations> {
@@ -55,7 +75,8 @@ impl Inbox {
     }
 }
 
-pub type Inboxes = HashMap<String, Arc<Inbox>>;
+/// Every service's inbox, by name; services come and go with the catalog.
+pub type Inboxes = dashmap::DashMap<String, Arc<Inbox>>;
 
 /// Subscribes and dispatches until both subscriptions end.
 pub async fn run(
@@ -151,7 +172,7 @@ where
     let inbox = inboxes
         .get(decoded.service())
         .ok_or_else(|| Rejected::UnknownService(decoded.service().to_string()))?;
-    deliver(inbox, decoded);
+    deliver(&inbox, decoded);
     inbox.delivered();
     Ok(())
 }

@@ -126,7 +126,7 @@ impl Scaler {
         let targets = services
             .iter()
             .filter_map(|service| {
-                let inbox = Arc::clone(inboxes.get(&service.name)?);
+                let inbox = inboxes.get(&service.name).map(|r| Arc::clone(r.value()))?;
                 let target = Target {
                     inbox,
                     target_concurrency: service.scaling.target_concurrency,

@@ -10,6 +10,8 @@
 //! 4. [`status`] and [`metrics`] record the outcome, served by [`admin`];
 //! 5. [`keda`] answers KEDA's external scaler API from the same observations.
 //!
+//! [`fleet`] keeps one loop per service in force (the config file, the
+//! catalog bucket, SIGHUP) and seeds the catalog with the file's services.
 //! [`run`] assembles them into the running controller; with
 //! `controller.leader_election`, only the controller that holds the
 //! [`leader`] lease runs the loops.
@@ -20,6 +22,7 @@
 mod admin;
 pub mod autoscaler;
 mod backend;
+mod fleet;
 pub mod import;
 mod intake;
 mod keda;

@@ -1,8 +1,8 @@
-//! Assembles a running controller: one backend and one reconcile loop per
-//! service, the NATS intake, the admin server, and the SIGTERM sequence
+//! Assembles a running controller: the fleet (one backend and one reconcile
+//! loop per service in force: file, catalog, SIGHUP), the catalog's seed,
+//! the NATS intake, the admin server, and the SIGTERM sequence
 //! (stop loops → stop or keep replicas per `controller.on_shutdown` → exit).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,20 +12,23 @@ use rouse_nats::config::{Backend as BackendSpec, LeaderElection, LeaseKind};
 use rouse_nats::subjects::LEASES_BUCKET;
 use rouse_nats::{bus, process, Config, Subjects};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use dashmap::DashMap;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminState};
 use crate::backend::{
     Backend, Cluster, DockerBackend, Engine, KubernetesBackend, Pool, PooledBackend, ProcessBackend,
 };
-use crate::intake::{self, Inbox};
+use crate::fleet::{self, Command, Fleet, FleetSink};
+use crate::intake::{self, Inbox, Inboxes};
 use crate::keda;
 use crate::leader::kube::KubeLease;
 use crate::leader::nats::NatsLease;
 use crate::leader::{Elector, LeaseStore};
 use crate::meter::{BacklogSource, JetStreamBacklog};
 use crate::metrics::ControllerMetrics;
-use crate::reconcile::{NatsPublisher, Publisher, ServiceLoop, Wiring};
+use crate::reconcile::{NatsPublisher, Publisher, Wiring};
 use crate::status::StatusBoard;
 
 /// How long stopping replicas may take on SIGTERM before the process exits anyway.
@@ -37,17 +40,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let status = Arc::new(StatusBoard::new());
     let subjects = Subjects::new(config.nats.prefix.clone());
 
-    let inboxes: HashMap<String, Arc<Inbox>> = config
-        .services
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                Arc::new(Inbox::new(config.proxy.report_interval)),
-            )
-        })
-        .collect();
-    let inboxes = Arc::new(inboxes);
+    // The file's services have inboxes before the first report can come;
+    // the fleet adds and removes the rest.
+    let inboxes: Arc<Inboxes> = Arc::new(
+        config
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    Arc::new(Inbox::new(config.proxy.report_interval)),
+                )
+            })
+            .collect(),
+    );
 
     let admin_listener = TcpListener::bind(config.controller.admin_listen)
         .await
@@ -140,38 +146,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     // Built only once leading: a standby must not adopt (or clean up) what
-    // the leader runs.
-    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
-    for service in &config.services {
-        let changed = Arc::clone(&inboxes[&service.name]);
-        backends.push(
-            build_backend(service, &config, &mut platforms, changed)
-                .await
-                .with_context(|| format!("service {}", service.name))?,
-        );
-    }
-
+    // the leader runs, nor seed the catalog.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let publisher: Arc<dyn Publisher> =
         Arc::new(NatsPublisher::new(bus.client.clone(), subjects.clone()));
-    let mut loops = Vec::new();
-    for (service, backend) in config.services.iter().zip(backends) {
-        let inbox = Arc::clone(&inboxes[&service.name]);
-        let wiring = Wiring {
-            publisher: Arc::clone(&publisher),
-            prober: Arc::new(service.readiness.probe()),
-            status: Arc::clone(&status),
-            metrics: Arc::clone(&metrics),
-            tick: config.controller.tick,
-            shutdown: shutdown_rx.clone(),
-            on_shutdown: config.controller.on_shutdown,
-            backlog: service.scaling.queue().map(|(stream, consumer, _)| {
-                Arc::new(JetStreamBacklog::new(js.clone(), stream, consumer))
-                    as Arc<dyn BacklogSource>
-            }),
-        };
-        let service_loop = ServiceLoop::new(service.clone(), backend, inbox, wiring);
-        loops.push(tokio::spawn(service_loop.run()));
+    let pins = Arc::new(DashMap::new());
+    let builder = LoopBuilder {
+        config: config.clone(),
+        platforms,
+        publisher,
+        status: Arc::clone(&status),
+        metrics: Arc::clone(&metrics),
+        shutdown: shutdown_rx,
+        js: js.clone(),
+    };
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let fleet = Fleet::new(&config, Arc::clone(&inboxes), Arc::clone(&pins), Box::new(builder));
+    let fleet = tokio::spawn(fleet.run(command_rx));
+    tokio::spawn(fleet::follow_pins(bus.clone(), pins, Arc::clone(&inboxes)));
+    let (file_tx, file_rx) = watch::channel(config.services.clone());
+    tokio::spawn(fleet::seed_forever(
+        bus.clone(),
+        file_rx,
+        format!("rouse-controller {}", config.controller.id),
+    ));
+    tokio::spawn(rouse_nats::catalog::follow(
+        bus.clone(),
+        Arc::new(FleetSink(commands.clone())) as Arc<dyn rouse_nats::catalog::Sink>,
+    ));
+    if let Some(path) = config.file.clone() {
+        tokio::spawn(reload_on_hangup(path, commands.clone(), file_tx));
     }
 
     let mut election = election;
@@ -189,10 +193,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(policy = ?config.controller.on_shutdown, "shutting down");
     let _ = shutdown_tx.send(true);
-    if tokio::time::timeout(SHUTDOWN_LIMIT, futures::future::join_all(loops))
-        .await
-        .is_err()
-    {
+    // The fleet ends once its commands do, after every loop has stopped.
+    drop(commands);
+    if tokio::time::timeout(SHUTDOWN_LIMIT, fleet).await.is_err() {
         tracing::warn!("replicas did not stop in time; exiting anyway");
     }
     if let (Some(stop_leading), Some(election)) = (stop_leading, election) {
@@ -209,12 +212,77 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reloads the file's services on every SIGHUP: into the fleet, and into
+/// the catalog's seed. A file that does not load changes nothing.
+async fn reload_on_hangup(
+    path: std::path::PathBuf,
+    commands: mpsc::UnboundedSender<Command>,
+    seed: watch::Sender<Vec<rouse_nats::config::ServiceConfig>>,
+) {
+    let mut hangups = std::pin::pin!(process::hangups());
+    while hangups.next().await.is_some() {
+        match Config::load(&path) {
+            Ok(config) => {
+                tracing::info!(file = %path.display(), services = config.services.len(), "config file services reloaded (other settings need a restart)");
+                let _ = seed.send(config.services.clone());
+                let _ = commands.send(Command::File(config.services));
+            }
+            Err(err) => {
+                for line in err.to_string().lines() {
+                    tracing::error!(problem = %line, "config reload refused; keeping the services in force");
+                }
+            }
+        }
+    }
+}
+
+/// What the fleet needs to start a loop: the controller's clients and
+/// everything the loops share.
+struct LoopBuilder {
+    config: Config,
+    platforms: Platforms,
+    publisher: Arc<dyn Publisher>,
+    status: Arc<StatusBoard>,
+    metrics: Arc<ControllerMetrics>,
+    shutdown: watch::Receiver<bool>,
+    js: jetstream::Context,
+}
+
+#[async_trait::async_trait]
+impl fleet::Builder for LoopBuilder {
+    async fn backend(
+        &mut self,
+        spec: &rouse_nats::config::ServiceConfig,
+        inbox: &Arc<Inbox>,
+    ) -> anyhow::Result<Arc<dyn Backend>> {
+        build_backend(spec, &self.config, &mut self.platforms, Arc::clone(inbox))
+            .await
+            .with_context(|| format!("service {}", spec.name))
+    }
+
+    fn wiring(&self, spec: &rouse_nats::config::ServiceConfig) -> Wiring {
+        Wiring {
+            publisher: Arc::clone(&self.publisher),
+            prober: Arc::new(spec.readiness.probe()),
+            status: Arc::clone(&self.status),
+            metrics: Arc::clone(&self.metrics),
+            tick: self.config.controller.tick,
+            shutdown: self.shutdown.clone(),
+            on_shutdown: self.config.controller.on_shutdown,
+            backlog: spec.scaling.queue().map(|(stream, consumer, _)| {
+                Arc::new(JetStreamBacklog::new(self.js.clone(), stream, consumer))
+                    as Arc<dyn BacklogSource>
+            }),
+        }
+    }
+}
+
 /// Keeps the report subscriptions alive: a controller without them would
 /// scale blind.
 async fn intake_forever(
     client: async_nats::Client,
     subjects: Subjects,
-    inboxes: Arc<HashMap<String, Arc<Inbox>>>,
+    inboxes: Arc<Inboxes>,
     metrics: Arc<ControllerMetrics>,
 ) {
     let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();

@@ -81,6 +81,9 @@ pub struct ServiceStatus {
     /// Proxies whose reports are live.
     pub proxies: usize,
     pub last_scale: Option<ScaleEvent>,
+    /// The replica count fixed by `rouse scale --pin`, while pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<u32>,
     /// The latest backend error, cleared when a replica next becomes ready.
     pub last_error: Option<String>,
     /// The pools in priority order; left out for a service without them.

@@ -19,9 +19,14 @@
 //! service, whatever defines the service.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+
+use crate::bus::Bus;
 
 use crate::config::{route_conflict, ServiceConfig};
 use crate::messages::VERSION;
@@ -236,6 +241,111 @@ pub fn merge(file: &[ServiceConfig], entries: &BTreeMap<String, Entry>) -> Merge
         ));
     }
     merged
+}
+
+/// What follows the bucket: told of a whole fresh read, then of each change.
+pub trait Sink: Send + Sync {
+    /// Every entry, read afresh (at start and after every reconnect).
+    fn replace(&self, entries: BTreeMap<String, Entry>);
+    /// One key changed; `None`: it was deleted.
+    fn change(&self, key: &str, entry: Option<Entry>);
+    /// An entry that does not decode: count it; it is dropped.
+    fn malformed(&self, key: &str, error: &CatalogError);
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    #[error("reading the services bucket: {0}")]
+    Read(#[from] kv::EntryError),
+    #[error("watching or listing the services bucket: {0}")]
+    Watch(#[from] kv::WatchError),
+    #[error("watch stream: {0}")]
+    Stream(#[from] kv::WatcherError),
+}
+
+/// Follows the services bucket for as long as the process lives: a fresh
+/// read on every (re)connect, then its watch.
+pub async fn follow(bus: Bus, sink: Arc<dyn Sink>) {
+    let mut connects = bus.connects.clone();
+    let mut delays = crate::backoff::RESUBSCRIBE.delays();
+    loop {
+        if *connects.borrow_and_update() == 0 && connects.changed().await.is_err() {
+            return;
+        }
+        match session(&bus, &*sink, &mut connects).await {
+            Ok(()) => delays.reset(),
+            Err(err) => {
+                let delay = delays.next().unwrap_or_default();
+                tracing::warn!(error = %err, ?delay, "services watch failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn session(
+    bus: &Bus,
+    sink: &dyn Sink,
+    connects: &mut tokio::sync::watch::Receiver<u64>,
+) -> Result<(), SessionError> {
+    connects.borrow_and_update();
+    let js = jetstream::new(bus.client.clone());
+    let store = crate::bus::services_bucket(&js).await?;
+    // The watch starts first, so nothing written during the read is missed;
+    // what both deliver is applied once (the sink compares revisions).
+    let mut watch = store.watch(">").await?;
+    let mut entries = BTreeMap::new();
+    let mut keys = store.keys().await?;
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        if let Some(entry) = store.entry(key.as_str()).await? {
+            if let Some(decoded) = decode_entry(sink, &entry) {
+                entries.insert(key, decoded);
+            }
+        }
+    }
+    sink.replace(entries);
+    loop {
+        tokio::select! {
+            entry = watch.next() => match entry {
+                Some(entry) => {
+                    let entry = entry?;
+                    let change = match entry.operation {
+                        kv::Operation::Put => match decode_entry(sink, &entry) {
+                            Some(decoded) => Some(decoded),
+                            None => continue,
+                        },
+                        kv::Operation::Delete | kv::Operation::Purge => None,
+                    };
+                    sink.change(&entry.key, change);
+                }
+                None => return Ok(()),
+            },
+            _ = connects.changed() => return Ok(()),
+        }
+    }
+}
+
+/// A bucket entry as a catalog entry; garbage goes to the sink's count.
+fn decode_entry(sink: &dyn Sink, entry: &kv::Entry) -> Option<Entry> {
+    match decode(&entry.key, &entry.value) {
+        Ok(record) => Some(Entry {
+            revision: entry.revision,
+            record,
+        }),
+        Err(err) => {
+            tracing::warn!(key = %entry.key, error = %err, "dropped a malformed service definition");
+            sink.malformed(&entry.key, &err);
+            None
+        }
+    }
+}
+
+/// Whether `entry` should replace what `known` holds for its key.
+pub fn is_newer(known: Option<&Entry>, entry: &Entry) -> bool {
+    known.is_none_or(|known| known.revision < entry.revision)
 }
 
 fn now_ms() -> u64 {

@@ -45,3 +45,16 @@ pub async fn terminated() {
         _ = int.recv() => {}
     }
 }
+
+/// Every SIGHUP, as a stream of `()`: both binaries reload their services
+/// on it. Without a handler (it cannot be installed) nothing ever arrives.
+pub fn hangups() -> impl futures::Stream<Item = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let hangup = signal(SignalKind::hangup()).ok();
+    futures::stream::unfold(hangup, |hangup| async move {
+        match hangup {
+            Some(mut signal) => signal.recv().await.map(|()| ((), Some(signal))),
+            None => std::future::pending().await,
+        }
+    })
+}

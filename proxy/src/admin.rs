@@ -14,12 +14,12 @@ use rouse_nats::admin;
 use tokio::net::TcpListener;
 
 use crate::metrics::ProxyMetrics;
-use crate::service::Service;
+use crate::catalog::Registry;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
     pub metrics: Arc<ProxyMetrics>,
-    pub services: Vec<Arc<Service>>,
+    pub registry: Arc<Registry>,
     /// Endpoint sets read at least once.
     pub synced: Arc<AtomicBool>,
     /// Cleared on SIGTERM so load balancers stop sending traffic.
@@ -39,7 +39,7 @@ pub async fn serve(listener: TcpListener, token: admin::ApiToken, state: Arc<Adm
 fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/metrics" => {
-            for service in &state.services {
+            for service in state.registry.services().iter() {
                 let m = &service.metrics;
                 m.in_flight
                     .set(service.counters.in_flight.load(Ordering::Relaxed) as i64);

@@ -32,10 +32,10 @@ const MAX_ATTEMPTS: usize = 4;
 /// Leases a ready endpoint of `service`, skipping those in `tried` and, when
 /// the service has a per-replica cap, those at it.
 pub fn lease(service: &Service, tried: &[Arc<str>]) -> Option<Lease> {
-    let cap = service.container_concurrency;
+    let cap = service.container_concurrency();
     for _ in 0..MAX_ATTEMPTS {
         let snapshot = service.endpoints.load();
-        let endpoint = match (cap, service.prefer_first) {
+        let endpoint = match (cap, service.prefer_first()) {
             (0, false) => choose(&snapshot.ready, tried)?,
             (0, true) => choose_below(&snapshot.ready, tried, u64::MAX)?,
             (cap, _) => choose_below(&snapshot.ready, tried, cap)?,

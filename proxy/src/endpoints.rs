@@ -1,4 +1,5 @@
-//! Keeps every service's endpoint set in step with the KV bucket.
+//! Keeps every service's endpoint set in step with the KV bucket (through
+//! the [`Registry`], which also keeps the sets of services not defined yet).
 //!
 //! A session reads the current value of each service and then follows a
 //! watch of the whole bucket. Both paths can deliver the same revision, so
@@ -17,12 +18,12 @@ use rouse_nats::bus::{self, Bus};
 use rouse_nats::messages::{self, EndpointSet, VERSION};
 
 use crate::metrics::ProxyMetrics;
-use crate::service::Service;
+use crate::catalog::Registry;
 
 /// Follows the endpoints bucket for this proxy's services.
 pub struct EndpointWatcher {
     bus: Bus,
-    services: HashMap<String, Arc<Service>>,
+    registry: Arc<Registry>,
     metrics: Arc<ProxyMetrics>,
     /// Set once every service's current endpoint set has been read.
     pub synced: Arc<AtomicBool>,
@@ -41,13 +42,10 @@ enum SessionError {
 }
 
 impl EndpointWatcher {
-    pub fn new(bus: Bus, services: &[Arc<Service>], metrics: Arc<ProxyMetrics>) -> Self {
+    pub fn new(bus: Bus, registry: Arc<Registry>, metrics: Arc<ProxyMetrics>) -> Self {
         Self {
             bus,
-            services: services
-                .iter()
-                .map(|s| (s.name.to_string(), Arc::clone(s)))
-                .collect(),
+            registry,
             metrics,
             synced: Arc::new(AtomicBool::new(false)),
         }
@@ -84,8 +82,8 @@ impl EndpointWatcher {
         let store = bus::endpoints_bucket(&js).await?;
         let mut revisions: HashMap<String, u64> = HashMap::new();
         let mut watch = store.watch_with_history(">").await?;
-        for name in self.services.keys() {
-            if let Some(entry) = store.entry(name.as_str()).await? {
+        for service in self.registry.services().iter() {
+            if let Some(entry) = store.entry(service.name()).await? {
                 self.apply(&entry, &mut revisions);
             }
         }
@@ -102,9 +100,6 @@ impl EndpointWatcher {
     }
 
     fn apply(&self, entry: &kv::Entry, revisions: &mut HashMap<String, u64>) {
-        let Some(service) = self.services.get(&entry.key) else {
-            return;
-        };
         let last = revisions.entry(entry.key.clone()).or_insert(0);
         if entry.revision <= *last {
             return;
@@ -125,14 +120,15 @@ impl EndpointWatcher {
                 endpoints: Vec::new(),
             },
         };
-        for problem in service.apply(&set) {
+        let (generation, endpoints) = (set.generation, set.endpoints.len());
+        for problem in self.registry.apply_endpoints(&entry.key, set) {
             self.metrics.bus_rejected.inc();
             tracing::warn!(service = %entry.key, error = %problem, "skipped an unusable endpoint");
         }
         tracing::debug!(
             service = %entry.key,
-            generation = set.generation,
-            endpoints = set.endpoints.len(),
+            generation,
+            endpoints,
             "endpoint set applied"
         );
     }

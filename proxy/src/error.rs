@@ -56,7 +56,7 @@ pub enum ProxyError<'a> {
     #[error("service {} is starting and its queue is full", .service.name)]
     QueueFull { service: &'a Service },
     /// Held for `hold.timeout` without a replica turning ready.
-    #[error("service {} did not become ready within {:?}", .service.name, .service.hold_timeout)]
+    #[error("service {} did not become ready within {:?}", .service.name, .service.hold_timeout())]
     HoldTimeout { service: &'a Service },
     /// Replicas were listed ready for all of `hold.timeout`, yet none could
     /// be leased; to the client the same as a hold timeout.

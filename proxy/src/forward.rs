@@ -77,7 +77,7 @@ impl Forwarder {
             .client_body(service, &parts, body)
             .await
             .map_err(|err| ProxyError::of_body(service, &err))?;
-        let version = outbound_version(service.protocol, parts.version, client_upgrade.is_some());
+        let version = outbound_version(service.protocol(), parts.version, client_upgrade.is_some());
         let te_trailers = headers::accepts_trailers(&parts.headers);
         // Only keep what a retry needs when another replica could take it.
         let retry_possible = client_upgrade.is_none() && service.endpoints.load().ready.len() > 1;
@@ -104,7 +104,7 @@ impl Forwarder {
             }
             let outbound = Request::from_parts(parts, body);
             let sent = self
-                .send(outbound, &endpoint.authority, service.response_timeout)
+                .send(outbound, &endpoint.authority, service.response_timeout())
                 .await;
             let error = match sent {
                 Ok((response, conn)) => {
@@ -165,7 +165,7 @@ impl Forwarder {
         body: Incoming,
     ) -> Result<ClientBody, BodyError> {
         let read_ahead = request_body::wants_read_ahead(&body, parts.version, self.body_buffer);
-        let body = ClientBody::new(body, service.max_body);
+        let body = ClientBody::new(body, service.max_body());
         if !read_ahead {
             return Ok(body);
         }

@@ -79,8 +79,8 @@ impl Proxy {
             Err(error) => return Ok(error.respond(&self.metrics)),
         };
         // A declared length over the limit is refused before it is held.
-        if request.body().size_hint().lower() > service.max_body {
-            let limit = service.max_body;
+        if request.body().size_hint().lower() > service.max_body() {
+            let limit = service.max_body();
             let error = ProxyError::BodyTooLarge {
                 service: &service,
                 limit,

@@ -34,7 +34,7 @@ pub async fn wait_for_endpoint<'a>(
     if let Some(lease) = balance::lease(service, &[]) {
         return Ok((lease, false));
     }
-    let deadline = started + service.hold_timeout;
+    let deadline = started + service.hold_timeout();
     let mut held = false;
     loop {
         let admission = if held {

@@ -27,6 +27,8 @@
 //! - `service`: per-service state (endpoint set, counters, queue).
 //! - `completion`: counts a forwarded request out at its last byte.
 //! - `metrics`, `admin`: Prometheus metrics and the admin server.
+//! - `catalog`: the services in force (file, catalog bucket, SIGHUP) and
+//!   the route table swapped whole on every change.
 //! - `endpoints`: keeps endpoint sets current from NATS KV.
 //! - `limits`: raises the file-descriptor limit at start-up.
 //! - `report`: tells the controller about load (`wake`, `load`).
@@ -36,6 +38,7 @@
 
 mod admin;
 mod balance;
+mod catalog;
 mod completion;
 mod endpoints;
 mod error;
@@ -59,6 +62,7 @@ mod strict;
 pub mod tls;
 mod upgrade;
 
+pub use catalog::Registry;
 pub use forward::Forwarder;
 pub use h2pool::H2Pool;
 pub use handler::Proxy;
@@ -69,7 +73,7 @@ pub use request_body::OutBody;
 pub use route::Routes;
 pub use run::run;
 pub use server::{serve, serve_with, Handshake, Plain};
-pub use service::Service;
+pub use service::{Defaults, Service};
 pub use strict::RequestLimits;
 
 /// The private stages that the fuzz targets in `fuzz/` exercise: that crate

@@ -27,11 +27,12 @@ use tokio::sync::oneshot;
 pub struct HoldQueue {
     waiters: Mutex<VecDeque<oneshot::Sender<()>>>,
     held: AtomicUsize,
-    max: usize,
+    /// `hold.max_requests`; changes with the service's definition.
+    max: AtomicUsize,
     /// Places taken per client address; an address leaves the map with its
     /// last place.
     per_client: DashMap<IpAddr, usize>,
-    max_per_client: usize,
+    max_per_client: AtomicUsize,
 }
 
 /// The outcome of asking to be held.
@@ -68,15 +69,22 @@ impl HoldQueue {
         Self {
             waiters: Mutex::new(VecDeque::new()),
             held: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
             per_client: DashMap::new(),
-            max_per_client,
+            max_per_client: AtomicUsize::new(max_per_client),
         }
     }
 
     /// The most places one client may hold.
     pub fn max_per_client(&self) -> usize {
-        self.max_per_client
+        self.max_per_client.load(Ordering::Relaxed)
+    }
+
+    /// New limits from a changed definition; requests already held keep
+    /// their places.
+    pub(crate) fn set_limits(&self, max: usize, max_per_client: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.max_per_client.store(max_per_client, Ordering::Relaxed);
     }
 
     /// Requests waiting now.
@@ -101,7 +109,7 @@ impl HoldQueue {
 
     fn join(&self, client: IpAddr, is_ready: impl Fn() -> bool, front: bool) -> Admission<'_> {
         let before = self.held.fetch_add(1, Ordering::SeqCst);
-        if before >= self.max {
+        if before >= self.max.load(Ordering::Relaxed) {
             self.held.fetch_sub(1, Ordering::SeqCst);
             return Admission::Full;
         }
@@ -151,7 +159,7 @@ impl HoldQueue {
     /// Counts a place for `client`, unless `enforce` and it has its share.
     fn take_client_place(&self, client: IpAddr, enforce: bool) -> bool {
         let mut places = self.per_client.entry(client).or_insert(0);
-        if enforce && *places >= self.max_per_client {
+        if enforce && *places >= self.max_per_client() {
             return false;
         }
         *places += 1;

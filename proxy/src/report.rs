@@ -19,6 +19,7 @@ use rouse_nats::Subjects;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
+use crate::catalog::Registry;
 use crate::service::Service;
 
 /// An edge the data path saw.
@@ -73,6 +74,9 @@ pub struct Reporter {
     services: Vec<Arc<Service>>,
     previous: Vec<Previous>,
     seq: u64,
+    /// Where the services come from when they can change (the catalog);
+    /// without it, the list given to `new` is the list for good.
+    registry: Option<Arc<Registry>>,
 }
 
 impl Reporter {
@@ -100,6 +104,52 @@ impl Reporter {
             services,
             previous,
             seq: 0,
+            registry: None,
+        }
+    }
+
+    /// Follows `registry`'s services: new ones are reported from their first
+    /// interval, removed ones until nothing of theirs is in flight or held.
+    pub fn following(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self.sync();
+        self
+    }
+
+    fn sync(&mut self) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let current = registry.services();
+        let old_services = std::mem::take(&mut self.services);
+        let old_previous = std::mem::take(&mut self.previous);
+        let mut carried: Vec<(Arc<Service>, Option<Previous>)> = old_services
+            .into_iter()
+            .zip(old_previous)
+            .map(|(service, previous)| (service, Some(previous)))
+            .collect();
+        let now = Instant::now();
+        for service in current.iter() {
+            let previous = carried
+                .iter_mut()
+                .find(|(known, _)| Arc::ptr_eq(known, service))
+                .and_then(|(_, previous)| previous.take())
+                .unwrap_or(Previous {
+                    arrivals: 0,
+                    completed: 0,
+                    at: now,
+                });
+            self.services.push(Arc::clone(service));
+            self.previous.push(previous);
+        }
+        for (service, previous) in carried {
+            let Some(previous) = previous else { continue };
+            let busy = service.counters.in_flight.load(Ordering::Relaxed) > 0
+                || service.hold.held() > 0;
+            if busy {
+                self.services.push(service);
+                self.previous.push(previous);
+            }
         }
     }
 
@@ -112,6 +162,7 @@ impl Reporter {
         loop {
             tokio::select! {
                 _ = report_tick.tick() => {
+                    self.sync();
                     for index in 0..self.services.len() {
                         self.report(index).await;
                     }
@@ -125,12 +176,18 @@ impl Reporter {
                 }
                 signal = signals.recv() => match signal {
                     Some(Signal::Wake(service)) => {
+                        if self.index_of(&service).is_none() {
+                            self.sync();
+                        }
                         if let Some(index) = self.index_of(&service) {
                             self.wake(index).await;
                             self.report(index).await;
                         }
                     }
                     Some(Signal::Busy(service)) => {
+                        if self.index_of(&service).is_none() {
+                            self.sync();
+                        }
                         if let Some(index) = self.index_of(&service) {
                             self.report(index).await;
                         }

@@ -1,26 +1,26 @@
-//! Assembles a running proxy from a config: services, routes, the NATS side
-//! (endpoint watch, reports), the admin server and the data path, and the
+//! Assembles a running proxy from a config: services and routes (the
+//! registry: file, catalog, SIGHUP), the NATS side (catalog and endpoint
+//! watches, reports), the admin server and the data path, and the
 //! SIGTERM sequence (not ready → stop accepting → finish in flight → exit).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use rouse_nats::config::ProxyConfig;
 use rouse_nats::{bus, process, Config, Subjects};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admin::{self, AdminState};
+use crate::catalog::{self, Registry};
 use crate::endpoints::EndpointWatcher;
 use crate::forward::Forwarder;
 use crate::handler::Proxy;
 use crate::metrics::ProxyMetrics;
 use crate::report::Reporter;
-use crate::route::Routes;
 use crate::server;
-use crate::service::Service;
+use crate::service::Defaults;
 use crate::strict::RequestLimits;
 use crate::tls::{self, TlsHandshake};
 
@@ -32,28 +32,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::limits::raise_nofile();
     let proxy_config = &config.proxy;
     let metrics = Arc::new(ProxyMetrics::new());
-    let services: Vec<Arc<Service>> = config
-        .services
-        .iter()
-        .map(|s| {
-            Arc::new(
-                Service::new(
-                    s,
-                    proxy_config.response_timeout,
-                    metrics.for_service(&s.name),
-                )
-                .with_default_max_body(proxy_config.limits.max_body.map(|b| b.as_u64())),
-            )
-        })
-        .collect();
-    let mut routes = Routes::default();
-    for (service, spec) in services.iter().zip(&config.services) {
-        for host in &spec.hosts {
-            for path in &spec.paths {
-                routes.insert(host, path, Arc::clone(service));
-            }
-        }
-    }
+    let registry = Arc::new(Registry::new(
+        &config.services,
+        Defaults {
+            response_timeout: proxy_config.response_timeout,
+            max_body: proxy_config.limits.max_body.map(|b| b.as_u64()),
+        },
+        Arc::clone(&metrics),
+    ));
 
     let threads = proxy_config
         .worker_threads
@@ -83,7 +69,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let proxy_id = proxy_config.id.clone().unwrap_or_else(default_proxy_id);
     let bus = bus::connect(&config.nats, &format!("rouse-proxy {proxy_id}")).await?;
 
-    let watcher = EndpointWatcher::new(bus.clone(), &services, Arc::clone(&metrics));
+    tokio::spawn(rouse_nats::catalog::follow(
+        bus.clone(),
+        Arc::clone(&registry) as Arc<dyn rouse_nats::catalog::Sink>,
+    ));
+    if let Some(file) = config.file.clone() {
+        tokio::spawn(catalog::reload_on_hangup(Arc::clone(&registry), file));
+    }
+    let watcher = EndpointWatcher::new(bus.clone(), Arc::clone(&registry), Arc::clone(&metrics));
     let synced = Arc::clone(&watcher.synced);
     tokio::spawn(watcher.run());
 
@@ -93,13 +86,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Subjects::new(config.nats.prefix.clone()),
         proxy_id.clone(),
         proxy_config.report_interval,
-        services.clone(),
-    );
+        Vec::new(),
+    )
+    .following(Arc::clone(&registry));
     tokio::spawn(reporter.run(signal_rx));
 
     let admin_state = Arc::new(AdminState {
         metrics: Arc::clone(&metrics),
-        services: services.clone(),
+        registry: Arc::clone(&registry),
         synced,
         accepting: AtomicBool::new(true),
     });
@@ -111,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&admin_state),
     ));
 
-    let routes = Arc::new(ArcSwap::from_pointee(routes));
+    let routes = registry.routes();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut finished = Vec::with_capacity(threads);
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -137,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls_listen = ?proxy_config.tls.as_ref().map(|tls| tls.listen),
         admin = %proxy_config.admin_listen,
         id = %proxy_id,
-        services = services.len(),
+        services = registry.services().len(),
         threads,
         "rouse-proxy started"
     );

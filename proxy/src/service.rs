@@ -7,7 +7,7 @@
 //! counts survive an update of the set.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,20 +53,25 @@ pub struct Counters {
 }
 
 /// Everything the data path knows about one service.
+///
+/// One object per service name for the life of the process: a changed
+/// definition (catalog, SIGHUP) updates its settings in place, so held
+/// requests, in-flight counts and endpoints carry over. The settings are
+/// atomics, read without a lock on every request.
 pub struct Service {
     pub(crate) name: Arc<str>,
-    pub(crate) response_timeout: Duration,
-    pub(crate) hold_timeout: Duration,
+    response_timeout_ns: AtomicU64,
+    hold_timeout_ns: AtomicU64,
     pub(crate) endpoints: ArcSwap<EndpointSnapshot>,
     pub(crate) counters: Counters,
     pub hold: HoldQueue,
     /// Most requests one replica gets at once from this proxy; 0 = no limit.
-    pub(crate) container_concurrency: u64,
+    container_concurrency: AtomicU64,
     /// `backend.prefer: first`: the least busy replica, ties going to the
     /// earlier pool (see `balance`).
-    pub(crate) prefer_first: bool,
+    prefer_first: AtomicBool,
     /// `backend.protocol`: the HTTP version requests go out in (`forward`).
-    pub(crate) protocol: BackendProtocol,
+    protocol: AtomicU8,
     /// False once a report found the service idle; the next arrival flips it
     /// and asks the reporter for an immediate report.
     pub(crate) busy: AtomicBool,
@@ -76,7 +81,27 @@ pub struct Service {
     pub(crate) surge_signalled: AtomicBool,
     pub(crate) metrics: ServiceMetrics,
     /// Largest request body accepted (`max_body`); `u64::MAX`: any.
-    pub(crate) max_body: u64,
+    max_body: AtomicU64,
+}
+
+/// What a service's settings fall back to: the proxy's own.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub response_timeout: Duration,
+    /// `proxy.limits.max_body`.
+    pub max_body: Option<u64>,
+}
+
+fn protocol_code(protocol: BackendProtocol) -> u8 {
+    match protocol {
+        BackendProtocol::Http1 => 0,
+        BackendProtocol::H2c => 1,
+        BackendProtocol::Auto => 2,
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl std::fmt::Debug for Service {
@@ -100,31 +125,101 @@ impl Service {
         response_timeout: Duration,
         metrics: ServiceMetrics,
     ) -> Self {
-        Self {
+        let service = Self {
             name: config.name.as_str().into(),
-            response_timeout: config.response_timeout.unwrap_or(response_timeout),
-            hold_timeout: config.hold.timeout,
+            response_timeout_ns: AtomicU64::new(0),
+            hold_timeout_ns: AtomicU64::new(0),
             endpoints: ArcSwap::from_pointee(EndpointSnapshot::default()),
             counters: Counters::default(),
             hold: HoldQueue::new(config.hold.max_requests, config.hold.per_client_limit()),
-            container_concurrency: u64::from(config.scaling.container_concurrency),
-            prefer_first: config.backend.prefer == PoolPreference::First,
-            protocol: config.backend.protocol,
+            container_concurrency: AtomicU64::new(0),
+            prefer_first: AtomicBool::new(false),
+            protocol: AtomicU8::new(0),
             busy: AtomicBool::new(false),
             reported_in_flight: AtomicU64::new(0),
             surge_signalled: AtomicBool::new(false),
             metrics,
-            max_body: config.max_body.map_or(u64::MAX, |b| b.as_u64()),
-        }
+            max_body: AtomicU64::new(u64::MAX),
+        };
+        service.update(
+            config,
+            Defaults {
+                response_timeout,
+                max_body: None,
+            },
+        );
+        service
     }
 
     /// With `limit` as the body limit when the service sets none
     /// (`proxy.limits.max_body`).
-    pub fn with_default_max_body(mut self, limit: Option<u64>) -> Self {
-        if self.max_body == u64::MAX {
-            self.max_body = limit.unwrap_or(u64::MAX);
+    pub fn with_default_max_body(self, limit: Option<u64>) -> Self {
+        if self.max_body() == u64::MAX {
+            self.max_body
+                .store(limit.unwrap_or(u64::MAX), Ordering::Relaxed);
         }
         self
+    }
+
+    /// Takes the settings of a changed definition (same name). Requests in
+    /// flight keep what they started with; the next ones see the new values.
+    pub fn update(&self, config: &ServiceConfig, defaults: Defaults) {
+        let response_timeout = config.response_timeout.unwrap_or(defaults.response_timeout);
+        self.response_timeout_ns
+            .store(nanos(response_timeout), Ordering::Relaxed);
+        self.hold_timeout_ns
+            .store(nanos(config.hold.timeout), Ordering::Relaxed);
+        self.hold
+            .set_limits(config.hold.max_requests, config.hold.per_client_limit());
+        self.container_concurrency.store(
+            u64::from(config.scaling.container_concurrency),
+            Ordering::Relaxed,
+        );
+        self.prefer_first.store(
+            config.backend.prefer == PoolPreference::First,
+            Ordering::Relaxed,
+        );
+        self.protocol
+            .store(protocol_code(config.backend.protocol), Ordering::Relaxed);
+        let max_body = config
+            .max_body
+            .map(|b| b.as_u64())
+            .or(defaults.max_body)
+            .unwrap_or(u64::MAX);
+        self.max_body.store(max_body, Ordering::Relaxed);
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn response_timeout(&self) -> Duration {
+        Duration::from_nanos(self.response_timeout_ns.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn hold_timeout(&self) -> Duration {
+        Duration::from_nanos(self.hold_timeout_ns.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn container_concurrency(&self) -> u64 {
+        self.container_concurrency.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn prefer_first(&self) -> bool {
+        self.prefer_first.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn protocol(&self) -> BackendProtocol {
+        match self.protocol.load(Ordering::Relaxed) {
+            1 => BackendProtocol::H2c,
+            2 => BackendProtocol::Auto,
+            _ => BackendProtocol::Http1,
+        }
+    }
+
+    /// Largest request body accepted; `u64::MAX`: any.
+    pub(crate) fn max_body(&self) -> u64 {
+        self.max_body.load(Ordering::Relaxed)
     }
 
     /// Replaces the endpoint set (the KV watcher orders updates by revision)
@@ -172,7 +267,7 @@ impl Service {
             }
             all.push(endpoint);
         }
-        if self.prefer_first {
+        if self.prefer_first() {
             // Stable: the controller's order within a pool.
             ready.sort_by_key(|e| e.rank);
         }
@@ -192,7 +287,7 @@ impl Service {
     /// per-replica cap when there is one).
     pub(crate) fn has_ready(&self) -> bool {
         let snapshot = self.endpoints.load();
-        match self.container_concurrency {
+        match self.container_concurrency() {
             0 => !snapshot.ready.is_empty(),
             cap => snapshot
                 .ready
@@ -203,7 +298,7 @@ impl Service {
 
     /// How many more requests the ready replicas can take now.
     pub(crate) fn free_slots(&self) -> usize {
-        match self.container_concurrency {
+        match self.container_concurrency() {
             0 => usize::MAX,
             cap => self
                 .endpoints
@@ -218,7 +313,7 @@ impl Service {
     /// A request on a capped replica finished: its slot goes to the oldest
     /// waiting request, if any.
     pub(crate) fn slot_freed(&self) {
-        if self.container_concurrency > 0 && self.hold.held() > 0 {
+        if self.container_concurrency() > 0 && self.hold.held() > 0 {
             self.hold.release(1);
         }
     }

@@ -45,6 +45,19 @@ use crate::status::{ScaleEvent, StatusBoard};
 use publish::Published;
 use replicas::{Phase, ProbeEvent, Replicas};
 
+/// Resolves with the reason once `retire` (if any) says to end.
+async fn retired(retire: &mut Option<watch::Receiver<Retire>>) -> Retire {
+    let Some(receiver) = retire else {
+        return std::future::pending().await;
+    };
+    let why = receiver.wait_for(|why| *why != Retire::No).await.map(|why| *why);
+    match why {
+        Ok(why) => why,
+        // The fleet is gone: only shutdown ends the loop now.
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// The controller's clock: tokio's, so tests can pause and advance it.
 pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -61,6 +74,19 @@ pub struct Wiring {
     pub on_shutdown: ShutdownPolicy,
     /// The queue a `queue` metric reads.
     pub backlog: Option<Arc<dyn BacklogSource>>,
+}
+
+/// Why a loop is told to end before the controller shuts down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// Keep running.
+    No,
+    /// The definition changed: end without touching the replicas, for the
+    /// next loop (with the new definition) to adopt.
+    Replace,
+    /// The service was removed: take its replicas out of the endpoint set
+    /// and stop them, whatever `controller.on_shutdown` says.
+    Remove,
 }
 
 /// The reconcile loop of one service.
@@ -93,6 +119,8 @@ pub struct ServiceLoop {
     list_retry_at: Option<Instant>,
     /// When a pass last found NATS unreachable (see `cut_off`).
     cut_off_at: Option<Instant>,
+    /// Ends the loop early (see [`Retire`]); `None`: only shutdown ends it.
+    retire: Option<watch::Receiver<Retire>>,
 }
 
 impl ServiceLoop {
@@ -127,7 +155,14 @@ impl ServiceLoop {
             list_failures: 0,
             list_retry_at: None,
             cut_off_at: None,
+            retire: None,
         }
+    }
+
+    /// Ends when `retire` says so, besides at shutdown.
+    pub fn retired_by(mut self, retire: watch::Receiver<Retire>) -> Self {
+        self.retire = Some(retire);
+        self
     }
 
     /// Runs until shutdown is signalled.
@@ -144,17 +179,29 @@ impl ServiceLoop {
         let mut tick = tokio::time::interval(self.wiring.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.wiring.shutdown.clone();
-        loop {
+        let mut retire = self.retire.take();
+        let retired = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => break Retire::No,
+                why = retired(&mut retire) => break why,
                 Some(event) = self.probe_rx.recv() => self.on_probe(event),
                 _ = self.inbox.wakeup.notified() => {}
                 _ = tick.tick() => {}
             }
             self.reconcile().await;
+        };
+        match retired {
+            Retire::No => self.stop_everything(self.wiring.on_shutdown).await,
+            Retire::Replace => {
+                tracing::info!(service = %self.name, "definition changed; handing the replicas to the next loop")
+            }
+            Retire::Remove => {
+                tracing::info!(service = %self.name, "service removed; stopping its replicas");
+                self.stop_everything(ShutdownPolicy::Stop).await;
+                self.wiring.status.remove(&self.name);
+            }
         }
-        self.stop_everything().await;
     }
 
     /// Takes over replicas a previous controller left running. Those the KV
@@ -186,6 +233,12 @@ impl ServiceLoop {
         if let Some(capacity) = self.backend.capacity() {
             // Overflow pools hold no more than their caps.
             decision.replicas = decision.replicas.min(capacity);
+        }
+        if let Some(pin) = self.inbox.pin() {
+            decision = Decision {
+                replicas: pin.min(self.spec.scaling.max_replicas),
+                reason: crate::autoscaler::Reason::Pinned,
+            };
         }
         if decision.replicas < active && cut_off {
             // Without reports, "idle" only means "cut off": keep what serves.

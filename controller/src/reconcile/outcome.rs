@@ -114,6 +114,7 @@ impl ServiceLoop {
             rps: self.inbox.observations().arrival_rate(now),
             proxies: totals.proxies,
             last_scale: self.last_scale.clone(),
+            pinned: self.inbox.pin(),
             last_error: self
                 .last_error
                 .clone()
@@ -192,8 +193,8 @@ impl ServiceLoop {
 
     /// On SIGTERM with `on_shutdown: stop`: take every replica out of the
     /// endpoint set, then stop them all (but those a cluster pool runs).
-    pub(super) async fn stop_everything(&mut self) {
-        if self.wiring.on_shutdown == ShutdownPolicy::Keep
+    pub(super) async fn stop_everything(&mut self, policy: ShutdownPolicy) {
+        if policy == ShutdownPolicy::Keep
             || self.backend.keeps_replicas_on_shutdown()
             || self.follows_keda()
         {

@@ -42,6 +42,9 @@ pub struct Config {
     pub controller: ControllerConfig,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// The file this was read from (by [`Config::load`]), for a reload.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 /// How to reach NATS.
@@ -835,7 +838,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(path, &source)
+        let mut config = Self::parse(path, &source)?;
+        config.file = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates `source`; `path` is only used in messages.

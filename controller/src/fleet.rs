@@ -1,0 +1,376 @@
+//! The controller's services while it runs: one reconcile loop per service
+//! in force, started, replaced and retired as the config file (SIGHUP) and
+//! the catalog bucket change.
+//!
+//! The services in force are the merge of the file and the bucket, by the
+//! rules every proxy applies too ([`rouse_nats::catalog::merge`]). Then:
+//! - a new service gets an inbox and a loop (its backend built now);
+//! - a changed definition ends the old loop without touching its replicas
+//!   ([`Retire::Replace`]) and starts a new one, which adopts them the way a
+//!   restarted controller does; the inbox (the proxies' reports) carries over;
+//! - a removed service's loop takes its replicas out of the endpoint set and
+//!   stops them ([`Retire::Remove`]); proxies have already dropped its routes.
+//!
+//! The fleet also seeds the bucket with the file's services (`source:
+//! file`), and removes seeded entries the file no longer has, so proxies
+//! without those services in their own file learn them. Pins (`rouse-pins`)
+//! reach each service's inbox.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use dashmap::DashMap;
+use futures::StreamExt;
+use rouse_nats::bus::{self, Bus};
+use rouse_nats::catalog::{self, CatalogError, Entry, Rejection, ServiceRecord, Source};
+use rouse_nats::config::ServiceConfig;
+use rouse_nats::Config;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::intake::{Inbox, Inboxes};
+use crate::reconcile::{Retire, ServiceLoop, Wiring};
+
+/// What changes the services in force.
+#[derive(Debug)]
+pub enum Command {
+    /// The file's services, read anew (SIGHUP).
+    File(Vec<ServiceConfig>),
+    /// Every bucket entry, read afresh.
+    Replace(BTreeMap<String, Entry>),
+    /// One bucket key changed (`None`: deleted).
+    Change(String, Option<Entry>),
+}
+
+/// Builds what a loop needs that the fleet does not own: its backend and
+/// its wiring. `run` provides it (backends need the controller's clients).
+#[async_trait::async_trait]
+pub trait Builder: Send {
+    async fn backend(
+        &mut self,
+        spec: &ServiceConfig,
+        inbox: &Arc<Inbox>,
+    ) -> anyhow::Result<Arc<dyn crate::backend::Backend>>;
+    fn wiring(&self, spec: &ServiceConfig) -> Wiring;
+}
+
+struct Running {
+    spec: ServiceConfig,
+    retire: watch::Sender<Retire>,
+    task: JoinHandle<()>,
+}
+
+/// The loops and what they were started from.
+pub struct Fleet {
+    file: Vec<ServiceConfig>,
+    entries: BTreeMap<String, Entry>,
+    running: HashMap<String, Running>,
+    inboxes: Arc<Inboxes>,
+    pins: Arc<DashMap<String, u32>>,
+    report_interval: Duration,
+    builder: Box<dyn Builder>,
+    rejected: Vec<Rejection>,
+}
+
+impl Fleet {
+    pub fn new(
+        config: &Config,
+        inboxes: Arc<Inboxes>,
+        pins: Arc<DashMap<String, u32>>,
+        builder: Box<dyn Builder>,
+    ) -> Self {
+        Self {
+            file: config.services.clone(),
+            entries: BTreeMap::new(),
+            running: HashMap::new(),
+            inboxes,
+            pins,
+            report_interval: config.proxy.report_interval,
+            builder,
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Starts the file's services, then follows `commands` until they end;
+    /// then waits for every loop (the caller has signalled shutdown).
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        self.apply().await;
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::File(file) => self.file = file,
+                Command::Replace(entries) => self.entries = entries,
+                Command::Change(key, Some(entry)) => {
+                    if !catalog::is_newer(self.entries.get(&key), &entry) {
+                        continue;
+                    }
+                    self.entries.insert(key, entry);
+                }
+                Command::Change(key, None) => {
+                    if self.entries.remove(&key).is_none() {
+                        continue;
+                    }
+                }
+            }
+            self.apply().await;
+        }
+        let tasks = self.running.into_values().map(|running| running.task);
+        futures::future::join_all(tasks).await;
+    }
+
+    /// Puts the merge of file and bucket in force.
+    async fn apply(&mut self) {
+        let merged = catalog::merge(&self.file, &self.entries);
+        for rejection in &merged.rejected {
+            if !self.rejected.contains(rejection) {
+                tracing::warn!(service = %rejection.name, reason = %rejection.reason, "service definition rejected");
+            }
+        }
+        self.rejected = merged.rejected.clone();
+        let wanted: HashMap<&str, &ServiceConfig> =
+            merged.specs().map(|s| (s.name.as_str(), s)).collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|name| !wanted.contains_key(name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove(&name);
+        }
+        for spec in merged.specs() {
+            match self.running.get(&spec.name) {
+                Some(running) if same(&running.spec, spec) => {}
+                Some(_) => self.replace(spec).await,
+                None => self.start(spec).await,
+            }
+        }
+    }
+
+    async fn start(&mut self, spec: &ServiceConfig) {
+        let inbox = Arc::clone(
+            self.inboxes
+                .entry(spec.name.clone())
+                .or_insert_with(|| Arc::new(Inbox::new(self.report_interval)))
+                .value(),
+        );
+        inbox.set_pin(self.pins.get(&spec.name).map(|pin| *pin));
+        let backend = match self.builder.backend(spec, &inbox).await {
+            Ok(backend) => backend,
+            Err(err) => {
+                tracing::error!(service = %spec.name, error = format!("{err:#}"), "cannot build the service's backend; it is not run");
+                return;
+            }
+        };
+        let (retire, retired) = watch::channel(Retire::No);
+        let wiring = self.builder.wiring(spec);
+        let service_loop =
+            ServiceLoop::new(spec.clone(), backend, Arc::clone(&inbox), wiring).retired_by(retired);
+        if !self.running.is_empty() {
+            tracing::info!(service = %spec.name, "service added");
+        }
+        self.running.insert(
+            spec.name.clone(),
+            Running {
+                spec: spec.clone(),
+                retire,
+                task: tokio::spawn(service_loop.run()),
+            },
+        );
+    }
+
+    async fn replace(&mut self, spec: &ServiceConfig) {
+        let Some(old) = self.running.remove(&spec.name) else {
+            return;
+        };
+        tracing::info!(service = %spec.name, "service definition changed");
+        let _ = old.retire.send(Retire::Replace);
+        // The old loop must be done before the new one adopts its replicas.
+        let _ = old.task.await;
+        self.start(spec).await;
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(old) = self.running.remove(name) else {
+            return;
+        };
+        tracing::info!(service = %name, "service removed");
+        let _ = old.retire.send(Retire::Remove);
+        let inboxes = Arc::clone(&self.inboxes);
+        let inbox = self.inboxes.get(name).map(|r| Arc::clone(r.value()));
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let _ = old.task.await;
+            if let Some(inbox) = inbox {
+                // Unless the service came back meanwhile, with a new inbox.
+                inboxes.remove_if(&name, |_, current| Arc::ptr_eq(current, &inbox));
+            }
+        });
+    }
+}
+
+/// Whether two definitions are the same (compared as the file would write them).
+fn same(a: &ServiceConfig, b: &ServiceConfig) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+/// Feeds the bucket's changes to the fleet.
+pub struct FleetSink(pub mpsc::UnboundedSender<Command>);
+
+impl catalog::Sink for FleetSink {
+    fn replace(&self, entries: BTreeMap<String, Entry>) {
+        let _ = self.0.send(Command::Replace(entries));
+    }
+
+    fn change(&self, key: &str, entry: Option<Entry>) {
+        let _ = self.0.send(Command::Change(key.to_string(), entry));
+    }
+
+    fn malformed(&self, _key: &str, _error: &CatalogError) {}
+}
+
+/// Writes `file`'s services to the bucket as `source: file` where they
+/// differ, and deletes seeded entries the file no longer has. Entries
+/// written by `rouse deploy` are left alone.
+pub async fn seed(store: &kv::Store, file: &[ServiceConfig], by: &str) -> anyhow::Result<usize> {
+    let mut written = 0;
+    let mut seeded: Vec<String> = Vec::new();
+    let mut keys = store.keys().await?;
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        if let Ok(Some(value)) = store.get(key.as_str()).await {
+            if let Ok(record) = catalog::decode(&key, &value) {
+                if record.source == Source::File {
+                    seeded.push(key);
+                }
+            }
+        }
+    }
+    for spec in file {
+        let current = store.get(spec.name.as_str()).await?;
+        let unchanged = current
+            .as_ref()
+            .and_then(|value| catalog::decode(&spec.name, value).ok())
+            .is_some_and(|record| record.source == Source::File && same(&record.spec, spec));
+        if unchanged {
+            continue;
+        }
+        if let Some(record) = current.and_then(|value| catalog::decode(&spec.name, &value).ok()) {
+            if record.source == Source::Api {
+                tracing::warn!(service = %spec.name, "the config file and `rouse deploy` both define this service; the file's wins here, and the bucket keeps the deployed one");
+                continue;
+            }
+        }
+        let record = ServiceRecord::new(Source::File, spec.clone(), by);
+        store.put(spec.name.as_str(), catalog::encode(&record)).await?;
+        written += 1;
+    }
+    for key in seeded {
+        if !file.iter().any(|spec| spec.name == key) {
+            store.delete(key.as_str()).await?;
+            tracing::info!(service = %key, "removed from the catalog: no longer in the config file");
+        }
+    }
+    Ok(written)
+}
+
+/// Seeds the bucket now and after every reconnect and every `reseed`
+/// (a SIGHUP's new file), retrying while NATS is away.
+pub async fn seed_forever(
+    bus: Bus,
+    mut file: watch::Receiver<Vec<ServiceConfig>>,
+    by: String,
+) {
+    let mut connects = bus.connects.clone();
+    let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();
+    loop {
+        if *connects.borrow_and_update() == 0 && connects.changed().await.is_err() {
+            return;
+        }
+        let services = file.borrow_and_update().clone();
+        let js = jetstream::new(bus.client.clone());
+        let outcome = match bus::services_bucket(&js).await {
+            Ok(store) => seed(&store, &services, &by).await,
+            Err(err) => Err(err.into()),
+        };
+        match outcome {
+            Ok(written) => {
+                if written > 0 {
+                    tracing::info!(written, "seeded the catalog with the config file's services");
+                }
+                delays.reset();
+                tokio::select! {
+                    _ = connects.changed() => {}
+                    changed = file.changed() => if changed.is_err() { return },
+                }
+            }
+            Err(err) => {
+                let delay = delays.next().unwrap_or_default();
+                tracing::warn!(error = format!("{err:#}"), ?delay, "cannot seed the catalog yet");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Follows `rouse-pins` into `pins` and the services' inboxes.
+pub async fn follow_pins(bus: Bus, pins: Arc<DashMap<String, u32>>, inboxes: Arc<Inboxes>) {
+    let mut connects = bus.connects.clone();
+    let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();
+    loop {
+        if *connects.borrow_and_update() == 0 && connects.changed().await.is_err() {
+            return;
+        }
+        match pin_session(&bus, &pins, &inboxes, &mut connects).await {
+            Ok(()) => delays.reset(),
+            Err(err) => {
+                let delay = delays.next().unwrap_or_default();
+                tracing::warn!(error = format!("{err:#}"), ?delay, "pins watch failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn pin_session(
+    bus: &Bus,
+    pins: &DashMap<String, u32>,
+    inboxes: &Inboxes,
+    connects: &mut watch::Receiver<u64>,
+) -> anyhow::Result<()> {
+    connects.borrow_and_update();
+    let js = jetstream::new(bus.client.clone());
+    let store = bus::pins_bucket(&js).await?;
+    // With history: the current value of every key first, then changes.
+    let mut watch = store.watch_with_history(">").await?;
+    loop {
+        tokio::select! {
+            entry = watch.next() => match entry {
+                Some(entry) => {
+                    let entry = entry?;
+                    let pin = match entry.operation {
+                        kv::Operation::Put => match catalog::decode_pin(&entry.value) {
+                            Ok(pin) => Some(pin.replicas),
+                            Err(err) => {
+                                tracing::warn!(key = %entry.key, error = %err, "dropped a malformed pin");
+                                continue;
+                            }
+                        },
+                        kv::Operation::Delete | kv::Operation::Purge => None,
+                    };
+                    match pin {
+                        Some(replicas) => pins.insert(entry.key.clone(), replicas),
+                        None => pins.remove(&entry.key).map(|(_, n)| n),
+                    };
+                    if let Some(inbox) = inboxes.get(&entry.key) {
+                        tracing::info!(service = %entry.key, pin = ?pin, "pin changed");
+                        inbox.set_pin(pin);
+                    }
+                }
+                None => return Ok(()),
+            },
+            _ = connects.changed() => return Ok(()),
+        }
+    }
+}
