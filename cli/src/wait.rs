@@ -25,10 +25,15 @@ pub enum Step {
     Waiting(String),
 }
 
+/// A new line for a detail that changed (an error naming another port)
+/// at most this often; a new state prints at once.
+const DETAIL_EVERY: Duration = Duration::from_secs(10);
+
 /// Lines or a spinner on stderr.
 struct Progress {
     bar: Option<ProgressBar>,
     last: String,
+    printed: Option<(String, Instant)>,
 }
 
 impl Progress {
@@ -44,17 +49,28 @@ impl Progress {
         Self {
             bar,
             last: String::new(),
+            printed: None,
         }
     }
 
+    /// `message` is the state, then optionally `; ` and details.
     fn show(&mut self, message: &str) {
         if message == self.last {
             return;
         }
         self.last = message.to_string();
-        match &self.bar {
-            Some(bar) => bar.set_message(message.to_string()),
-            None => eprintln!("{message}"),
+        if let Some(bar) = &self.bar {
+            bar.set_message(message.to_string());
+            return;
+        }
+        let state = message.split("; ").next().unwrap_or(message);
+        let due = match &self.printed {
+            Some((printed, at)) => printed != state || at.elapsed() >= DETAIL_EVERY,
+            None => true,
+        };
+        if due {
+            eprintln!("{message}");
+            self.printed = Some((state.to_string(), Instant::now()));
         }
     }
 

@@ -263,7 +263,9 @@ pub async fn seed(store: &kv::Store, file: &[ServiceConfig], by: &str) -> anyhow
             }
         }
         let record = ServiceRecord::new(Source::File, spec.clone(), by);
-        store.put(spec.name.as_str(), catalog::encode(&record)).await?;
+        store
+            .put(spec.name.as_str(), catalog::encode(&record))
+            .await?;
         written += 1;
     }
     for key in seeded {
@@ -277,11 +279,7 @@ pub async fn seed(store: &kv::Store, file: &[ServiceConfig], by: &str) -> anyhow
 
 /// Seeds the bucket now and after every reconnect and every `reseed`
 /// (a SIGHUP's new file), retrying while NATS is away.
-pub async fn seed_forever(
-    bus: Bus,
-    mut file: watch::Receiver<Vec<ServiceConfig>>,
-    by: String,
-) {
+pub async fn seed_forever(bus: Bus, mut file: watch::Receiver<Vec<ServiceConfig>>, by: String) {
     let mut connects = bus.connects.clone();
     let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();
     loop {
@@ -297,7 +295,10 @@ pub async fn seed_forever(
         match outcome {
             Ok(written) => {
                 if written > 0 {
-                    tracing::info!(written, "seeded the catalog with the config file's services");
+                    tracing::info!(
+                        written,
+                        "seeded the catalog with the config file's services"
+                    );
                 }
                 delays.reset();
                 tokio::select! {
@@ -307,7 +308,11 @@ pub async fn seed_forever(
             }
             Err(err) => {
                 let delay = delays.next().unwrap_or_default();
-                tracing::warn!(error = format!("{err:#}"), ?delay, "cannot seed the catalog yet");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    ?delay,
+                    "cannot seed the catalog yet"
+                );
                 tokio::time::sleep(delay).await;
             }
         }
@@ -326,7 +331,11 @@ pub async fn follow_pins(bus: Bus, pins: Arc<DashMap<String, u32>>, inboxes: Arc
             Ok(()) => delays.reset(),
             Err(err) => {
                 let delay = delays.next().unwrap_or_default();
-                tracing::warn!(error = format!("{err:#}"), ?delay, "pins watch failed; retrying");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    ?delay,
+                    "pins watch failed; retrying"
+                );
                 tokio::time::sleep(delay).await;
             }
         }

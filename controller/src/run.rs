@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
+use dashmap::DashMap;
+use futures::StreamExt;
 use rouse_nats::config::{Backend as BackendSpec, LeaderElection, LeaseKind};
 use rouse_nats::subjects::LEASES_BUCKET;
 use rouse_nats::{bus, process, Config, Subjects};
 use tokio::net::TcpListener;
-use dashmap::DashMap;
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, AdminState};
@@ -161,7 +161,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         js: js.clone(),
     };
     let (commands, command_rx) = mpsc::unbounded_channel();
-    let fleet = Fleet::new(&config, Arc::clone(&inboxes), Arc::clone(&pins), Box::new(builder));
+    let fleet = Fleet::new(
+        &config,
+        Arc::clone(&inboxes),
+        Arc::clone(&pins),
+        Box::new(builder),
+    );
     let fleet = tokio::spawn(fleet.run(command_rx));
     tokio::spawn(fleet::follow_pins(bus.clone(), pins, Arc::clone(&inboxes)));
     let (file_tx, file_rx) = watch::channel(config.services.clone());

@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 use rouse_nats::admin;
 use tokio::net::TcpListener;
 
-use crate::metrics::ProxyMetrics;
 use crate::catalog::Registry;
+use crate::metrics::ProxyMetrics;
 
 /// What the admin endpoints report on.
 pub struct AdminState {

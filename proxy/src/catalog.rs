@@ -319,7 +319,9 @@ mod tests {
         assert_eq!(routed(&registry, "same.test").as_deref(), Some("file"));
         let rejected = registry.rejected();
         assert_eq!(rejected.len(), 1);
-        assert!(rejected[0].reason.contains("already routed to service `file`"));
+        assert!(rejected[0]
+            .reason
+            .contains("already routed to service `file`"));
     }
 
     #[test]

@@ -17,8 +17,8 @@ use futures::StreamExt;
 use rouse_nats::bus::{self, Bus};
 use rouse_nats::messages::{self, EndpointSet, VERSION};
 
-use crate::metrics::ProxyMetrics;
 use crate::catalog::Registry;
+use crate::metrics::ProxyMetrics;
 
 /// Follows the endpoints bucket for this proxy's services.
 pub struct EndpointWatcher {

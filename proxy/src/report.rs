@@ -144,8 +144,8 @@ impl Reporter {
         }
         for (service, previous) in carried {
             let Some(previous) = previous else { continue };
-            let busy = service.counters.in_flight.load(Ordering::Relaxed) > 0
-                || service.hold.held() > 0;
+            let busy =
+                service.counters.in_flight.load(Ordering::Relaxed) > 0 || service.hold.held() > 0;
             if busy {
                 self.services.push(service);
                 self.previous.push(previous);

@@ -228,13 +228,23 @@ async fn activity_follows_a_wake_and_ends_after_scale_to_zero_after() {
     // Nothing more happens: the turn to false is pushed on its own, once
     // scale_to_zero_after has passed.
     assert!(!next_answer(&mut stream).await);
-    let last = f.inboxes.get("echo").expect("inbox").observations().last_activity();
+    let last = f
+        .inboxes
+        .get("echo")
+        .expect("inbox")
+        .observations()
+        .last_activity();
     let idle = now().saturating_duration_since(last.expect("the wake was recorded"));
     assert!(idle >= Duration::from_millis(300), "turned after {idle:?}");
     assert!(!f.is_active(named("echo")).await.unwrap());
 
     // The reconcile loop still gets its wake: reading consumed nothing.
-    let observation = f.inboxes.get("echo").expect("inbox").observations().observe(now());
+    let observation = f
+        .inboxes
+        .get("echo")
+        .expect("inbox")
+        .observations()
+        .observe(now());
     assert!(observation.woken);
 }
 
@@ -252,7 +262,12 @@ async fn held_requests_keep_a_service_active_until_their_proxy_goes_silent() {
         !next_answer(&mut stream).await,
         "pushed when the proxy expires"
     );
-    let totals = f.inboxes.get("echo").expect("inbox").observations().totals(now());
+    let totals = f
+        .inboxes
+        .get("echo")
+        .expect("inbox")
+        .observations()
+        .totals(now());
     assert_eq!(
         totals.proxies, 0,
         "false only once nothing is held any more"

@@ -50,7 +50,10 @@ async fn retired(retire: &mut Option<watch::Receiver<Retire>>) -> Retire {
     let Some(receiver) = retire else {
         return std::future::pending().await;
     };
-    let why = receiver.wait_for(|why| *why != Retire::No).await.map(|why| *why);
+    let why = receiver
+        .wait_for(|why| *why != Retire::No)
+        .await
+        .map(|why| *why);
     match why {
         Ok(why) => why,
         // The fleet is gone: only shutdown ends the loop now.
