@@ -41,7 +41,7 @@ pub enum Command {
     /// Every bucket entry, read afresh.
     Replace(BTreeMap<String, Entry>),
     /// One bucket key changed (`None`: deleted).
-    Change(String, Option<Entry>),
+    Change(String, Option<Box<Entry>>),
 }
 
 /// Builds what a loop needs that the fleet does not own: its backend and
@@ -105,7 +105,7 @@ impl Fleet {
                     if !catalog::is_newer(self.entries.get(&key), &entry) {
                         continue;
                     }
-                    self.entries.insert(key, entry);
+                    self.entries.insert(key, *entry);
                 }
                 Command::Change(key, None) => {
                     if self.entries.remove(&key).is_none() {
@@ -224,7 +224,7 @@ impl catalog::Sink for FleetSink {
     }
 
     fn change(&self, key: &str, entry: Option<Entry>) {
-        let _ = self.0.send(Command::Change(key.to_string(), entry));
+        let _ = self.0.send(Command::Change(key.to_string(), entry.map(Box::new)));
     }
 
     fn malformed(&self, _key: &str, _error: &CatalogError) {}

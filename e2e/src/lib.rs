@@ -21,6 +21,8 @@
 //!   (a process-wide semaphore, see `cluster`), and only 127.0.0.1 is used.
 //!
 //! Modules:
+//! - `catalog`: service definitions and pins written straight into NATS KV,
+//!   as `rouse deploy` / `rouse scale --pin` write them (the JSON contract);
 //! - `cluster`: a [`Stack`](rouse_stack::Stack) for one test, with
 //!   panicking waits and requests that dump every log on failure;
 //! - `fault`: load with every answer attributed to a replica, raw probes,
@@ -40,6 +42,7 @@
 //! - `ROUSE_E2E_PARALLEL=<n>`: clusters allowed at once per test binary (1);
 //! - `ROUSE_E2E_KEEP=1`: keep each cluster's temp dir (configs, logs, state).
 
+pub mod catalog;
 pub mod cluster;
 pub mod events;
 pub mod fault;

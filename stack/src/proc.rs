@@ -144,6 +144,11 @@ impl Proc {
         self.signal(Signal::SIGKILL);
     }
 
+    /// Sends SIGHUP (both rouse binaries reload their services on it).
+    pub fn sighup(&mut self) {
+        self.signal(Signal::SIGHUP);
+    }
+
     fn signal(&mut self, sig: Signal) {
         if self.try_exit().is_some() {
             return;

@@ -1,0 +1,341 @@
+//! Services added, changed and removed while rouse runs: definitions in the
+//! NATS KV bucket `rouse-services`, pins in `rouse-pins`, and the config
+//! file re-read on SIGHUP. Real nats-server, real rouse-proxy and
+//! rouse-controller, real rouse-echo replicas; the buckets are written as a
+//! plain NATS client would (`rouse_e2e::catalog`).
+
+use std::time::Duration;
+
+use rouse_e2e::catalog::{echo_spec, Catalog};
+use rouse_e2e::fault::{self, Tally};
+use rouse_e2e::{Cluster, Service};
+
+const STEADY: &str = "steady.localhost";
+
+/// The proxy's `rouse_bus_rejected_total` (it has no labels).
+async fn bus_rejected(cluster: &Cluster) -> f64 {
+    let text = cluster.proxy_metrics(0).await.expect("proxy metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix("rouse_bus_rejected_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("rouse_bus_rejected_total is exported")
+}
+
+/// Every answer of a load was a 200 from a replica, and there were enough.
+fn assert_nothing_failed(records: &[fault::Record], during: &str) {
+    assert!(
+        records.len() > 50,
+        "too little traffic to judge {during}: {}",
+        records.len()
+    );
+    let failed = fault::failed(records);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed {during}: {:?}",
+        failed.len(),
+        records.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// The done-when of the catalog: a service deployed while another is under
+/// load starts from zero and serves, and removing it again stops its
+/// replicas; the loaded service loses nothing throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_deployed_and_removed_under_load_costs_the_others_nothing() {
+    let cluster = Cluster::start(vec![Service::new("steady", STEADY)
+        .min_replicas(1)
+        .target_concurrency(100)])
+    .await;
+    cluster
+        .wait_status("steady", "ready 1", Duration::from_secs(30), |s| {
+            s.ready == 1
+        })
+        .await;
+    let catalog = Catalog::connect(&cluster.nats.url())
+        .await
+        .expect("catalog");
+    let load = Tally::start(&cluster.client, cluster.proxy_addr(0), STEADY, "/", 4);
+    assert!(
+        load.wait_more(50, Duration::from_secs(30)).await,
+        "load started"
+    );
+
+    catalog
+        .deploy(&echo_spec("late", "late.localhost", &cluster.marker))
+        .await
+        .expect("deploy");
+    let first = cluster
+        .poll_until(
+            "the deployed service answers",
+            Duration::from_secs(60),
+            || async {
+                let resp = cluster.get("late.localhost", "/").await;
+                (resp.status == 200).then_some(resp)
+            },
+        )
+        .await;
+    assert!(first.text().contains("handled by"), "{first}");
+    cluster
+        .wait_status("late", "ready 1", Duration::from_secs(30), |s| s.ready == 1)
+        .await;
+    assert!(load.wait_more(50, Duration::from_secs(30)).await);
+
+    catalog.remove("late").await.expect("remove");
+    cluster
+        .wait_until(
+            "the removed service's host is 404 and its status gone",
+            Duration::from_secs(30),
+            || async {
+                cluster.get("late.localhost", "/").await.status == 404
+                    && cluster.service_status("late").await.is_none()
+            },
+        )
+        .await;
+    cluster
+        .wait_until(
+            "only the loaded service's replica is left",
+            Duration::from_secs(30),
+            || async { cluster.replica_pids().len() == 1 },
+        )
+        .await;
+    assert!(load.wait_more(50, Duration::from_secs(30)).await);
+    let records = load.finish().await;
+    assert_nothing_failed(&records, "while another service was deployed and removed");
+    let steady = cluster.service_status("steady").await.expect("steady");
+    assert_eq!(steady.ready, 1, "the loaded service kept its replica");
+}
+
+/// Definitions that conflict change nothing: one naming a service of the
+/// file, one routing a host the file already routes, and bytes that are no
+/// definition at all. The file's service keeps serving, the proxy says why
+/// it refused each one, and a good definition after them still lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_or_broken_definitions_are_refused_and_change_nothing() {
+    let cluster = Cluster::start(vec![Service::new("steady", STEADY).min_replicas(1)]).await;
+    cluster
+        .wait_status("steady", "ready 1", Duration::from_secs(30), |s| {
+            s.ready == 1
+        })
+        .await;
+    let catalog = Catalog::connect(&cluster.nats.url())
+        .await
+        .expect("catalog");
+    let rejected_before = bus_rejected(&cluster).await;
+
+    // The file's own service, redefined through the bucket.
+    catalog
+        .deploy(&echo_spec("steady", "hijack.localhost", &cluster.marker))
+        .await
+        .expect("deploy");
+    // Another name on the file service's host.
+    catalog
+        .deploy(&echo_spec("thief", STEADY, &cluster.marker))
+        .await
+        .expect("deploy");
+    catalog
+        .put_raw("garbage", b"{not json".to_vec())
+        .await
+        .expect("put");
+    // A good one after them: once it routes, the others have been seen.
+    catalog
+        .deploy(&echo_spec("fine", "fine.localhost", &cluster.marker))
+        .await
+        .expect("deploy");
+    cluster
+        .wait_status(
+            "fine",
+            "known to the controller",
+            Duration::from_secs(30),
+            |_| true,
+        )
+        .await;
+    cluster
+        .wait_until(
+            "the proxy logged both refusals",
+            Duration::from_secs(30),
+            || async {
+                let logs = cluster.proxy_logs(0);
+                logs.contains("the config file defines this service")
+                    && logs.contains("already routed to service `steady`")
+            },
+        )
+        .await;
+
+    assert_eq!(cluster.get("hijack.localhost", "/").await.status, 404);
+    let ok = cluster.get_ok(STEADY, "/").await;
+    assert!(
+        !ok.cold_start(),
+        "the file's service served as before: {ok}"
+    );
+    assert!(cluster.service_status("thief").await.is_none());
+    let rejected = bus_rejected(&cluster).await;
+    assert!(
+        rejected > rejected_before,
+        "the garbage was counted: {rejected}"
+    );
+    // The good one, and nothing of the rest, runs: woken by a request.
+    let fine = cluster.get_ok("fine.localhost", "/").await;
+    assert!(fine.cold_start(), "{fine}");
+    let steady = cluster.service_status("steady").await.expect("steady");
+    assert_eq!(steady.ready, 1);
+}
+
+/// SIGHUP re-reads the file's services in both binaries: a service added
+/// to the file starts serving, a file that no longer validates changes
+/// nothing, and a service taken out of the file is removed. The controller
+/// also mirrors the file into the bucket (`source: file`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_services_of_the_file() {
+    let mut cluster = Cluster::start(vec![Service::new("steady", STEADY).min_replicas(1)]).await;
+    cluster
+        .wait_status("steady", "ready 1", Duration::from_secs(30), |s| {
+            s.ready == 1
+        })
+        .await;
+    let catalog = Catalog::connect(&cluster.nats.url())
+        .await
+        .expect("catalog");
+    let seeded = cluster
+        .poll_until(
+            "the controller seeded the bucket",
+            Duration::from_secs(30),
+            || async { catalog.record("steady").await.ok().flatten() },
+        )
+        .await;
+    assert_eq!(seeded["source"], "file", "{seeded}");
+
+    let files = vec![
+        cluster.controller_config().to_path_buf(),
+        cluster.proxies[0].config_path.clone(),
+    ];
+    let originals: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read config"))
+        .collect();
+    let echo = rouse_e2e::bin("rouse-echo");
+    let added = format!(
+        "  - name: added\n    hosts: [added.localhost]\n    backend:\n      process:\n        command: [{:?}, --port, \"{{port}}\"]\n        env: {{ROUSE_E2E_MARKER: {:?}}}\n",
+        echo.to_string_lossy(),
+        cluster.marker
+    );
+    for (file, original) in files.iter().zip(&originals) {
+        assert!(
+            original.ends_with('\n'),
+            "services are the file's last section"
+        );
+        std::fs::write(file, format!("{original}{added}")).expect("write config");
+    }
+    cluster.controller_proc().sighup();
+    cluster.proxy_proc(0).sighup();
+    let resp = cluster
+        .poll_until(
+            "the added service answers",
+            Duration::from_secs(60),
+            || async {
+                let resp = cluster.get("added.localhost", "/").await;
+                (resp.status == 200).then_some(resp)
+            },
+        )
+        .await;
+    assert!(resp.cold_start(), "{resp}");
+    let mirrored = cluster
+        .poll_until(
+            "the added service is mirrored",
+            Duration::from_secs(30),
+            || async { catalog.record("added").await.ok().flatten() },
+        )
+        .await;
+    assert_eq!(mirrored["source"], "file");
+
+    // A broken file: logged, and nothing changes.
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read");
+        std::fs::write(file, text.replace("name: added", "name: Added!")).expect("write");
+    }
+    cluster.controller_proc().sighup();
+    cluster.proxy_proc(0).sighup();
+    cluster
+        .wait_until(
+            "both logged the refusal",
+            Duration::from_secs(30),
+            || async {
+                cluster.controller_logs().contains("config reload refused")
+                    && cluster.proxy_logs(0).contains("config reload refused")
+            },
+        )
+        .await;
+    assert_eq!(cluster.get("added.localhost", "/").await.status, 200);
+
+    // Back to the original file: the added service goes.
+    for (file, original) in files.iter().zip(&originals) {
+        std::fs::write(file, original).expect("write");
+    }
+    cluster.controller_proc().sighup();
+    cluster.proxy_proc(0).sighup();
+    cluster
+        .wait_until(
+            "the service taken out of the file is gone everywhere",
+            Duration::from_secs(30),
+            || async {
+                cluster.get("added.localhost", "/").await.status == 404
+                    && cluster.service_status("added").await.is_none()
+                    && catalog.record("added").await.ok().flatten().is_none()
+                    && cluster.replica_pids().len() == 1
+            },
+        )
+        .await;
+    assert!(!cluster.get_ok(STEADY, "/").await.cold_start());
+}
+
+/// A pin fixes the replica count whatever the traffic: pinned to 2 with no
+/// request at all, 2 replicas run and the status says pinned; unpinned, the
+/// idle service goes back to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_holds_the_count_and_unpinning_hands_it_back() {
+    let cluster = Cluster::start(vec![Service::new("pinned", "pinned.localhost")
+        .max_replicas(3)
+        .scale_to_zero_after("2s")])
+    .await;
+    let catalog = Catalog::connect(&cluster.nats.url())
+        .await
+        .expect("catalog");
+    catalog.pin("pinned", 2).await.expect("pin");
+    let status = cluster
+        .wait_status(
+            "pinned",
+            "2 ready while pinned",
+            Duration::from_secs(60),
+            |s| s.ready == 2,
+        )
+        .await;
+    assert_eq!(status.raw["pinned"], 2, "{}", status.raw);
+    assert_eq!(
+        status
+            .last_scale
+            .as_ref()
+            .and_then(|e| e["reason"].as_str()),
+        Some("pinned"),
+        "{:?}",
+        status.last_scale
+    );
+    // Idle well past scale_to_zero_after, still 2.
+    rouse_e2e::assert_stays(
+        "2 replicas while pinned",
+        Duration::from_secs(4),
+        || async {
+            cluster
+                .service_status("pinned")
+                .await
+                .is_some_and(|s| s.ready == 2)
+        },
+    )
+    .await;
+    catalog.unpin("pinned").await.expect("unpin");
+    let status = cluster
+        .wait_status("pinned", "back to zero", Duration::from_secs(60), |s| {
+            s.ready == 0 && s.desired == 0
+        })
+        .await;
+    assert!(status.raw.get("pinned").is_none(), "{}", status.raw);
+}
