@@ -115,9 +115,8 @@ impl Target {
 
     /// `--token-file`, else `ROUSE_ADMIN_TOKEN`, else the config's file.
     fn token(&self, config: Option<&Config>) -> Outcome<Option<String>> {
-        let file = self.token_file.clone();
-        if let Some(file) = file {
-            return read_token(&file).map(Some);
+        if let Some(file) = &self.token_file {
+            return read_token(file).map(Some);
         }
         let env = std::env::var(rouse_nats::admin::TOKEN_ENV)
             .ok()

@@ -8,7 +8,7 @@
 //! `--follow` it keeps tailing until Ctrl-C. Messages that do not decode as
 //! `Scaled` are reported on stderr and skipped, as the binaries drop them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
@@ -205,10 +205,23 @@ fn print_event(event: &Scaled, seq: u64, format: Format) -> Outcome {
     }
 }
 
-/// `at_ms` as `2026-12-02T15:16:58.123Z`.
+/// `at_ms` as `2026-12-02T15:16:58.123Z`; a time past what a calendar
+/// shows (a publisher's bug) as the number it is.
 fn rfc3339_ms(at_ms: u64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(at_ms);
-    humantime::format_rfc3339_millis(at.max(SystemTime::UNIX_EPOCH)).to_string()
+    let at = i128::from(at_ms) * 1_000_000;
+    match OffsetDateTime::from_unix_timestamp_nanos(at) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => format!("at_ms={at_ms}"),
+    }
 }
 
 #[cfg(test)]
@@ -228,5 +241,7 @@ mod tests {
     #[test]
     fn times_are_utc_with_milliseconds() {
         assert_eq!(rfc3339_ms(1_796_220_000_123), "2026-12-02T14:00:00.123Z");
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(u64::MAX), format!("at_ms={}", u64::MAX));
     }
 }

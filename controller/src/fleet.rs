@@ -224,7 +224,9 @@ impl catalog::Sink for FleetSink {
     }
 
     fn change(&self, key: &str, entry: Option<Entry>) {
-        let _ = self.0.send(Command::Change(key.to_string(), entry.map(Box::new)));
+        let _ = self
+            .0
+            .send(Command::Change(key.to_string(), entry.map(Box::new)));
     }
 
     fn malformed(&self, _key: &str, _error: &CatalogError) {}
