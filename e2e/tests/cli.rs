@@ -454,4 +454,5 @@ async fn deploy_while_another_service_is_under_load_fails_no_request() {
     cluster
         .expect_no_failed_traffic("while a service was deployed and removed", (failures, sent))
         .await;
+    eprintln!("busy: {sent} requests while `fresh` was deployed and removed, none failed");
 }
