@@ -21,6 +21,8 @@
 //!   (a process-wide semaphore, see `cluster`), and only 127.0.0.1 is used.
 //!
 //! Modules:
+//! - `browser`: a headless Chromium over WebDriver (chromedriver), for
+//!   what only a browser shows (the waiting page);
 //! - `catalog`: service definitions and pins written straight into NATS KV,
 //!   as `rouse deploy` / `rouse scale --pin` write them (the JSON contract);
 //! - `cluster`: a [`Stack`](rouse_stack::Stack) for one test, with
@@ -40,8 +42,13 @@
 //! Environment knobs: those of `rouse-stack` (`NATS_SERVER_BIN`,
 //! `ROUSE_E2E_NO_BUILD=1`, `RUST_LOG`), and
 //! - `ROUSE_E2E_PARALLEL=<n>`: clusters allowed at once per test binary (1);
-//! - `ROUSE_E2E_KEEP=1`: keep each cluster's temp dir (configs, logs, state).
+//! - `ROUSE_E2E_KEEP=1`: keep each cluster's temp dir (configs, logs, state);
+//! - `CHROMIUM`, `CHROMEDRIVER`: the browser and its WebDriver server for
+//!   `browser` (default `/usr/bin/chromium`, `/usr/bin/chromedriver`);
+//! - `ROUSE_SCREENSHOTS=<dir>`: the waiting-page test saves a screenshot of
+//!   each state there.
 
+pub mod browser;
 pub mod catalog;
 pub mod cluster;
 pub mod events;

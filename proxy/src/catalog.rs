@@ -82,6 +82,11 @@ impl Registry {
         self.services.load_full()
     }
 
+    /// The service called `name`, if it is in force.
+    pub fn service(&self, name: &str) -> Option<Arc<Service>> {
+        self.lock().by_name.get(name).cloned()
+    }
+
     /// Definitions the last merge left out, and why.
     pub fn rejected(&self) -> Vec<Rejection> {
         self.lock().rejected.clone()

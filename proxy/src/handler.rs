@@ -1,5 +1,6 @@
 //! One request through the data path, as `server` (stage 1) hands it over:
-//! strict checks → route → hold → balance → forward (→ upgrade).
+//! strict checks → route → hold (or the waiting page) → balance → forward
+//! (→ upgrade).
 //!
 //! Each stage lives in its own module; this one only strings them together,
 //! in the order a request meets them, and hands every failure to
@@ -27,6 +28,7 @@ use crate::response_body::ProxyBody;
 use crate::route::Routes;
 use crate::service::Service;
 use crate::strict::{self, RequestLimits};
+use crate::waiting;
 
 static COLD_START: &str = "x-rouse-cold-start";
 
@@ -74,6 +76,12 @@ impl Proxy {
         if let Err(error) = strict::check(&request, &self.limits) {
             return Ok(error.respond(&self.metrics));
         }
+        // The waiting page's events: one comparison for every request.
+        if request.uri().path() == waiting::WAIT_EVENTS_PATH {
+            if let Some(service) = waiting::events_service(&self.routes.load(), &request) {
+                return Ok(waiting::events(service, &self.signals));
+            }
+        }
         let service = match self.routes.load().route(&request) {
             Ok(service) => service,
             Err(error) => return Ok(error.respond(&self.metrics)),
@@ -88,6 +96,11 @@ impl Proxy {
             return Ok(error.respond(&self.metrics));
         }
         report::note_arrival(&service, &self.signals);
+        if let Some(page) = &*service.page.load() {
+            if service.is_cold() && waiting::wants_page(&request) {
+                return Ok(waiting::page(&service, page, &self.signals));
+            }
+        }
         let waited = hold::wait_for_endpoint(&service, peer.ip, &self.signals, started).await;
         let (lease, cold) = match waited {
             Ok(found) => found,

@@ -8,7 +8,9 @@
 //!    `strict`: refuse what a trusted edge refuses (400, 414, 413).
 //! 2. `route`: find the service of the host and path (or 404).
 //! 3. `hold`: wait in the service's queue while it has no ready replica
-//!    (or 503 with `Retry-After`).
+//!    (or 503 with `Retry-After`); a browser's navigation to a service
+//!    with `hold.browser_page` gets `waiting`'s page instead, which follows
+//!    the wake through `wake_phase`.
 //! 4. `balance`: lease a ready replica.
 //! 5. `forward`: send the request over a pooled connection, retrying a
 //!    refused connection on another replica (or 502, 504).
@@ -61,6 +63,8 @@ mod service;
 mod strict;
 pub mod tls;
 mod upgrade;
+mod waiting;
+mod wake_phase;
 
 pub use catalog::Registry;
 pub use forward::Forwarder;
@@ -75,6 +79,7 @@ pub use run::run;
 pub use server::{serve, serve_with, Handshake, Plain};
 pub use service::{Defaults, Service};
 pub use strict::RequestLimits;
+pub use waiting::{NO_PAGE_HEADER, PAGE_HEADER, WAIT_EVENTS_PATH};
 
 /// The private stages that the fuzz targets in `fuzz/` exercise: that crate
 /// sits outside this one and reaches only what is public. One item per

@@ -37,6 +37,7 @@ pub struct ProxyMetrics {
     cold_start_wait: HistogramFamily,
     hold_timeouts: Family<ServiceLabel, Counter>,
     hold_rejected: Family<ServiceLabel, Counter>,
+    browser_pages: Family<ServiceLabel, Counter>,
     /// Malformed messages from NATS (endpoint sets that do not decode).
     pub bus_rejected: Counter,
     /// `proxy.tls` certificate files changed and were taken, or refused.
@@ -60,6 +61,7 @@ impl ProxyMetrics {
         let cold_start_wait = HistogramFamily::new_with_constructor(latency_histogram);
         let hold_timeouts = Family::<ServiceLabel, Counter>::default();
         let hold_rejected = Family::<ServiceLabel, Counter>::default();
+        let browser_pages = Family::<ServiceLabel, Counter>::default();
         let bus_rejected = Counter::default();
         let tls_reloads = Counter::default();
         let tls_reload_errors = Counter::default();
@@ -99,6 +101,11 @@ impl ProxyMetrics {
             hold_rejected.clone(),
         );
         registry.register(
+            "rouse_browser_pages",
+            "Waiting pages served to browsers at a cold service (hold.browser_page)",
+            browser_pages.clone(),
+        );
+        registry.register(
             "rouse_bus_rejected",
             "Malformed messages received from NATS and dropped",
             bus_rejected.clone(),
@@ -122,6 +129,7 @@ impl ProxyMetrics {
             cold_start_wait,
             hold_timeouts,
             hold_rejected,
+            browser_pages,
             bus_rejected,
             tls_reloads,
             tls_reload_errors,
@@ -149,6 +157,7 @@ impl ProxyMetrics {
             cold_start_wait: self.cold_start_wait.get_or_create(&label).clone(),
             hold_timeouts: self.hold_timeouts.get_or_create(&label).clone(),
             hold_rejected: self.hold_rejected.get_or_create(&label).clone(),
+            browser_pages: self.browser_pages.get_or_create(&label).clone(),
         }
     }
 
@@ -175,6 +184,7 @@ pub struct ServiceMetrics {
     pub cold_start_wait: Histogram,
     pub hold_timeouts: Counter,
     pub hold_rejected: Counter,
+    pub browser_pages: Counter,
 }
 
 impl ServiceMetrics {

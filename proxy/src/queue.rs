@@ -75,6 +75,11 @@ impl HoldQueue {
         }
     }
 
+    /// The most places in the queue (`hold.max_requests`).
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
     /// The most places one client may hold.
     pub fn max_per_client(&self) -> usize {
         self.max_per_client.load(Ordering::Relaxed)

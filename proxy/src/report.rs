@@ -6,7 +6,8 @@
 //! surge of concurrency (→ a `load` report at once, from [`note_arrival`], so
 //! scale-up does not wait for the next tick). Everything else is a periodic
 //! report per service every `report_interval`, and a repeated `wake` every
-//! second while requests are held.
+//! second while requests are held (or a waiting page follows the wake,
+//! `waiting`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -145,7 +146,7 @@ impl Reporter {
         for (service, previous) in carried {
             let Some(previous) = previous else { continue };
             let busy =
-                service.counters.in_flight.load(Ordering::Relaxed) > 0 || service.hold.held() > 0;
+                service.counters.in_flight.load(Ordering::Relaxed) > 0 || service.waiting() > 0;
             if busy {
                 self.services.push(service);
                 self.previous.push(previous);
@@ -169,7 +170,7 @@ impl Reporter {
                 }
                 _ = wake_tick.tick() => {
                     for index in 0..self.services.len() {
-                        if self.services[index].hold.held() > 0 {
+                        if self.services[index].waiting() > 0 {
                             self.wake(index).await;
                         }
                     }
@@ -208,7 +209,7 @@ impl Reporter {
             v: VERSION,
             service: service.name.to_string(),
             proxy: self.proxy_id.clone(),
-            held: service.hold.held() as u64,
+            held: service.waiting() as u64,
             at_ms: messages::now_ms(),
         };
         self.publish(self.subjects.wake(&service.name), messages::encode(&wake))
@@ -250,7 +251,9 @@ fn snapshot_load(service: &Service, previous: &mut Previous, proxy: &str, seq: u
     let arrivals_total = counters.arrivals.load(Ordering::Relaxed);
     let completed_total = counters.completed.load(Ordering::Relaxed);
     let in_flight = counters.in_flight.load(Ordering::Relaxed);
-    let held = service.hold.held() as u64;
+    // Waiting pages count as held: a browser waiting must not see its
+    // service scaled back to zero.
+    let held = service.waiting() as u64;
     let now = Instant::now();
     let load = Load {
         v: VERSION,

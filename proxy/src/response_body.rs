@@ -1,7 +1,8 @@
 //! The response body on its way to the client (`ProxyBody`).
 //!
-//! Either the replica's streamed response or a small body the proxy wrote
-//! itself (an error, see `error`). The streamed kind carries the request's
+//! Either the replica's streamed response, a small body the proxy wrote
+//! itself (an error, see `error`; the waiting page, see `waiting`), or a
+//! waiting page's event stream. The streamed kind carries the request's
 //! `Completion` and its replica connection: a request counts as in flight
 //! until its last byte, and the connection goes back to the pool only once
 //! the replica's response has ended. Frames pass as they come, trailers
@@ -29,6 +30,9 @@ pub enum ProxyBody {
         completion: Option<Completion>,
     },
     Local(Option<Bytes>),
+    /// A waiting page's event stream (`waiting`): events as the task
+    /// following the service's phase sends them; ends when it stops.
+    Events(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl ProxyBody {
@@ -90,6 +94,9 @@ impl Body for ProxyBody {
                 polled
             }
             ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Events(events) => {
+                events.poll_recv(cx).map(|e| e.map(|b| Ok(Frame::data(b))))
+            }
         }
     }
 
@@ -97,6 +104,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
             ProxyBody::Local(bytes) => bytes.is_none(),
+            ProxyBody::Events(_) => false,
         }
     }
 
@@ -106,6 +114,7 @@ impl Body for ProxyBody {
             ProxyBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            ProxyBody::Events(_) => SizeHint::default(),
         }
     }
 }

@@ -90,6 +90,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .following(Arc::clone(&registry));
     tokio::spawn(reporter.run(signal_rx));
+    // Waiting pages may come with any definition, now or later.
+    tokio::spawn(crate::wake_phase::follow_scaled(
+        bus.clone(),
+        Subjects::new(config.nats.prefix.clone()),
+        Arc::clone(&registry),
+    ));
 
     let admin_state = Arc::new(AdminState {
         metrics: Arc::clone(&metrics),

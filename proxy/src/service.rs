@@ -7,17 +7,18 @@
 //! counts survive an update of the set.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::uri::Authority;
 use rouse_nats::config::{BackendProtocol, PoolPreference, ServiceConfig};
 use rouse_nats::messages::{EndpointSet, EndpointState};
 
 use crate::metrics::ServiceMetrics;
 use crate::queue::HoldQueue;
+use crate::wake_phase::WakePhase;
 
 /// One replica of a service, as this proxy routes to it.
 #[derive(Debug)]
@@ -82,6 +83,14 @@ pub struct Service {
     pub(crate) metrics: ServiceMetrics,
     /// Largest request body accepted (`max_body`); `u64::MAX`: any.
     max_body: AtomicU64,
+    /// `hold.browser_page`: the waiting page browsers get while the
+    /// service is cold, rendered once per definition.
+    pub(crate) page: ArcSwapOption<bytes::Bytes>,
+    /// How far a cold start has come (the waiting page's events).
+    pub(crate) phase: tokio::sync::watch::Sender<WakePhase>,
+    /// Waiting pages following the wake now: like held requests, they keep
+    /// the service wanted (reports count them as held).
+    pub(crate) page_watchers: AtomicUsize,
 }
 
 /// What a service's settings fall back to: the proxy's own.
@@ -140,6 +149,9 @@ impl Service {
             surge_signalled: AtomicBool::new(false),
             metrics,
             max_body: AtomicU64::new(u64::MAX),
+            page: ArcSwapOption::empty(),
+            phase: tokio::sync::watch::Sender::new(WakePhase::Waking),
+            page_watchers: AtomicUsize::new(0),
         };
         service.update(
             config,
@@ -149,6 +161,27 @@ impl Service {
             },
         );
         service
+    }
+
+    /// Requests held plus waiting pages following the wake: what keeps a
+    /// cold service wanted (`wake` repeats, `held` in load reports).
+    pub fn waiting(&self) -> usize {
+        self.hold.held() + self.page_watchers.load(Ordering::Relaxed)
+    }
+
+    /// No replica is ready (draining ones do not count): a cold start, not
+    /// replicas that are merely busy.
+    pub(crate) fn is_cold(&self) -> bool {
+        self.endpoints.load().ready.is_empty()
+    }
+
+    /// The controller scaled this service to `to` replicas (a `scaled`
+    /// event, see `wake_phase`).
+    pub fn scaled(&self, to: u32) {
+        self.phase.send_if_modified(|phase| {
+            let next = phase.after_scaled(to);
+            std::mem::replace(phase, next) != next
+        });
     }
 
     /// With `limit` as the body limit when the service sets none
@@ -187,6 +220,15 @@ impl Service {
             .or(defaults.max_body)
             .unwrap_or(u64::MAX);
         self.max_body.store(max_body, Ordering::Relaxed);
+        let has_page = self.page.load().is_some();
+        if config.hold.browser_page != has_page {
+            self.page.store(
+                config
+                    .hold
+                    .browser_page
+                    .then(|| Arc::new(crate::waiting::render(&config.name))),
+            );
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -280,6 +322,10 @@ impl Service {
         if has_ready {
             self.hold.release(self.free_slots());
         }
+        self.phase.send_if_modified(|phase| {
+            let next = phase.after_endpoints(has_ready);
+            std::mem::replace(phase, next) != next
+        });
         skipped
     }
 

@@ -52,6 +52,8 @@ pub struct Service {
     pub drain_timeout: String,
     pub hold_timeout: String,
     pub hold_max_requests: u32,
+    /// More `hold:` keys, written as given (e.g. `browser_page: true`).
+    pub hold_extra: Vec<(String, String)>,
     /// More `scaling:` keys, written as given (e.g. `container_concurrency: 4`).
     pub scaling_extra: Vec<(String, String)>,
     /// `backend.docker` keys, values written as given (YAML), instead of
@@ -85,6 +87,7 @@ impl Service {
             drain_timeout: "5s".to_string(),
             hold_timeout: "30s".to_string(),
             hold_max_requests: 1000,
+            hold_extra: Vec::new(),
             scaling_extra: Vec::new(),
             docker: None,
             kubernetes: None,
@@ -199,6 +202,12 @@ impl Service {
         self
     }
 
+    /// Another `hold:` key, its value as YAML (e.g. `("browser_page", "true")`).
+    pub fn hold_key(mut self, key: &str, value: &str) -> Self {
+        self.hold_extra.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn hold_max_requests(mut self, n: u32) -> Self {
         self.hold_max_requests = n;
         self
@@ -295,6 +304,9 @@ impl Service {
             "      max_requests_per_client: {}",
             self.hold_max_requests
         );
+        for (key, value) in &self.hold_extra {
+            let _ = writeln!(out, "      {key}: {value}");
+        }
         for (key, value) in &self.service_extra {
             let _ = writeln!(out, "    {key}: {value}");
         }

@@ -743,6 +743,14 @@ impl Default for ScalingConfig {
     }
 }
 
+/// Where the waiting page's event stream is served (`hold.browser_page`):
+/// on every host of such a service, this path is the proxy's, not the app's.
+pub const WAIT_EVENTS_PATH: &str = "/__rouse/wait/events";
+
+/// The path prefix the proxy keeps for itself on a `hold.browser_page`
+/// service (see [`WAIT_EVENTS_PATH`]).
+pub const RESERVED_PREFIX: &str = "/__rouse";
+
 /// Limits of the proxy's wait queue for a cold service.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -755,6 +763,11 @@ pub struct HoldConfig {
     /// to a quarter of `max_requests`, so one client cannot fill the queue.
     #[serde(default)]
     pub max_requests_per_client: Option<usize>,
+    /// A browser navigating to the service while it is at zero gets a small
+    /// waiting page at once (live progress, then a reload into the app)
+    /// instead of a blank tab; other clients are held as always.
+    #[serde(default)]
+    pub browser_page: bool,
 }
 
 impl HoldConfig {
@@ -771,6 +784,7 @@ impl Default for HoldConfig {
             timeout: defaults::hold_timeout(),
             max_requests: defaults::hold_max_requests(),
             max_requests_per_client: None,
+            browser_page: false,
         }
     }
 }

@@ -524,6 +524,46 @@ fn edge_limits_default_to_a_trusted_edge_and_are_checked() {
 }
 
 #[test]
+fn browser_page_defaults_off_and_is_checked() {
+    let config = Config::parse(Path::new("rouse.yaml"), VALID).expect("valid");
+    assert!(!config.service("echo").expect("echo").hold.browser_page);
+
+    let on = VALID.replace(
+        "      timeout: 5s\n",
+        "      timeout: 5s\n      browser_page: true\n",
+    );
+    let config = Config::parse(Path::new("rouse.yaml"), &on).expect("valid");
+    assert!(config.service("echo").expect("echo").hold.browser_page);
+
+    let not_bool = issues(&VALID.replace(
+        "      timeout: 5s\n",
+        "      timeout: 5s\n      browser_page: sometimes\n",
+    ));
+    assert_eq!(not_bool.len(), 1, "{not_bool:?}");
+    assert_eq!(not_bool[0].key, "services[0].hold.browser_page");
+    assert_eq!(not_bool[0].line, Some(18));
+
+    let reserved = issues(&on.replace(
+        "    hosts: [echo.localhost]\n",
+        "    hosts: [echo.localhost]\n    paths: [/, /__rouse/x]\n",
+    ));
+    assert_eq!(reserved.len(), 1, "{reserved:?}");
+    assert_eq!(reserved[0].key, "services[0].hold.browser_page");
+    assert!(reserved[0].reason.contains("/__rouse/x"), "{}", reserved[0]);
+    // Only a whole segment is reserved, and only with browser_page on.
+    let near = on.replace(
+        "    hosts: [echo.localhost]\n",
+        "    hosts: [echo.localhost]\n    paths: [/__rousex]\n",
+    );
+    assert!(Config::parse(Path::new("rouse.yaml"), &near).is_ok());
+    let off = VALID.replace(
+        "    hosts: [echo.localhost]\n",
+        "    hosts: [echo.localhost]\n    paths: [/__rouse]\n",
+    );
+    assert!(Config::parse(Path::new("rouse.yaml"), &off).is_ok());
+}
+
+#[test]
 fn max_body_reads_sizes() {
     let source = VALID.replace("    hold:\n", "    max_body: 1MiB\n    hold:\n");
     let config = Config::parse(Path::new("rouse.yaml"), &source).expect("valid");

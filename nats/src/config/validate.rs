@@ -261,6 +261,7 @@ fn check_service(at: &str, service: &ServiceConfig, problems: &mut Problems) {
         ));
     }
     check_hold_share(at, service, problems);
+    check_browser_page(at, service, problems);
     let scaling = &service.scaling;
     let mut durations = vec![
         (
@@ -789,6 +790,28 @@ fn check_limits(limits: &LimitsConfig, problems: &mut Problems) {
             "proxy.limits.body_buffer".into(),
             "must be at most 64 MiB: it is held in memory per request".into(),
         ));
+    }
+}
+
+/// A waiting-page service keeps `/__rouse` for the proxy: a route of its
+/// own under it would never reach the app.
+fn check_browser_page(at: &str, service: &ServiceConfig, problems: &mut Problems) {
+    if !service.hold.browser_page {
+        return;
+    }
+    let prefix = super::RESERVED_PREFIX;
+    for path in &service.paths {
+        let reserved = path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if reserved {
+            problems.push((
+                format!("{at}.hold.browser_page"),
+                format!(
+                    "paths may not include `{path}`: with browser_page the proxy keeps `{prefix}/` for the waiting page's events"
+                ),
+            ));
+        }
     }
 }
 
