@@ -84,6 +84,9 @@ pub struct ServiceStatus {
     pub replicas: Vec<ReplicaStatus>,
     pub held: u64,
     pub in_flight: u64,
+    /// Requests per second arriving, summed over the live proxies' last
+    /// report intervals.
+    pub rps: f64,
     /// Proxies whose reports are live.
     pub proxies: usize,
     pub last_scale: Option<ScaleEvent>,
@@ -232,6 +235,7 @@ mod tests {
             replicas: Vec::new(),
             held: 0,
             in_flight: 0,
+            rps: 0.0,
             proxies: 0,
             last_scale: None,
             pinned: None,

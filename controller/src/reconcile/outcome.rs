@@ -113,6 +113,7 @@ impl ServiceLoop {
             pools: self.pool_status(pools),
             held: totals.held,
             in_flight: totals.in_flight,
+            rps: self.inbox.observations().arrival_rate(now),
             proxies: totals.proxies,
             last_scale: self.last_scale.clone(),
             pinned: self.inbox.pin(),
