@@ -7,7 +7,10 @@
 #   1. sends one request: it is held, wakes the service, and is answered by a
 #      freshly started replica (x-rouse-cold-start: true);
 #   2. sends a burst of load and prints the replica count as it rises;
-#   3. waits, printing the count as the service drains back to zero.
+#   3. deploys a second service with the `rouse` CLI while rouse runs, wakes
+#      it, lists the routes and the status table, and removes it again;
+#   4. waits, printing the count as the service drains back to zero, then
+#      shows the scale events (`rouse events`).
 # Everything it started is stopped on exit or Ctrl-C.
 #
 # Ports (override through the environment): ROUSE_DEMO_NATS_PORT (14222),
@@ -119,6 +122,20 @@ wait "$LOAD" || true
 say "load generator summary"
 grep -E -i "requests/sec|reqs/sec|success rate|status code|\[[0-9]{3}\]|responses|Error" "$WORK/load.txt" | head -12 || cat "$WORK/load.txt"
 
+ROUSE=("$BIN/rouse" --config "$WORK/rouse.yaml")
+say "rouse status (the CLI; --watch redraws it)"
+"${ROUSE[@]}" status
+
+say "rouse deploy: a second service, added without restarting anything"
+"${ROUSE[@]}" deploy hello --host hello.localhost --max 2 --scale-to-zero-after 10s \
+    --command "$BIN/rouse-echo" --port '{port}'
+"${ROUSE[@]}" routes
+curl -sS -H "Host: hello.localhost" -w '  (answered in %{time_total}s)\n' "http://127.0.0.1:$PROXY_PORT/"
+"${ROUSE[@]}" status
+say "rouse remove hello: its route goes, its replica stops"
+"${ROUSE[@]}" remove hello
+curl -sS -o /dev/null -w '  hello.localhost now answers %{http_code}\n' -H "Host: hello.localhost" "http://127.0.0.1:$PROXY_PORT/"
+
 say "traffic stopped: replicas drain and return to zero (scale_to_zero_after: 10s)"
 for _ in $(seq 1 90); do
     read -r ready desired <<<"$(replicas)"
@@ -126,6 +143,8 @@ for _ in $(seq 1 90); do
     if [ "$ready" = "0" ] && [ "$desired" = "0" ]; then break; fi
     sleep 1
 done
+say "rouse events (the scale events of this run, from the ROUSE_EVENTS stream)"
+"${ROUSE[@]}" events --service echo || true
 say "proxy metrics (excerpt)"
 curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -E '^rouse_(requests_total|cold_start_wait_seconds_count|hold_timeouts_total)' || true
 say "done"
