@@ -39,12 +39,7 @@ struct Done<'a> {
 pub async fn run(args: &Args, endpoints: &Endpoints, format: Format) -> Outcome {
     let name = args.name.as_str();
     let store = Store::open(endpoints).await?;
-    let Some(found) = store.get(name).await? else {
-        return Err(fail(
-            Code::Usage,
-            format!("no service named `{name}` in the catalog (`rouse routes` lists them)"),
-        ));
-    };
+    let found = store.existing(name).await?;
     let done = match args.pin {
         Some(replicas) => {
             if let Ok(record) = &found.record {

@@ -69,6 +69,16 @@ impl Store {
         }))
     }
 
+    /// The entry of `name`, which must exist (else a usage error naming it).
+    pub async fn existing(&self, name: &str) -> Outcome<Found> {
+        self.get(name).await?.ok_or_else(|| {
+            fail(
+                Code::Usage,
+                format!("no service named `{name}` in the catalog (`rouse routes` lists them)"),
+            )
+        })
+    }
+
     /// Every record that decodes, by name; the others are named on stderr.
     pub async fn list(&self) -> Outcome<BTreeMap<String, Entry>> {
         let unreachable = |e: anyhow::Error| -> Failure {

@@ -333,25 +333,15 @@ pub async fn seed_forever(bus: Bus, mut file: watch::Receiver<Vec<ServiceConfig>
 
 /// Follows `rouse-pins` into `pins` and the services' inboxes.
 pub async fn follow_pins(bus: Bus, pins: Arc<DashMap<String, u32>>, inboxes: Arc<Inboxes>) {
-    let mut connects = bus.connects.clone();
-    let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();
-    loop {
-        if *connects.borrow_and_update() == 0 && connects.changed().await.is_err() {
-            return;
+    bus::each_connection(&bus, "pins watch", |mut connects| {
+        let (bus, pins, inboxes) = (bus.clone(), Arc::clone(&pins), Arc::clone(&inboxes));
+        async move {
+            pin_session(&bus, &pins, &inboxes, &mut connects)
+                .await
+                .map_err(|err| format!("{err:#}"))
         }
-        match pin_session(&bus, &pins, &inboxes, &mut connects).await {
-            Ok(()) => delays.reset(),
-            Err(err) => {
-                let delay = delays.next().unwrap_or_default();
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    ?delay,
-                    "pins watch failed; retrying"
-                );
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
+    })
+    .await;
 }
 
 async fn pin_session(
@@ -360,7 +350,6 @@ async fn pin_session(
     inboxes: &Inboxes,
     connects: &mut watch::Receiver<u64>,
 ) -> anyhow::Result<()> {
-    connects.borrow_and_update();
     let js = jetstream::new(bus.client.clone());
     let store = bus::pins_bucket(&js).await?;
     // With history: the current value of every key first, then changes.

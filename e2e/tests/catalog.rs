@@ -21,6 +21,20 @@ async fn bus_rejected(cluster: &Cluster) -> f64 {
         .expect("rouse_bus_rejected_total is exported")
 }
 
+/// The first 200 from `host` once its service is defined (404 until then).
+async fn first_200(cluster: &Cluster, host: &str) -> rouse_e2e::Resp {
+    cluster
+        .poll_until(
+            &format!("{host} answers 200"),
+            Duration::from_secs(60),
+            || async {
+                let resp = cluster.get(host, "/").await;
+                (resp.status == 200).then_some(resp)
+            },
+        )
+        .await
+}
+
 /// Every answer of a load was a 200 from a replica, and there were enough.
 fn assert_nothing_failed(records: &[fault::Record], during: &str) {
     assert!(
@@ -65,16 +79,7 @@ async fn a_service_deployed_and_removed_under_load_costs_the_others_nothing() {
         .deploy(&echo_spec("late", "late.localhost", &cluster.marker))
         .await
         .expect("deploy");
-    let first = cluster
-        .poll_until(
-            "the deployed service answers",
-            Duration::from_secs(60),
-            || async {
-                let resp = cluster.get("late.localhost", "/").await;
-                (resp.status == 200).then_some(resp)
-            },
-        )
-        .await;
+    let first = first_200(&cluster, "late.localhost").await;
     assert!(first.text().contains("handled by"), "{first}");
     cluster
         .wait_status("late", "ready 1", Duration::from_secs(30), |s| s.ready == 1)
@@ -228,16 +233,7 @@ async fn sighup_reloads_the_services_of_the_file() {
     }
     cluster.controller_proc().sighup();
     cluster.proxy_proc(0).sighup();
-    let resp = cluster
-        .poll_until(
-            "the added service answers",
-            Duration::from_secs(60),
-            || async {
-                let resp = cluster.get("added.localhost", "/").await;
-                (resp.status == 200).then_some(resp)
-            },
-        )
-        .await;
+    let resp = first_200(&cluster, "added.localhost").await;
     assert!(resp.cold_start(), "{resp}");
     let mirrored = cluster
         .poll_until(

@@ -99,6 +99,35 @@ pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<Bus, BusE
     Ok(Bus { client, connects })
 }
 
+/// Runs `session` once per NATS connection for as long as the process
+/// lives: first once connected, again after every reconnect (`session`
+/// gets `connects` and returns `Ok` when it changes), and after a failure
+/// on the RESUBSCRIBE schedule, logged with `what`. For what follows a KV
+/// watch: consumers do not reliably survive a server restart.
+pub async fn each_connection<F, Fut, E>(bus: &Bus, what: &str, mut session: F)
+where
+    F: FnMut(watch::Receiver<u64>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut connects = bus.connects.clone();
+    let mut delays = crate::backoff::RESUBSCRIBE.delays();
+    loop {
+        if *connects.borrow_and_update() == 0 && connects.changed().await.is_err() {
+            return;
+        }
+        connects.borrow_and_update();
+        match session(connects.clone()).await {
+            Ok(()) => delays.reset(),
+            Err(err) => {
+                let delay = delays.next().unwrap_or_default();
+                tracing::warn!(error = %err, ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
 fn on_event(event: Event, connected: &watch::Sender<u64>) {
     match event {
         Event::Connected => {

@@ -268,21 +268,11 @@ enum SessionError {
 /// Follows the services bucket for as long as the process lives: a fresh
 /// read on every (re)connect, then its watch.
 pub async fn follow(bus: Bus, sink: Arc<dyn Sink>) {
-    let mut connects = bus.connects.clone();
-    let mut delays = crate::backoff::RESUBSCRIBE.delays();
-    loop {
-        if *connects.borrow_and_update() == 0 && connects.changed().await.is_err() {
-            return;
-        }
-        match session(&bus, &*sink, &mut connects).await {
-            Ok(()) => delays.reset(),
-            Err(err) => {
-                let delay = delays.next().unwrap_or_default();
-                tracing::warn!(error = %err, ?delay, "services watch failed; retrying");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
+    crate::bus::each_connection(&bus, "services watch", |mut connects| {
+        let (bus, sink) = (bus.clone(), Arc::clone(&sink));
+        async move { session(&bus, &*sink, &mut connects).await }
+    })
+    .await;
 }
 
 async fn session(
@@ -290,7 +280,6 @@ async fn session(
     sink: &dyn Sink,
     connects: &mut tokio::sync::watch::Receiver<u64>,
 ) -> Result<(), SessionError> {
-    connects.borrow_and_update();
     let js = jetstream::new(bus.client.clone());
     let store = crate::bus::services_bucket(&js).await?;
     // The watch starts first, so nothing written during the read is missed;
