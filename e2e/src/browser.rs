@@ -48,8 +48,10 @@ const WINDOW: (u32, u32) = (800, 500);
 /// One headless Chromium session and the chromedriver serving it.
 ///
 /// [`Browser::close`] ends the session (Chromium exits with it) and stops
-/// chromedriver; dropping a `Browser` without closing still kills
-/// chromedriver (`kill_on_drop`), whose exit takes its Chromium down.
+/// chromedriver. chromedriver runs in a process group of its own, which its
+/// Chromium joins: dropping a `Browser` without closing (a failed test)
+/// kills the whole group, since a killed chromedriver leaves its Chromium
+/// running.
 pub struct Browser {
     client: Option<Client>,
     driver: Child,
@@ -81,6 +83,7 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {}", chromedriver.display()))?;
         let url = format!("http://127.0.0.1:{port}");
@@ -235,6 +238,11 @@ impl Browser {
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Chromium's profile dir: on the command line of each of its processes.
+    pub fn profile_dir(&self) -> &Path {
+        self._profile.path()
+    }
+
     /// Ends the session (Chromium exits) and stops chromedriver.
     pub async fn close(mut self) -> anyhow::Result<()> {
         let closed = match self.client.take() {
@@ -243,6 +251,18 @@ impl Browser {
         };
         let _ = self.driver.kill().await;
         closed
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The group's id is chromedriver's pid; gone once it was reaped.
+        if let Some(pid) = self.driver.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

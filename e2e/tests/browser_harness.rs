@@ -71,3 +71,33 @@ async fn the_browser_loads_a_page_runs_its_script_and_takes_a_screenshot() {
     browser.close().await.unwrap();
     server.abort();
 }
+
+/// A test that fails holds its `Browser` until it unwinds: dropping it
+/// unclosed must take Chromium down too, not only chromedriver (killed,
+/// chromedriver leaves its Chromium running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_dropped_unclosed_leaves_no_chromium_behind() {
+    let browser = Browser::start().await.expect("browser");
+    browser.goto("about:blank").await.expect("goto");
+    let profile = browser.profile_dir().to_string_lossy().into_owned();
+    let running = rouse_stack::procfs::pids_with_arg(&profile);
+    assert!(
+        !running.is_empty(),
+        "Chromium runs with its profile {profile}"
+    );
+    drop(browser);
+    let gone = rouse_stack::poll(Duration::from_secs(20), || {
+        let profile = profile.clone();
+        async move {
+            rouse_stack::procfs::pids_with_arg(&profile)
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "Chromium outlived its dropped Browser: {:?}",
+        rouse_stack::procfs::pids_with_arg(&profile)
+    );
+}
