@@ -72,6 +72,8 @@ pub struct Fleet {
     report_interval: Duration,
     builder: Box<dyn Builder>,
     rejected: Vec<Rejection>,
+    /// The file's services at start are running: later starts are news.
+    started: bool,
 }
 
 impl Fleet {
@@ -90,6 +92,7 @@ impl Fleet {
             report_interval: config.proxy.report_interval,
             builder,
             rejected: Vec::new(),
+            started: false,
         }
     }
 
@@ -102,6 +105,7 @@ impl Fleet {
         mut shutdown: watch::Receiver<bool>,
     ) {
         self.apply().await;
+        self.started = true;
         loop {
             let command = tokio::select! {
                 command = commands.recv() => command,
@@ -177,7 +181,7 @@ impl Fleet {
         let wiring = self.builder.wiring(spec);
         let service_loop =
             ServiceLoop::new(spec.clone(), backend, Arc::clone(&inbox), wiring).retired_by(retired);
-        if !self.running.is_empty() {
+        if self.started {
             tracing::info!(service = %spec.name, "service added");
         }
         self.running.insert(
@@ -246,33 +250,26 @@ impl catalog::Sink for FleetSink {
 /// differ, and deletes seeded entries the file no longer has. Entries
 /// written by `rouse deploy` are left alone.
 pub async fn seed(store: &kv::Store, file: &[ServiceConfig], by: &str) -> anyhow::Result<usize> {
-    let mut written = 0;
-    let mut seeded: Vec<String> = Vec::new();
+    // Every record that decodes, read once.
+    let mut records: HashMap<String, ServiceRecord> = HashMap::new();
     let mut keys = store.keys().await?;
     while let Some(key) = keys.next().await {
         let Ok(key) = key else { continue };
         if let Ok(Some(value)) = store.get(key.as_str()).await {
             if let Ok(record) = catalog::decode(&key, &value) {
-                if record.source == Source::File {
-                    seeded.push(key);
-                }
+                records.insert(key, record);
             }
         }
     }
+    let mut written = 0;
     for spec in file {
-        let current = store.get(spec.name.as_str()).await?;
-        let unchanged = current
-            .as_ref()
-            .and_then(|value| catalog::decode(&spec.name, value).ok())
-            .is_some_and(|record| record.source == Source::File && same(&record.spec, spec));
-        if unchanged {
-            continue;
-        }
-        if let Some(record) = current.and_then(|value| catalog::decode(&spec.name, &value).ok()) {
-            if record.source == Source::Api {
+        match records.get(&spec.name) {
+            Some(record) if record.source == Source::File && same(&record.spec, spec) => continue,
+            Some(record) if record.source == Source::Api => {
                 tracing::warn!(service = %spec.name, "the config file and `rouse deploy` both define this service; the file's wins here, and the bucket keeps the deployed one");
                 continue;
             }
+            _ => {}
         }
         let record = ServiceRecord::new(Source::File, spec.clone(), by);
         store
@@ -280,8 +277,9 @@ pub async fn seed(store: &kv::Store, file: &[ServiceConfig], by: &str) -> anyhow
             .await?;
         written += 1;
     }
-    for key in seeded {
-        if !file.iter().any(|spec| spec.name == key) {
+    let in_file: std::collections::HashSet<&str> = file.iter().map(|s| s.name.as_str()).collect();
+    for (key, record) in &records {
+        if record.source == Source::File && !in_file.contains(key.as_str()) {
             store.delete(key.as_str()).await?;
             tracing::info!(service = %key, "removed from the catalog: no longer in the config file");
         }

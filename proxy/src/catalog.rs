@@ -53,6 +53,9 @@ struct State {
     /// The latest endpoint set of every key, defined services or not.
     endpoint_sets: HashMap<String, EndpointSet>,
     rejected: Vec<Rejection>,
+    /// The first build (the file's services at start) is done: later
+    /// additions are news worth a log line.
+    built: bool,
 }
 
 impl Registry {
@@ -174,6 +177,7 @@ impl Registry {
             }
         }
         state.by_name = by_name;
+        state.built = true;
         self.routes.store(Arc::new(routes));
         self.services.store(Arc::new(in_order));
     }
@@ -193,7 +197,7 @@ impl Registry {
                 tracing::warn!(service = %spec.name, error = %problem, "skipped an unusable endpoint");
             }
         }
-        if !state.by_name.is_empty() || !state.file.is_empty() {
+        if state.built {
             tracing::info!(service = %spec.name, hosts = ?spec.hosts, paths = ?spec.paths, "service added");
         }
         service

@@ -9,7 +9,7 @@
 //! second while requests are held (or a waiting page follows the wake,
 //! `waiting`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +78,8 @@ pub struct Reporter {
     /// Where the services come from when they can change (the catalog);
     /// without it, the list given to `new` is the list for good.
     registry: Option<Arc<Registry>>,
+    /// The registry's list as of the last `sync`.
+    synced: Option<Arc<Vec<Arc<Service>>>>,
 }
 
 impl Reporter {
@@ -106,6 +108,7 @@ impl Reporter {
             previous,
             seq: 0,
             registry: None,
+            synced: None,
         }
     }
 
@@ -122,29 +125,36 @@ impl Reporter {
             return;
         };
         let current = registry.services();
+        // Unchanged list and no removed service still reported: nothing to do.
+        let unchanged = self
+            .synced
+            .as_ref()
+            .is_some_and(|synced| Arc::ptr_eq(synced, &current));
+        if unchanged && self.services.len() == current.len() {
+            return;
+        }
         let old_services = std::mem::take(&mut self.services);
         let old_previous = std::mem::take(&mut self.previous);
-        let mut carried: Vec<(Arc<Service>, Option<Previous>)> = old_services
+        // By object address: one entry per service, looked up once.
+        let mut carried: HashMap<*const Service, (Arc<Service>, Previous)> = old_services
             .into_iter()
             .zip(old_previous)
-            .map(|(service, previous)| (service, Some(previous)))
+            .map(|(service, previous)| (Arc::as_ptr(&service), (service, previous)))
             .collect();
         let now = Instant::now();
         for service in current.iter() {
-            let previous = carried
-                .iter_mut()
-                .find(|(known, _)| Arc::ptr_eq(known, service))
-                .and_then(|(_, previous)| previous.take())
-                .unwrap_or(Previous {
+            let previous = carried.remove(&Arc::as_ptr(service)).map_or(
+                Previous {
                     arrivals: 0,
                     completed: 0,
                     at: now,
-                });
+                },
+                |(_, previous)| previous,
+            );
             self.services.push(Arc::clone(service));
             self.previous.push(previous);
         }
-        for (service, previous) in carried {
-            let Some(previous) = previous else { continue };
+        for (service, previous) in carried.into_values() {
             let busy =
                 service.counters.in_flight.load(Ordering::Relaxed) > 0 || service.waiting() > 0;
             if busy {
@@ -152,6 +162,7 @@ impl Reporter {
                 self.previous.push(previous);
             }
         }
+        self.synced = Some(current);
     }
 
     /// Runs until the signal channel closes.
