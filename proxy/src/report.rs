@@ -294,3 +294,93 @@ fn snapshot_load(service: &Service, previous: &mut Previous, proxy: &str, seq: u
     }
     load
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ProxyMetrics;
+    use crate::service::Defaults;
+    use futures::StreamExt;
+    use rouse_nats::config::ServiceConfig;
+
+    fn spec(name: &str) -> ServiceConfig {
+        serde_norway::from_str(&format!(
+            "name: {name}\nhosts: [{name}.test]\nbackend: {{process: {{command: [x]}}}}\n"
+        ))
+        .expect("spec")
+    }
+
+    /// The next report of `service` (others skipped), within 20 s.
+    async fn next_of(reports: &mut async_nats::Subscriber, service: &str) -> Load {
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(message) = reports.next().await {
+                let load: Load = messages::decode(&message.payload).expect("a load report");
+                if load.service == service {
+                    return Some(load);
+                }
+            }
+            None
+        })
+        .await;
+        found
+            .expect("a report within 20 s")
+            .expect("subscription open")
+    }
+
+    /// Following the registry: a service added later is reported, and a
+    /// removed one is reported for as long as it has a request in flight
+    /// (the controller's drain needs that count), then no more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_follow_the_services_in_force_and_outlast_a_removal_while_busy() {
+        let dir = tempfile::tempdir().expect("dir");
+        let nats = rouse_e2e::nats::NatsServer::start_in(dir.path()).await;
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let mut reports = client.subscribe("rouse.load.*").await.expect("subscribe");
+        let defaults = Defaults {
+            response_timeout: Duration::from_secs(1),
+            max_body: None,
+        };
+        let registry = Arc::new(Registry::new(
+            &[spec("kept"), spec("gone")],
+            defaults,
+            Arc::new(ProxyMetrics::new()),
+        ));
+        let gone = Arc::clone(&registry.services()[1]);
+        gone.counters.in_flight.store(1, Ordering::Relaxed);
+        let reporter = Reporter::new(
+            client.clone(),
+            Subjects::new("rouse"),
+            "p".into(),
+            Duration::from_millis(100),
+            Vec::new(),
+        )
+        .following(Arc::clone(&registry));
+        let (_signals, signal_rx) = mpsc::channel(8);
+        tokio::spawn(reporter.run(signal_rx));
+
+        registry.set_file(vec![spec("kept"), spec("added")]);
+        assert_eq!(next_of(&mut reports, "added").await.in_flight, 0);
+        // Removed, but a request is still in flight on it: still reported.
+        for _ in 0..3 {
+            assert_eq!(next_of(&mut reports, "gone").await.in_flight, 1);
+        }
+        gone.counters.in_flight.store(0, Ordering::Relaxed);
+        // Its request done: dropped at the next tick (what was already
+        // published may still arrive) while the others go on.
+        let mut gone_after = 0;
+        for _ in 0..20 {
+            let message = tokio::time::timeout(Duration::from_secs(20), reports.next())
+                .await
+                .expect("reports go on")
+                .expect("subscription open");
+            let load: Load = messages::decode(&message.payload).expect("a load report");
+            if load.service == "gone" {
+                gone_after += 1;
+            }
+        }
+        assert!(
+            gone_after <= 3,
+            "`gone` reported {gone_after} times after it went idle"
+        );
+    }
+}
