@@ -163,7 +163,9 @@ impl Observations {
             .values()
             .filter(|r| now.saturating_duration_since(r.received) <= ttl)
             .map(ProxyReport::rate)
-            .sum()
+            // Not `sum()`: over no proxy at all, f64's sum is -0.0, which
+            // status shows as "-0.0".
+            .fold(0.0, |total, rate| total + rate)
     }
 
     /// Whether endpoint `id`, marked draining in `generation` (written to KV
@@ -324,5 +326,13 @@ mod tests {
         let obs = Observations::new(Duration::from_secs(1));
         assert!(!obs.drained("r1", 1, t0, t0 + Duration::from_secs(2)));
         assert!(obs.drained("r1", 1, t0, t0 + Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn without_live_proxies_the_rate_is_plus_zero() {
+        let obs = Observations::new(Duration::from_secs(1));
+        let rate = obs.arrival_rate(Instant::now());
+        assert_eq!(rate, 0.0);
+        assert!(rate.is_sign_positive(), "{rate} would show as \"-0.0\"");
     }
 }
