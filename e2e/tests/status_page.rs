@@ -3,8 +3,10 @@
 //! `/api/v1/history` with its own script, so only a browser can show that
 //! the table, the chart and the event list come out right.
 //!
-//! The first test also saves the screenshot the README shows
-//! (docs/status-page.png). The second closes the API with an admin token:
+//! The first test also takes the screenshot the README shows: into
+//! `$ROUSE_SCREENSHOTS/status-page.png` when set (`ROUSE_SCREENSHOTS=docs`
+//! renews docs/status-page.png), else into a temp dir, so a test run leaves
+//! the repository as it was. The second closes the API with an admin token:
 //! the page asks for it, and takes it from the URL's fragment.
 
 use std::time::Duration;
@@ -118,7 +120,14 @@ async fn the_status_page_shows_services_their_chart_and_the_wake() {
         "the event gives its reason: {event}"
     );
 
-    let shot = workspace_root().join("docs/status-page.png");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let dir = std::env::var_os("ROUSE_SCREENSHOTS")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || scratch.path().to_path_buf(),
+            |d| workspace_root().join(d),
+        );
+    let shot = dir.join("status-page.png");
     if let Err(e) = browser.screenshot(&shot).await {
         cluster.fail(&format!("{e:#}")).await;
     }
