@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use dashmap::DashMap;
@@ -69,7 +68,6 @@ pub struct Fleet {
     running: HashMap<String, Running>,
     inboxes: Arc<Inboxes>,
     pins: Arc<DashMap<String, u32>>,
-    report_interval: Duration,
     builder: Box<dyn Builder>,
     rejected: Vec<Rejection>,
     /// The file's services at start are running: later starts are news.
@@ -89,7 +87,6 @@ impl Fleet {
             running: HashMap::new(),
             inboxes,
             pins,
-            report_interval: config.proxy.report_interval,
             builder,
             rejected: Vec::new(),
             started: false,
@@ -163,12 +160,7 @@ impl Fleet {
     }
 
     async fn start(&mut self, spec: &ServiceConfig) {
-        let inbox = Arc::clone(
-            self.inboxes
-                .entry(spec.name.clone())
-                .or_insert_with(|| Arc::new(Inbox::new(self.report_interval)))
-                .value(),
-        );
+        let inbox = self.inboxes.open(&spec.name);
         inbox.set_pin(self.pins.get(&spec.name).map(|pin| *pin));
         let backend = match self.builder.backend(spec, &inbox).await {
             Ok(backend) => backend,

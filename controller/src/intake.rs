@@ -1,5 +1,9 @@
-//! Receives what the proxies publish (`wake`, `load`) and hands each message
-//! to its service's inbox, waking that service's reconcile loop.
+//! Receives what the proxies publish (`wake`, `load`, and each proxy's
+//! periodic `report`) and hands each service's part to its inbox, waking
+//! that service's reconcile loop. A report first goes to the shared
+//! heartbeat table ([`Proxies`]); then only the services it lists are
+//! touched, so the work per report follows the active services, not the
+//! configured ones.
 //!
 //! Anything that does not decode, speaks another version, or names a service
 //! this controller does not run is counted in `rouse_bus_rejected_total` and
@@ -11,12 +15,14 @@ use std::time::Duration;
 
 use async_nats::{Client, Message};
 use futures::StreamExt;
-use rouse_nats::messages::{self, DecodeError, Load, Wake};
+use rouse_nats::messages::{self, DecodeError, Load, Report, Wake};
+use rouse_nats::subjects::subject_token;
 use rouse_nats::Subjects;
 use tokio::sync::{watch, Notify};
 
 use crate::metrics::ControllerMetrics;
 use crate::observations::Observations;
+use crate::proxies::Proxies;
 
 /// Where a service's reports land.
 pub struct Inbox {
@@ -34,9 +40,16 @@ pub struct Inbox {
 const NOT_PINNED: u64 = u64::MAX;
 
 impl Inbox {
+    /// An inbox with a heartbeat table of its own (tests); a controller's
+    /// come from [`Inboxes::open`].
+    #[cfg(test)]
     pub fn new(report_interval: Duration) -> Self {
+        Self::sharing(Observations::new(report_interval))
+    }
+
+    fn sharing(observations: Observations) -> Self {
         Self {
-            observations: Mutex::new(Observations::new(report_interval)),
+            observations: Mutex::new(observations),
             wakeup: Arc::new(Notify::new()),
             changes: watch::Sender::new(0),
             pin: AtomicU64::new(NOT_PINNED),
@@ -75,10 +88,67 @@ impl Inbox {
     }
 }
 
-/// Every service's inbox, by name; services come and go with the catalog.
-pub type Inboxes = dashmap::DashMap<String, Arc<Inbox>>;
+/// Every service's inbox, by name (services come and go with the catalog),
+/// and the proxies' heartbeats they all judge reports by.
+pub struct Inboxes {
+    by_service: dashmap::DashMap<String, Arc<Inbox>>,
+    proxies: Arc<Proxies>,
+    report_interval: Duration,
+}
 
-/// Subscribes and dispatches until both subscriptions end.
+impl std::ops::Deref for Inboxes {
+    type Target = dashmap::DashMap<String, Arc<Inbox>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.by_service
+    }
+}
+
+impl Inboxes {
+    pub fn new(report_interval: Duration) -> Self {
+        Self {
+            by_service: dashmap::DashMap::new(),
+            proxies: Arc::new(Proxies::new()),
+            report_interval,
+        }
+    }
+
+    /// With an inbox for each of `services` already.
+    pub fn with<'a>(
+        report_interval: Duration,
+        services: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let inboxes = Self::new(report_interval);
+        for service in services {
+            inboxes.open(service);
+        }
+        inboxes
+    }
+
+    /// The inbox of `service`, made if it has none.
+    pub fn open(&self, service: &str) -> Arc<Inbox> {
+        if let Some(inbox) = self.by_service.get(service) {
+            return Arc::clone(&inbox);
+        }
+        let inbox = self
+            .by_service
+            .entry(service.to_string())
+            .or_insert_with(|| {
+                Arc::new(Inbox::sharing(Observations::sharing(
+                    self.report_interval,
+                    Arc::clone(&self.proxies),
+                )))
+            });
+        Arc::clone(&inbox)
+    }
+
+    /// The proxies' heartbeats.
+    pub fn proxies(&self) -> &Proxies {
+        &self.proxies
+    }
+}
+
+/// Subscribes and dispatches until the subscriptions end.
 pub async fn run(
     client: Client,
     subjects: Subjects,
@@ -87,6 +157,7 @@ pub async fn run(
 ) -> Result<(), async_nats::SubscribeError> {
     let mut wakes = client.subscribe(subjects.all_wakes()).await?;
     let mut loads = client.subscribe(subjects.all_loads()).await?;
+    let mut reports = client.subscribe(subjects.all_reports()).await?;
     loop {
         tokio::select! {
             Some(message) = wakes.next() => {
@@ -95,9 +166,47 @@ pub async fn run(
             Some(message) = loads.next() => {
                 count_rejection(deliver_load(&subjects, &inboxes, &message), &message, &metrics);
             }
+            Some(message) = reports.next() => {
+                for outcome in deliver_report(&inboxes, &message) {
+                    count_rejection(outcome, &message, &metrics);
+                }
+            }
             else => return Ok(()),
         }
     }
+}
+
+/// Takes in a proxy's periodic report: its heartbeat, then each listed
+/// service's entry. One outcome per problem: a report that does not decode
+/// is one rejection; an entry naming a service this controller does not
+/// run is one rejection, and the others still land.
+pub(crate) fn deliver_report(inboxes: &Inboxes, message: &Message) -> Vec<Result<(), Rejected>> {
+    let mut report: Report = match messages::decode(&message.payload) {
+        Ok(report) => report,
+        Err(err) => return vec![Err(err.into())],
+    };
+    let subject_proxy = message.subject.as_str().rsplit('.').next().unwrap_or("");
+    if subject_token(&report.proxy) != subject_proxy {
+        return vec![Err(Rejected::ProxyMismatch {
+            subject: subject_proxy.to_string(),
+            payload: report.proxy,
+        })];
+    }
+    let now = crate::reconcile::now();
+    inboxes.proxies().heard(&report, now);
+    let entries = std::mem::take(&mut report.services);
+    let mut outcomes = Vec::new();
+    for entry in entries {
+        let Some(inbox) = inboxes.get(&entry.service).map(|i| Arc::clone(&i)) else {
+            outcomes.push(Err(Rejected::UnknownService(entry.service)));
+            continue;
+        };
+        inbox
+            .observations()
+            .record_load(entry.into_load(&report), now);
+        inbox.delivered();
+    }
+    outcomes
 }
 
 /// Hands a `wake` message to its service's inbox.
@@ -133,6 +242,8 @@ pub(crate) enum Rejected {
     Decode(#[from] DecodeError),
     #[error("no service `{0}` in this controller's config")]
     UnknownService(String),
+    #[error("subject names proxy `{subject}` but the payload says `{payload}`")]
+    ProxyMismatch { subject: String, payload: String },
 }
 
 trait Addressed {
@@ -181,5 +292,93 @@ fn count_rejection(outcome: Result<(), Rejected>, message: &Message, metrics: &C
     if let Err(err) = outcome {
         metrics.bus_rejected.inc();
         tracing::warn!(subject = %message.subject, error = %err, "dropped message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rouse_nats::messages::{ServiceLoad, VERSION};
+
+    fn message(subject: &str, payload: Vec<u8>) -> Message {
+        Message {
+            subject: subject.into(),
+            reply: None,
+            length: payload.len(),
+            payload: payload.into(),
+            headers: None,
+            status: None,
+            description: None,
+        }
+    }
+
+    fn entry(service: &str, in_flight: u64) -> ServiceLoad {
+        ServiceLoad {
+            service: service.into(),
+            interval_ms: 1000,
+            arrivals: 1,
+            completed: 0,
+            in_flight,
+            held: 0,
+            per_endpoint: Default::default(),
+            endpoints_generation: 1,
+        }
+    }
+
+    fn report(proxy: &str, seq: u64, services: Vec<ServiceLoad>) -> Vec<u8> {
+        messages::encode(&Report {
+            v: VERSION,
+            proxy: proxy.into(),
+            seq,
+            interval_ms: 1000,
+            endpoints_revision: 3,
+            part: 0,
+            parts: 1,
+            services,
+            at_ms: 0,
+        })
+        .to_vec()
+    }
+
+    /// A report lands in the inboxes it lists and nowhere else, records the
+    /// heartbeat, and an unknown service or a forged proxy name is counted
+    /// without losing the rest.
+    #[test]
+    fn a_report_reaches_only_the_services_it_lists() {
+        let inboxes = Inboxes::with(Duration::from_secs(1), ["a", "b"]);
+        let b_changes = inboxes.open("b").watch();
+        let subject = "rouse.report.web_1";
+        let outcomes = deliver_report(
+            &inboxes,
+            &message(
+                subject,
+                report("web.1", 10, vec![entry("a", 2), entry("zz", 1)]),
+            ),
+        );
+        assert_eq!(outcomes.len(), 1, "one unknown service");
+        assert!(matches!(&outcomes[0], Err(Rejected::UnknownService(s)) if s == "zz"));
+        let now = crate::reconcile::now();
+        assert_eq!(inboxes.open("a").observations().totals(now).in_flight, 2);
+        assert!(!b_changes.has_changed().expect("open"), "b was not touched");
+        let totals = inboxes.open("b").observations().totals(now);
+        assert_eq!(
+            (totals.in_flight, totals.proxies),
+            (0, 1),
+            "b sees the live proxy"
+        );
+        let seen = inboxes.proxies().get("web.1").expect("heartbeat recorded");
+        assert_eq!((seen.complete_seq, seen.endpoints_revision), (10, 3));
+
+        // The next report leaves `a` out: idle there.
+        assert!(
+            deliver_report(&inboxes, &message(subject, report("web.1", 11, vec![]))).is_empty()
+        );
+        assert_eq!(inboxes.open("a").observations().totals(now).in_flight, 0);
+
+        let forged = deliver_report(&inboxes, &message(subject, report("other", 12, vec![])));
+        assert!(matches!(&forged[..], [Err(Rejected::ProxyMismatch { .. })]));
+        let garbage = deliver_report(&inboxes, &message(subject, b"{not json".to_vec()));
+        assert!(matches!(&garbage[..], [Err(Rejected::Decode(_))]));
+        assert_eq!(inboxes.proxies().get("other"), None);
     }
 }

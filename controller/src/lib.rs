@@ -31,6 +31,7 @@ mod meter;
 mod metrics;
 mod observations;
 mod probe;
+mod proxies;
 mod reconcile;
 mod run;
 mod status;

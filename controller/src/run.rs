@@ -42,18 +42,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The file's services have inboxes before the first report can come;
     // the fleet adds and removes the rest.
-    let inboxes: Arc<Inboxes> = Arc::new(
-        config
-            .services
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    Arc::new(Inbox::new(config.proxy.report_interval)),
-                )
-            })
-            .collect(),
-    );
+    let inboxes = Arc::new(Inboxes::with(
+        config.proxy.report_interval,
+        config.services.iter().map(|s| s.name.as_str()),
+    ));
 
     let admin_listener = TcpListener::bind(config.controller.admin_listen)
         .await

@@ -51,6 +51,109 @@ pub struct Load {
     pub at_ms: u64,
 }
 
+/// Proxy → controller, `<prefix>.report.<proxy>`: everything one proxy has
+/// to say each `report_interval`, in one message however many services it
+/// routes.
+///
+/// It is the proxy's heartbeat (liveness, and how far its endpoint watch
+/// has come) and carries a load entry only for the services active since
+/// the previous report: a service it leaves out had no arrival, nothing in
+/// flight and nothing held. So idle services cost nothing on the bus. A
+/// report too large for one NATS message is sent in `parts` parts with one
+/// `seq`; the set of services is complete once the last part arrived.
+/// Immediate reports (a wake, the first request at an idle service, a
+/// surge) still go out alone as [`Load`] on `<prefix>.load.<service>`,
+/// numbered from the same `seq` counter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub v: u32,
+    pub proxy: String,
+    /// Grows by one per message from this proxy (reports and immediate
+    /// loads alike), and from one process to the next (it starts at the
+    /// process's start time in microseconds).
+    pub seq: u64,
+    /// Time since the previous report.
+    pub interval_ms: u64,
+    /// The highest revision of the endpoints bucket this proxy's watch has
+    /// applied: every endpoint set written at or before it is in force here,
+    /// for the services it reports and those it does not.
+    #[serde(default)]
+    pub endpoints_revision: u64,
+    /// This message's index among the parts of the report (0-based).
+    #[serde(default)]
+    pub part: u32,
+    /// How many messages make up the report (at least 1).
+    #[serde(default = "one")]
+    pub parts: u32,
+    /// The active services (see above).
+    #[serde(default)]
+    pub services: Vec<ServiceLoad>,
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Report {
+    /// Whether this message completes its report (it is the last part).
+    pub fn is_last_part(&self) -> bool {
+        self.part.saturating_add(1) >= self.parts
+    }
+}
+
+/// One service's entry in a [`Report`]: a [`Load`] without the fields the
+/// report carries once for all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceLoad {
+    pub service: String,
+    /// Time since this service's previous report from this proxy.
+    pub interval_ms: u64,
+    pub arrivals: u64,
+    pub completed: u64,
+    pub in_flight: u64,
+    pub held: u64,
+    #[serde(default)]
+    pub per_endpoint: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub endpoints_generation: u64,
+}
+
+impl ServiceLoad {
+    /// The entry as a standalone load report of `report`'s proxy.
+    pub fn into_load(self, report: &Report) -> Load {
+        Load {
+            v: report.v,
+            service: self.service,
+            proxy: report.proxy.clone(),
+            seq: report.seq,
+            interval_ms: self.interval_ms,
+            arrivals: self.arrivals,
+            completed: self.completed,
+            in_flight: self.in_flight,
+            held: self.held,
+            per_endpoint: self.per_endpoint,
+            endpoints_generation: self.endpoints_generation,
+            at_ms: report.at_ms,
+        }
+    }
+
+    /// The part of `load` a report carries per service.
+    pub fn from_load(load: Load) -> Self {
+        Self {
+            service: load.service,
+            interval_ms: load.interval_ms,
+            arrivals: load.arrivals,
+            completed: load.completed,
+            in_flight: load.in_flight,
+            held: load.held,
+            per_endpoint: load.per_endpoint,
+            endpoints_generation: load.endpoints_generation,
+        }
+    }
+}
+
 /// Whether an endpoint may receive new requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -118,7 +221,7 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(Wake, Load, EndpointSet, Scaled);
+versioned!(Wake, Load, Report, EndpointSet, Scaled);
 
 /// Decodes and checks the version.
 pub fn decode<T: DeserializeOwned + Versioned>(payload: &[u8]) -> Result<T, DecodeError> {
@@ -200,5 +303,32 @@ mod tests {
         let load: Load = decode(raw).expect("decodes");
         assert!(load.per_endpoint.is_empty());
         assert_eq!(load.endpoints_generation, 0);
+    }
+
+    #[test]
+    fn a_report_is_one_part_unless_it_says_otherwise() {
+        let raw = br#"{"v":1,"proxy":"p","seq":9,"interval_ms":1000}"#;
+        let report: Report = decode(raw).expect("decodes");
+        assert!(report.services.is_empty(), "a heartbeat carries no service");
+        assert_eq!((report.part, report.parts), (0, 1));
+        assert!(report.is_last_part());
+        let first_of_two = Report {
+            parts: 2,
+            ..report.clone()
+        };
+        assert!(!first_of_two.is_last_part());
+        let entry = ServiceLoad {
+            service: "s".into(),
+            interval_ms: 500,
+            arrivals: 3,
+            completed: 2,
+            in_flight: 1,
+            held: 0,
+            per_endpoint: [("r1".to_string(), 1)].into(),
+            endpoints_generation: 4,
+        };
+        let load = entry.clone().into_load(&report);
+        assert_eq!((load.proxy.as_str(), load.seq), ("p", 9));
+        assert_eq!(ServiceLoad::from_load(load), entry);
     }
 }

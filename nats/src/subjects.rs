@@ -47,12 +47,37 @@ impl Subjects {
         format!("{}.load.*", self.prefix)
     }
 
+    /// Where proxy `proxy` sends its periodic report (see
+    /// [`crate::messages::Report`]); the id is made a single subject token.
+    pub fn report(&self, proxy: &str) -> String {
+        format!("{}.report.{}", self.prefix, subject_token(proxy))
+    }
+
+    pub fn all_reports(&self) -> String {
+        format!("{}.report.*", self.prefix)
+    }
+
     /// The service named by the last token of a wake/load/scaled subject.
     pub fn service_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
         let (_kind, service) = rest.split_once('.')?;
         (!service.is_empty() && !service.contains('.')).then_some(service)
     }
+}
+
+/// `name` as one subject token: characters NATS gives a meaning to (`.`,
+/// `*`, `>`, whitespace) become `_`; an empty name becomes `_`.
+pub fn subject_token(name: &str) -> String {
+    if name.is_empty() {
+        return "_".into();
+    }
+    name.chars()
+        .map(|c| match c {
+            '.' | '*' | '>' => '_',
+            c if c.is_whitespace() || c.is_control() => '_',
+            c => c,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -67,5 +92,18 @@ mod tests {
         assert_eq!(s.service_of("rouse.load.echo"), Some("echo"));
         assert_eq!(s.service_of("other.load.echo"), None);
         assert_eq!(s.service_of("rouse.load."), None);
+    }
+
+    #[test]
+    fn a_proxy_id_is_one_token_of_its_report_subject() {
+        let s = Subjects::new("rouse");
+        assert_eq!(s.report("web-1"), "rouse.report.web-1");
+        assert_eq!(
+            s.report("host.example.com-42"),
+            "rouse.report.host_example_com-42"
+        );
+        assert_eq!(s.report("a b*>"), "rouse.report.a_b__");
+        assert_eq!(s.report(""), "rouse.report._");
+        assert_eq!(s.all_reports(), "rouse.report.*");
     }
 }

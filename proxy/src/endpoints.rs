@@ -1,15 +1,20 @@
 //! Keeps every service's endpoint set in step with the KV bucket (through
 //! the [`Registry`], which also keeps the sets of services not defined yet).
 //!
-//! A session reads the current value of each service and then follows a
-//! watch of the whole bucket. Both paths can deliver the same revision, so
-//! updates are applied in KV revision order per key. A session ends, and a new
-//! one starts from fresh reads, whenever the watch fails or NATS reconnects:
-//! consumers do not reliably survive a server restart, and a fresh read is
-//! cheap. Until the first session has read every key the proxy is not ready.
+//! A session follows a watch of the whole bucket that starts with the
+//! current value of every key (one consumer, however many services: no read
+//! per service), then every change, in revision order. A session ends, and a
+//! new one starts from the current values, whenever the watch fails or NATS
+//! reconnects: consumers do not reliably survive a server restart. Until the
+//! first session has caught up with the bucket the proxy is not ready.
+//!
+//! The highest revision the watch has applied is kept in
+//! [`EndpointWatcher::revision`]: the reports tell the controller, so a drain
+//! knows this proxy routes by the set that marked a replica draining even
+//! for a service it has no traffic for (and so does not report).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
@@ -27,14 +32,15 @@ pub struct EndpointWatcher {
     metrics: Arc<ProxyMetrics>,
     /// Set once every service's current endpoint set has been read.
     pub synced: Arc<AtomicBool>,
+    /// The highest bucket revision the watch has applied (in order, so every
+    /// set written up to it is in force).
+    pub revision: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error(transparent)]
     Bus(#[from] bus::BusError),
-    #[error("reading the endpoints bucket: {0}")]
-    Read(#[from] kv::EntryError),
     #[error("watching the endpoints bucket: {0}")]
     Watch(#[from] kv::WatchError),
     #[error("watch stream: {0}")]
@@ -48,6 +54,7 @@ impl EndpointWatcher {
             registry,
             metrics,
             synced: Arc::new(AtomicBool::new(false)),
+            revision: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -82,16 +89,25 @@ impl EndpointWatcher {
         let store = bus::endpoints_bucket(&js).await?;
         let mut revisions: HashMap<String, u64> = HashMap::new();
         let mut watch = store.watch_with_history(">").await?;
-        for service in self.registry.services().iter() {
-            if let Some(entry) = store.entry(service.name()).await? {
-                self.apply(&entry, &mut revisions);
-            }
+        // An empty bucket replays nothing: caught up already.
+        let empty = store
+            .status()
+            .await
+            .is_ok_and(|status| status.values() == 0);
+        if empty {
+            self.synced.store(true, Ordering::SeqCst);
         }
-        self.synced.store(true, Ordering::SeqCst);
         loop {
             tokio::select! {
                 entry = watch.next() => match entry {
-                    Some(entry) => self.apply(&entry?, &mut revisions),
+                    Some(entry) => {
+                        let entry = entry?;
+                        self.apply(&entry, &mut revisions);
+                        self.revision.fetch_max(entry.revision, Ordering::SeqCst);
+                        if entry.delta == 0 || entry.seen_current {
+                            self.synced.store(true, Ordering::SeqCst);
+                        }
+                    }
                     None => return Ok(()),
                 },
                 _ = connects.changed() => return Ok(()),

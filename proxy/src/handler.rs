@@ -18,7 +18,6 @@ use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
-use tokio::sync::mpsc;
 
 use crate::completion::Completion;
 use crate::error::ProxyError;
@@ -26,7 +25,7 @@ use crate::forward::Forwarder;
 use crate::hold;
 use crate::metrics::ProxyMetrics;
 use crate::observe::{self, Observation, ObservedBody, Observers};
-use crate::report::{self, Signal};
+use crate::report::{self, Signals};
 use crate::response_body::ProxyBody;
 use crate::route::Routes;
 use crate::service::Service;
@@ -40,7 +39,7 @@ pub struct Proxy {
     /// Shared by every data thread; swapped whole when routes change.
     pub routes: Arc<ArcSwap<Routes<Service>>>,
     pub forwarder: Forwarder,
-    pub signals: mpsc::Sender<Signal>,
+    pub signals: Signals,
     pub metrics: Arc<ProxyMetrics>,
     pub limits: RequestLimits,
     /// The access log and tracing, when on (one per data thread).

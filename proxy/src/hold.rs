@@ -15,12 +15,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
 use crate::balance::{self, Lease};
 use crate::error::ProxyError;
 use crate::queue::Admission;
-use crate::report::Signal;
+use crate::report::Signals;
 use crate::service::Service;
 
 /// A lease on a ready endpoint, holding the request while there is none.
@@ -30,7 +28,7 @@ use crate::service::Service;
 pub async fn wait_for_endpoint<'a>(
     service: &'a Arc<Service>,
     client: IpAddr,
-    signals: &mpsc::Sender<Signal>,
+    signals: &Signals,
     started: Instant,
     woke: &mut bool,
 ) -> Result<(Lease, bool), ProxyError<'a>> {
@@ -64,7 +62,7 @@ pub async fn wait_for_endpoint<'a>(
             Admission::Held(mut ticket) => {
                 held = true;
                 if ticket.first {
-                    let _ = signals.try_send(Signal::Wake(Arc::clone(service)));
+                    signals.wake(service);
                     *woke = true;
                 }
                 let left = deadline.saturating_duration_since(Instant::now());

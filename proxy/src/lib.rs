@@ -79,7 +79,7 @@ pub use handler::Proxy;
 pub use metrics::ProxyMetrics;
 pub use observe::{ObservedBody, Observers};
 pub use pool::{Pool, PoolSettings, Pooled};
-pub use report::Reporter;
+pub use report::{Reporter, Signals};
 pub use request_body::OutBody;
 pub use route::Routes;
 pub use run::run;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use rouse_nats::config::ProxyConfig;
 use rouse_nats::{bus, process, Config, Subjects};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
@@ -20,14 +20,11 @@ use crate::forward::Forwarder;
 use crate::handler::Proxy;
 use crate::metrics::ProxyMetrics;
 use crate::observe::Observers;
-use crate::report::Reporter;
+use crate::report::{Reporter, Signals};
 use crate::server;
 use crate::service::Defaults;
 use crate::strict::RequestLimits;
 use crate::tls::{self, TlsHandshake};
-
-/// Room for edge signals; when full, the periodic report covers the edge.
-const SIGNAL_CAPACITY: usize = 1024;
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -80,17 +77,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let watcher = EndpointWatcher::new(bus.clone(), Arc::clone(&registry), Arc::clone(&metrics));
     let synced = Arc::clone(&watcher.synced);
+    let endpoints_revision = Arc::clone(&watcher.revision);
     tokio::spawn(watcher.run());
 
-    let (signals, signal_rx) = mpsc::channel(SIGNAL_CAPACITY);
+    let (signals, signal_rx) = Signals::channel();
     let reporter = Reporter::new(
         bus.client.clone(),
         Subjects::new(config.nats.prefix.clone()),
         proxy_id.clone(),
         proxy_config.report_interval,
-        Vec::new(),
-    )
-    .following(Arc::clone(&registry));
+        endpoints_revision,
+    );
     tokio::spawn(reporter.run(signal_rx));
     // Waiting pages may come with any definition, now or later.
     tokio::spawn(crate::wake_phase::follow_scaled(

@@ -73,9 +73,12 @@ pub struct Service {
     prefer_first: AtomicBool,
     /// `backend.protocol`: the HTTP version requests go out in (`forward`).
     protocol: AtomicU8,
-    /// False once a report found the service idle; the next arrival flips it
-    /// and asks the reporter for an immediate report.
+    /// Whether the reporter counts it active (reports it every interval):
+    /// set by the first arrival after a quiet report, which also asks for an
+    /// immediate report; cleared by the report that finds it quiet.
     pub(crate) busy: AtomicBool,
+    /// What its last report said (the reporter's own).
+    pub(crate) reported: std::sync::Mutex<crate::report::Reported>,
     /// In flight at the last report; a surge well above it asks for an
     /// immediate report (`surge_signalled` keeps that to one per interval).
     pub(crate) reported_in_flight: AtomicU64,
@@ -145,6 +148,7 @@ impl Service {
             prefer_first: AtomicBool::new(false),
             protocol: AtomicU8::new(0),
             busy: AtomicBool::new(false),
+            reported: Default::default(),
             reported_in_flight: AtomicU64::new(0),
             surge_signalled: AtomicBool::new(false),
             metrics,

@@ -35,7 +35,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use crate::report::Signal;
+use crate::report::Signals;
 use crate::response_body::ProxyBody;
 use crate::route::Routes;
 use crate::service::Service;
@@ -140,14 +140,10 @@ fn html_escape(text: &str) -> String {
 
 /// Answers a browser with the waiting page of `service` (which has one)
 /// and wakes the service.
-pub fn page(
-    service: &Arc<Service>,
-    page: &Bytes,
-    signals: &mpsc::Sender<Signal>,
-) -> Response<ProxyBody> {
+pub fn page(service: &Arc<Service>, page: &Bytes, signals: &Signals) -> Response<ProxyBody> {
     // The page request is the wake; the reporter repeats it while the
     // page's stream is open.
-    let _ = signals.try_send(Signal::Wake(Arc::clone(service)));
+    signals.wake(service);
     service.metrics.browser_pages.inc();
     let mut response = Response::new(ProxyBody::text(page.clone()));
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -181,7 +177,7 @@ pub fn events_service<B>(routes: &Routes<Service>, request: &Request<B>) -> Opti
 
 /// The event stream of a waiting page: the service's phase now and at
 /// every change, until `ready`, or `timeout` after `hold.timeout`.
-pub fn events(service: Arc<Service>, signals: &mpsc::Sender<Signal>) -> Response<ProxyBody> {
+pub fn events(service: Arc<Service>, signals: &Signals) -> Response<ProxyBody> {
     let Some(watcher) = Watcher::new(&service) else {
         // Past the cap the page falls back to a held request, which the
         // hold queue bounds.
@@ -193,7 +189,7 @@ pub fn events(service: Arc<Service>, signals: &mpsc::Sender<Signal>) -> Response
         return response;
     };
     if service.is_cold() {
-        let _ = signals.try_send(Signal::Wake(Arc::clone(&service)));
+        signals.wake(&service);
     }
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(stream(watcher, service.hold_timeout(), tx));

@@ -16,7 +16,7 @@ use tonic::{Code, Streaming};
 
 use super::proto::external_scaler_client::ExternalScalerClient;
 use super::*;
-use crate::intake::{self, Inbox};
+use crate::intake;
 
 /// Every wait in these tests ends by this bound, never by a guess.
 const BOUND: Duration = Duration::from_secs(20);
@@ -54,15 +54,10 @@ impl Fixture {
     /// With streams that look again only every `recheck`.
     async fn start_with(recheck: Duration) -> Fixture {
         let config = Config::parse(Path::new("test.yaml"), CONFIG).expect("test config is valid");
-        let inboxes: Inboxes = config
-            .services
-            .iter()
-            .map(|s| {
-                let inbox = Arc::new(Inbox::new(config.proxy.report_interval));
-                (s.name.clone(), inbox)
-            })
-            .collect();
-        let inboxes = Arc::new(inboxes);
+        let inboxes = Arc::new(Inboxes::with(
+            config.proxy.report_interval,
+            config.services.iter().map(|s| s.name.as_str()),
+        ));
         let metrics = Arc::new(ControllerMetrics::new());
         let scaler =
             Scaler::new(&config.services, &inboxes, Arc::clone(&metrics)).with_recheck(recheck);

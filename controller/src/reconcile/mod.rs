@@ -1,8 +1,10 @@
 //! One reconcile loop per service: observe, decide, act, publish.
 //!
 //! The loop runs on every tick, every report or wake from a proxy, and every
-//! probe result, so a replica turning ready reaches the proxies at once. Each
-//! pass:
+//! probe result, so a replica turning ready reaches the proxies at once. A
+//! loop with nothing to look after (no replica, nothing wanted, nothing
+//! reported) skips the ticks and only looks again every [`IDLE_RESYNC`] or
+//! so, so thousands of idle services cost next to nothing. Each pass:
 //! 1. syncs with the backend (exits, adoptions, startup timeouts);
 //! 2. asks the autoscaler for a replica count;
 //! 3. scales up (un-draining first, then starting) or down (cancelling
@@ -60,6 +62,11 @@ async fn retired(retire: &mut Option<watch::Receiver<Retire>>) -> Retire {
         Err(_) => std::future::pending().await,
     }
 }
+
+/// How often a loop with nothing to look after still syncs with its
+/// backend (a replica started by hand is adopted), plus up to half of it
+/// again at random so thousands of idle loops do not sync together.
+pub const IDLE_RESYNC: Duration = Duration::from_secs(30);
 
 /// The controller's clock: tokio's, so tests can pause and advance it.
 pub fn now() -> Instant {
@@ -185,13 +192,16 @@ impl ServiceLoop {
         let mut shutdown = self.wiring.shutdown.clone();
         let mut retire = self.retire.take();
         let retired = loop {
+            let idle = self.idle(now());
+            let resync = IDLE_RESYNC + IDLE_RESYNC.mul_f64(fastrand::f64() / 2.0);
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break Retire::No,
                 why = retired(&mut retire) => break why,
                 Some(event) = self.probe_rx.recv() => self.on_probe(event),
                 _ = self.inbox.wakeup.notified() => {}
-                _ = tick.tick() => {}
+                _ = tick.tick(), if !idle => {}
+                _ = tokio::time::sleep(resync), if idle => {}
             }
             self.reconcile().await;
         };
@@ -281,6 +291,29 @@ impl ServiceLoop {
         }
         self.cut_off_at = None;
         false
+    }
+
+    /// Whether the loop has nothing to look after until a message comes: no
+    /// replica in any phase and none requested, nothing wanted (or pinned),
+    /// everything written, no retry pending, and nothing reported that the
+    /// autoscaler could act on. A report, wake, pin or probe result wakes the
+    /// loop through the inbox as before; only the ticks stop. Services that
+    /// scale on sampled figures (CPU, memory, a queue) or follow KEDA keep
+    /// ticking.
+    fn idle(&self, now: Instant) -> bool {
+        self.adopted
+            && self.meter.is_none()
+            && !self.follows_keda()
+            && self.replicas.len() == 0
+            && !self.replicas.dirty()
+            && self.requested == 0
+            && self.desired == 0
+            && self.spec.scaling.min_replicas == 0
+            && self.inbox.pin().is_none_or(|pin| pin == 0)
+            && self.retry_at.is_none()
+            && self.list_retry_at.is_none()
+            && self.cut_off_at.is_none()
+            && self.inbox.observations().quiet(now)
     }
 
     /// What the meter says about the ready replicas and the queue.
@@ -392,7 +425,11 @@ impl ServiceLoop {
 
     fn progress_drains(&mut self, now: Instant) {
         let drain_timeout = self.spec.scaling.drain_timeout;
-        let (published, published_at) = (self.published.generation, self.published.at);
+        let (published, revision, published_at) = (
+            self.published.generation,
+            self.published.revision,
+            self.published.at,
+        );
         let observations = self.inbox.observations();
         let finished: Vec<(String, bool)> = self
             .replicas
@@ -402,7 +439,7 @@ impl ServiceLoop {
                 Phase::Draining { generation, .. } if generation > published => None,
                 Phase::Draining { generation, since } => {
                     let timed_out = now.duration_since(since) >= drain_timeout;
-                    let drained = observations.drained(id, generation, published_at, now);
+                    let drained = observations.drained(id, generation, revision, published_at, now);
                     (timed_out || drained).then(|| (id.clone(), timed_out))
                 }
                 _ => None,

@@ -25,8 +25,9 @@ pub trait Publisher: Send + Sync {
     /// (or what is stored does not decode: it is then overwritten).
     async fn read(&self, service: &str) -> Result<Option<EndpointSet>, PublishError>;
 
-    /// Replaces the endpoint set of `service`.
-    async fn write(&self, service: &str, set: &EndpointSet) -> Result<(), PublishError>;
+    /// Replaces the endpoint set of `service`; returns the bucket revision
+    /// it was stored as (proxies report how far they have applied the bucket).
+    async fn write(&self, service: &str, set: &EndpointSet) -> Result<u64, PublishError>;
 
     /// Announces a scale decision; best effort, never waited for.
     fn scaled(&self, event: Scaled);
@@ -87,16 +88,18 @@ impl Publisher for NatsPublisher {
             .and_then(|e| messages::decode::<EndpointSet>(&e.value).ok()))
     }
 
-    async fn write(&self, service: &str, set: &EndpointSet) -> Result<(), PublishError> {
+    async fn write(&self, service: &str, set: &EndpointSet) -> Result<u64, PublishError> {
         let store = self.bucket().await?;
-        if let Err(err) = store.put(service, messages::encode(set)).await {
-            *self.lock() = None;
-            return Err(PublishError {
-                what: "writing the endpoint set",
-                message: err.to_string(),
-            });
+        match store.put(service, messages::encode(set)).await {
+            Ok(revision) => Ok(revision),
+            Err(err) => {
+                *self.lock() = None;
+                Err(PublishError {
+                    what: "writing the endpoint set",
+                    message: err.to_string(),
+                })
+            }
         }
-        Ok(())
     }
 
     fn scaled(&self, event: Scaled) {
@@ -119,8 +122,9 @@ impl Publisher for NatsPublisher {
 pub struct Published {
     /// The stored value has been read, so generations continue it.
     read: bool,
-    /// The generation last written, and when.
+    /// The generation last written, its bucket revision, and when.
     pub generation: u64,
+    pub revision: u64,
     pub at: Instant,
 }
 
@@ -129,6 +133,7 @@ impl Published {
         Self {
             read: false,
             generation: 0,
+            revision: 0,
             at: now,
         }
     }
@@ -166,7 +171,7 @@ impl Published {
             replicas.rebase(1);
         }
         let set = replicas.endpoint_set();
-        publisher.write(service, &set).await?;
+        self.revision = publisher.write(service, &set).await?;
         replicas.written();
         self.generation = set.generation;
         self.at = now;

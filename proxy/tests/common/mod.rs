@@ -115,7 +115,7 @@ pub async fn start_proxy(config: &str) -> Harness {
         }
         services.push(service);
     }
-    let (signals, mut signal_rx) = tokio::sync::mpsc::channel(16);
+    let (signals, mut signal_rx) = rouse_proxy::Signals::channel();
     tokio::spawn(async move { while signal_rx.recv().await.is_some() {} });
     let forwarder = Forwarder::new(&config.proxy);
     let pool = Arc::clone(forwarder.pool());

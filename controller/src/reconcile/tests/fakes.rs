@@ -213,7 +213,7 @@ impl Publisher for MemoryPublisher {
         Ok(self.current())
     }
 
-    async fn write(&self, _service: &str, set: &EndpointSet) -> Result<(), PublishError> {
+    async fn write(&self, _service: &str, set: &EndpointSet) -> Result<u64, PublishError> {
         if self.offline.load(Ordering::SeqCst) {
             return Err(PublishError {
                 what: "writing",
@@ -221,11 +221,10 @@ impl Publisher for MemoryPublisher {
             });
         }
         *self.set.lock().unwrap_or_else(|p| p.into_inner()) = Some(set.clone());
-        self.writes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(set.clone());
-        Ok(())
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        writes.push(set.clone());
+        // One bucket revision per write, as KV numbers them.
+        Ok(writes.len() as u64)
     }
 
     fn scaled(&self, event: Scaled) {

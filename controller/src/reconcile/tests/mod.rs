@@ -619,3 +619,54 @@ async fn scale_down_drains_the_replica_the_backend_orders_last() {
     assert_eq!(h.backend.state().stopped[0], oldest);
     h.stop().await;
 }
+
+/// A service with nothing to look after stops ticking: over ten virtual
+/// minutes at zero its backend is listed about once per IDLE_RESYNC (ticks
+/// every 500 ms would be 1,200 lists), and a wake still starts a replica at
+/// once. Back at zero after the traffic, it goes quiet again.
+#[tokio::test(start_paused = true)]
+async fn an_idle_loop_skips_its_ticks_but_still_wakes_at_once() {
+    let mut h = Harness::new();
+    h.start();
+    assert!(h.until(secs(5), |h| h.status().is_some()).await);
+    h.backend.state().list_calls = 0;
+    tokio::time::sleep(secs(600)).await;
+    let calls = h.backend.state().list_calls;
+    // 600 s / 30..45 s between resyncs.
+    assert!(
+        (13..=21).contains(&calls),
+        "{calls} lists in 10 idle minutes"
+    );
+
+    let asked = tokio::time::Instant::now();
+    h.wake();
+    assert!(h.until(secs(1), |h| h.backend.running().len() == 1).await);
+    assert!(asked.elapsed() < secs(1), "the wake was acted on at once");
+
+    // Ready, served, then left alone: back to zero, then quiet again.
+    let id = h.backend.running()[0].clone();
+    let addr = h.backend.state().replicas[&id].addr.clone();
+    h.prober.pass(&addr);
+    assert!(
+        h.until(secs(5), |h| h.endpoints(EndpointState::Ready)
+            == [id.clone()])
+            .await
+    );
+    h.report(3, &[(id.as_str(), 0)]);
+    assert!(h.until(secs(120), |h| h.backend.running().is_empty()).await);
+    assert!(
+        h.until(secs(120), |h| h
+            .status()
+            .is_some_and(|s| s.replicas.is_empty()))
+            .await
+    );
+    // Let the last report age out of the liveness window first.
+    tokio::time::sleep(secs(10)).await;
+    h.backend.state().list_calls = 0;
+    tokio::time::sleep(secs(300)).await;
+    let calls = h.backend.state().list_calls;
+    assert!(
+        calls <= 11,
+        "{calls} lists in 5 idle minutes after scaling to zero"
+    );
+}
