@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
 use dashmap::DashMap;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use rouse_nats::bus::{self, Bus};
 use rouse_nats::catalog::{self, CatalogError, Entry, Rejection, ServiceRecord, Source};
 use rouse_nats::config::ServiceConfig;
@@ -109,25 +109,33 @@ impl Fleet {
                 _ = shutdown.wait_for(|stop| *stop) => None,
             };
             let Some(command) = command else { break };
-            match command {
-                Command::File(file) => self.file = file,
-                Command::Replace(entries) => self.entries = entries,
-                Command::Change(key, Some(entry)) => {
-                    if !catalog::is_newer(self.entries.get(&key), &entry) {
-                        continue;
-                    }
-                    self.entries.insert(key, *entry);
-                }
-                Command::Change(key, None) => {
-                    if self.entries.remove(&key).is_none() {
-                        continue;
-                    }
-                }
+            // A burst (thousands of services seeded at once) is merged once.
+            let mut changed = self.take(command);
+            while let Ok(command) = commands.try_recv() {
+                changed |= self.take(command);
             }
-            self.apply().await;
+            if changed {
+                self.apply().await;
+            }
         }
         let tasks = self.running.into_values().map(|running| running.task);
         futures::future::join_all(tasks).await;
+    }
+
+    /// Takes in one command; returns whether anything changed.
+    fn take(&mut self, command: Command) -> bool {
+        match command {
+            Command::File(file) => self.file = file,
+            Command::Replace(entries) => self.entries = entries,
+            Command::Change(key, Some(entry)) => {
+                if !catalog::is_newer(self.entries.get(&key), &entry) {
+                    return false;
+                }
+                self.entries.insert(key, *entry);
+            }
+            Command::Change(key, None) => return self.entries.remove(&key).is_some(),
+        }
+        true
     }
 
     /// Puts the merge of file and bucket in force.
@@ -238,22 +246,23 @@ impl catalog::Sink for FleetSink {
     fn malformed(&self, _key: &str, _error: &CatalogError) {}
 }
 
+/// Puts the seeding keeps in flight.
+const SEED_IN_FLIGHT: usize = 64;
+
 /// Writes `file`'s services to the bucket as `source: file` where they
 /// differ, and deletes seeded entries the file no longer has. Entries
 /// written by `rouse deploy` are left alone.
 pub async fn seed(store: &kv::Store, file: &[ServiceConfig], by: &str) -> anyhow::Result<usize> {
-    // Every record that decodes, read once.
-    let mut records: HashMap<String, ServiceRecord> = HashMap::new();
-    let mut keys = store.keys().await?;
-    while let Some(key) = keys.next().await {
-        let Ok(key) = key else { continue };
-        if let Ok(Some(value)) = store.get(key.as_str()).await {
-            if let Ok(record) = catalog::decode(&key, &value) {
-                records.insert(key, record);
-            }
-        }
-    }
-    let mut written = 0;
+    // Every record that decodes, read once (one consumer for the lot).
+    let (current, _watch) = rouse_nats::snapshot::read_then_watch(store).await?;
+    let records: HashMap<String, ServiceRecord> = current
+        .into_iter()
+        .filter_map(|(key, entry)| {
+            let record = catalog::decode(&key, &entry.value).ok()?;
+            Some((key, record))
+        })
+        .collect();
+    let mut writes = Vec::new();
     for spec in file {
         match records.get(&spec.name) {
             Some(record) if record.source == Source::File && same(&record.spec, spec) => continue,
@@ -264,11 +273,21 @@ pub async fn seed(store: &kv::Store, file: &[ServiceConfig], by: &str) -> anyhow
             _ => {}
         }
         let record = ServiceRecord::new(Source::File, spec.clone(), by);
-        store
-            .put(spec.name.as_str(), catalog::encode(&record))
-            .await?;
-        written += 1;
+        writes.push((spec.name.clone(), catalog::encode(&record)));
     }
+    // Many puts in flight at once: thousands of services seed in a moment.
+    let written = writes.len();
+    let puts: Vec<_> = writes
+        .into_iter()
+        .map(|(key, value)| {
+            let store = store.clone();
+            async move { store.put(key, value).await }
+        })
+        .collect();
+    futures::stream::iter(puts)
+        .buffer_unordered(SEED_IN_FLIGHT)
+        .try_collect::<Vec<_>>()
+        .await?;
     let in_file: std::collections::HashSet<&str> = file.iter().map(|s| s.name.as_str()).collect();
     for (key, record) in &records {
         if record.source == Source::File && !in_file.contains(key.as_str()) {

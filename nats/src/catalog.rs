@@ -18,7 +18,7 @@
 //! in its own bucket `rouse-pins`: it overrides the autoscaler for one
 //! service, whatever defines the service.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::Bus;
 
-use crate::config::{route_conflict, ServiceConfig};
+use crate::config::ServiceConfig;
 use crate::messages::VERSION;
 
 /// Who wrote a definition.
@@ -204,6 +204,11 @@ pub fn merge(file: &[ServiceConfig], entries: &BTreeMap<String, Entry>) -> Merge
         rejected: Vec::new(),
     };
     let local: HashSet<&str> = file.iter().map(|s| s.name.as_str()).collect();
+    // Every host+path in force so far, so each clash check is a lookup.
+    let mut routed = RouteIndex::default();
+    for spec in file {
+        routed.add(spec);
+    }
     let mut by_age: Vec<&Entry> = entries.values().collect();
     by_age.sort_by_key(|entry| entry.revision);
     for entry in by_age {
@@ -225,13 +230,14 @@ pub fn merge(file: &[ServiceConfig], entries: &BTreeMap<String, Entry>) -> Merge
             });
             continue;
         }
-        if let Some(reason) = route_conflict(spec, merged.specs()) {
+        if let Some(reason) = routed.conflict(spec) {
             merged.rejected.push(Rejection {
                 name: spec.name.clone(),
                 reason,
             });
             continue;
         }
+        routed.add(spec);
         merged.services.push((
             spec.clone(),
             Origin::Bucket {
@@ -243,12 +249,47 @@ pub fn merge(file: &[ServiceConfig], entries: &BTreeMap<String, Entry>) -> Merge
     merged
 }
 
+/// The host+path pairs of the services merged so far, and whose they are.
+#[derive(Default)]
+struct RouteIndex {
+    owners: HashMap<(String, String), String>,
+}
+
+impl RouteIndex {
+    fn add(&mut self, spec: &ServiceConfig) {
+        for key in crate::config::route_keys(spec) {
+            self.owners.entry(key).or_insert_with(|| spec.name.clone());
+        }
+    }
+
+    /// The first pair of `spec` another service already routes, as a sentence.
+    fn conflict(&self, spec: &ServiceConfig) -> Option<String> {
+        spec.hosts.iter().find_map(|host| {
+            spec.paths.iter().find_map(|path| {
+                let key = crate::config::route_key(host, path);
+                let owner = self.owners.get(&key).filter(|owner| **owner != spec.name)?;
+                Some(format!(
+                    "host `{host}` with path `{path}` is already routed to service `{owner}`"
+                ))
+            })
+        })
+    }
+}
+
 /// What follows the bucket: told of a whole fresh read, then of each change.
 pub trait Sink: Send + Sync {
     /// Every entry, read afresh (at start and after every reconnect).
     fn replace(&self, entries: BTreeMap<String, Entry>);
     /// One key changed; `None`: it was deleted.
     fn change(&self, key: &str, entry: Option<Entry>);
+    /// Several keys changed at once (a burst, e.g. a controller seeding
+    /// thousands of services): taken in as one change, so the services in
+    /// force are merged once per burst, not once per key.
+    fn changes(&self, batch: Vec<(String, Option<Entry>)>) {
+        for (key, entry) in batch {
+            self.change(&key, entry);
+        }
+    }
     /// An entry that does not decode: count it; it is dropped.
     fn malformed(&self, key: &str, error: &CatalogError);
 }
@@ -258,9 +299,7 @@ enum SessionError {
     #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
     #[error("reading the services bucket: {0}")]
-    Read(#[from] kv::EntryError),
-    #[error("watching or listing the services bucket: {0}")]
-    Watch(#[from] kv::WatchError),
+    Read(#[from] crate::snapshot::SnapshotError),
     #[error("watch stream: {0}")]
     Stream(#[from] kv::WatcherError),
 }
@@ -275,6 +314,9 @@ pub async fn follow(bus: Bus, sink: Arc<dyn Sink>) {
     .await;
 }
 
+/// Most changes handed over at once, however long a burst goes on.
+const MAX_BURST: usize = 1000;
+
 async fn session(
     bus: &Bus,
     sink: &dyn Sink,
@@ -282,33 +324,30 @@ async fn session(
 ) -> Result<(), SessionError> {
     let js = jetstream::new(bus.client.clone());
     let store = crate::bus::services_bucket(&js).await?;
-    // The watch starts first, so nothing written during the read is missed;
-    // what both deliver is applied once (the sink compares revisions).
-    let mut watch = store.watch(">").await?;
-    let mut entries = BTreeMap::new();
-    let mut keys = store.keys().await?;
-    while let Some(key) = keys.next().await {
-        let Ok(key) = key else { continue };
-        if let Some(entry) = store.entry(key.as_str()).await? {
-            if let Some(decoded) = decode_entry(sink, &entry) {
-                entries.insert(key, decoded);
-            }
-        }
-    }
+    // One consumer reads every entry, then follows the changes.
+    let (current, mut watch) = crate::snapshot::read_then_watch(&store).await?;
+    let entries = current
+        .into_iter()
+        .filter_map(|(key, entry)| decode_entry(sink, &entry).map(|decoded| (key, decoded)))
+        .collect();
     sink.replace(entries);
+    // Changes are handed over in bursts: whatever is pending at once.
+    let mut burst = Vec::new();
     loop {
         tokio::select! {
             entry = watch.next() => match entry {
                 Some(entry) => {
                     let entry = entry?;
                     let change = match entry.operation {
-                        kv::Operation::Put => match decode_entry(sink, &entry) {
-                            Some(decoded) => Some(decoded),
-                            None => continue,
-                        },
-                        kv::Operation::Delete | kv::Operation::Purge => None,
+                        kv::Operation::Put => decode_entry(sink, &entry).map(Some),
+                        kv::Operation::Delete | kv::Operation::Purge => Some(None),
                     };
-                    sink.change(&entry.key, change);
+                    if let Some(change) = change {
+                        burst.push((entry.key.clone(), change));
+                    }
+                    if (entry.delta == 0 || burst.len() >= MAX_BURST) && !burst.is_empty() {
+                        sink.changes(std::mem::take(&mut burst));
+                    }
                 }
                 None => return Ok(()),
             },

@@ -24,6 +24,7 @@ pub mod config;
 pub mod messages;
 pub mod process;
 pub mod runtime;
+pub mod snapshot;
 pub mod subjects;
 
 pub use config::Config;

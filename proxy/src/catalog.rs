@@ -109,19 +109,22 @@ impl Registry {
         self.rebuild(&mut state);
     }
 
-    /// One watched change of the bucket.
-    fn apply_change(&self, key: &str, change: Option<Entry>) {
+    /// Watched changes of the bucket, rebuilt once for the lot.
+    fn apply_changes(&self, batch: Vec<(String, Option<Entry>)>) {
         let mut state = self.lock();
-        let changed = match change {
-            Some(entry) => {
-                let newer = catalog::is_newer(state.entries.get(key), &entry);
-                if newer {
-                    state.entries.insert(key.to_string(), entry);
+        let mut changed = false;
+        for (key, change) in batch {
+            changed |= match change {
+                Some(entry) => {
+                    let newer = catalog::is_newer(state.entries.get(&key), &entry);
+                    if newer {
+                        state.entries.insert(key, entry);
+                    }
+                    newer
                 }
-                newer
-            }
-            None => state.entries.remove(key).is_some(),
-        };
+                None => state.entries.remove(&key).is_some(),
+            };
+        }
         if changed {
             self.rebuild(&mut state);
         }
@@ -227,7 +230,11 @@ impl catalog::Sink for Registry {
     }
 
     fn change(&self, key: &str, entry: Option<Entry>) {
-        self.apply_change(key, entry);
+        self.apply_changes(vec![(key.to_string(), entry)]);
+    }
+
+    fn changes(&self, batch: Vec<(String, Option<Entry>)>) {
+        self.apply_changes(batch);
     }
 
     fn malformed(&self, _key: &str, _error: &catalog::CatalogError) {
@@ -246,7 +253,7 @@ pub async fn reload_on_hangup(registry: Arc<Registry>, path: std::path::PathBuf)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rouse_nats::catalog::{ServiceRecord, Source};
+    use rouse_nats::catalog::{ServiceRecord, Sink, Source};
     use rouse_nats::messages::{Endpoint as WireEndpoint, EndpointState, VERSION};
 
     fn echo(name: &str, host: &str, hold_timeout: &str) -> ServiceConfig {
@@ -282,20 +289,20 @@ mod tests {
         assert_eq!(routed(&registry, "file.test").as_deref(), Some("file"));
         assert_eq!(routed(&registry, "new.test"), None);
 
-        registry.apply_change("new", api(3, echo("new", "new.test", "5s")));
+        registry.change("new", api(3, echo("new", "new.test", "5s")));
         assert_eq!(routed(&registry, "new.test").as_deref(), Some("new"));
         let first = Arc::clone(&registry.services()[1]);
 
         // A change keeps the object (its queue and counters) and its settings move.
-        registry.apply_change("new", api(4, echo("new", "new.test", "9s")));
+        registry.change("new", api(4, echo("new", "new.test", "9s")));
         let second = Arc::clone(&registry.services()[1]);
         assert!(Arc::ptr_eq(&first, &second));
         assert_eq!(second.hold_timeout(), std::time::Duration::from_secs(9));
         // An older revision arriving late changes nothing.
-        registry.apply_change("new", api(2, echo("new", "new.test", "1s")));
+        registry.change("new", api(2, echo("new", "new.test", "1s")));
         assert_eq!(second.hold_timeout(), std::time::Duration::from_secs(9));
 
-        registry.apply_change("new", None);
+        registry.change("new", None);
         assert_eq!(routed(&registry, "new.test"), None);
         assert_eq!(routed(&registry, "file.test").as_deref(), Some("file"));
         assert_eq!(registry.services().len(), 1);
@@ -315,7 +322,7 @@ mod tests {
             }],
         };
         assert!(registry.apply_endpoints("late", set).is_empty());
-        registry.apply_change("late", api(1, echo("late", "late.test", "5s")));
+        registry.change("late", api(1, echo("late", "late.test", "5s")));
         let service = Arc::clone(&registry.services()[0]);
         assert!(service.has_ready());
         assert_eq!(service.endpoints.load().generation, 7);
@@ -324,7 +331,7 @@ mod tests {
     #[test]
     fn a_rejected_definition_routes_nothing_and_says_why() {
         let registry = registry(&[echo("file", "same.test", "5s")]);
-        registry.apply_change("thief", api(1, echo("thief", "same.test", "5s")));
+        registry.change("thief", api(1, echo("thief", "same.test", "5s")));
         assert_eq!(routed(&registry, "same.test").as_deref(), Some("file"));
         let rejected = registry.rejected();
         assert_eq!(rejected.len(), 1);

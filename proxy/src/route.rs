@@ -66,8 +66,10 @@ fn segment_prefix_match(prefix: &str, path: &str) -> bool {
 #[derive(Debug)]
 pub struct RouteTable<T> {
     exact: HashMap<String, PathRoutes<T>>,
-    /// `(".example.com", routes)`, longest suffix first.
-    suffixes: Vec<(String, PathRoutes<T>)>,
+    /// `".example.com"` (from `*.example.com`) → its routes; a lookup tries
+    /// the host's own suffixes, longest first, so thousands of wildcard
+    /// hosts cost no more than one.
+    suffixes: HashMap<String, PathRoutes<T>>,
     any: PathRoutes<T>,
 }
 
@@ -75,7 +77,7 @@ impl<T> Default for RouteTable<T> {
     fn default() -> Self {
         Self {
             exact: HashMap::new(),
-            suffixes: Vec::new(),
+            suffixes: HashMap::new(),
             any: PathRoutes::default(),
         }
     }
@@ -88,15 +90,10 @@ impl<T: Clone> RouteTable<T> {
         if host == "*" {
             self.any.insert(path, target);
         } else if let Some(suffix) = host.strip_prefix('*') {
-            match self.suffixes.iter_mut().find(|(s, _)| s == suffix) {
-                Some((_, routes)) => routes.insert(path, target),
-                None => {
-                    let mut routes = PathRoutes::default();
-                    routes.insert(path, target);
-                    self.suffixes.push((suffix.to_string(), routes));
-                    self.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
-                }
-            }
+            self.suffixes
+                .entry(suffix.to_string())
+                .or_default()
+                .insert(path, target);
         } else {
             self.exact.entry(host).or_default().insert(path, target);
         }
@@ -129,9 +126,15 @@ impl<T: Clone> RouteTable<T> {
         if let Some(found) = self.exact.get(host).and_then(|r| r.find(path)) {
             return Some(found);
         }
-        for (suffix, routes) in &self.suffixes {
-            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
-                if let Some(found) = routes.find(path) {
+        if !self.suffixes.is_empty() {
+            // `a.b.example.com` tries `.b.example.com`, `.example.com`, `.com`:
+            // each needs at least one character before it.
+            let dots = host
+                .match_indices('.')
+                .map(|(at, _)| at)
+                .filter(|at| *at > 0);
+            for at in dots {
+                if let Some(found) = self.suffixes.get(&host[at..]).and_then(|r| r.find(path)) {
                     return Some(found);
                 }
             }
@@ -192,6 +195,19 @@ mod tests {
         assert_eq!(t.find("example.com", "/"), None);
         assert_eq!(t.find("other.org", "/static/app.js"), Some(&"static"));
         assert_eq!(t.find("other.org", "/staticky"), None);
+    }
+
+    #[test]
+    fn thousands_of_wildcard_hosts_each_find_their_own() {
+        let mut t = RouteTable::default();
+        for i in 0..10_000 {
+            t.insert(&format!("*.tenant{i}.example.com"), "/", i);
+        }
+        t.insert("*.example.com", "/", 10_000);
+        assert_eq!(t.find("a.tenant0.example.com", "/"), Some(&0));
+        assert_eq!(t.find("x.y.tenant9999.example.com", "/x"), Some(&9999));
+        assert_eq!(t.find("tenant5.example.com", "/"), Some(&10_000));
+        assert_eq!(t.find("example.com", "/"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod scaling;
 mod tls;
 mod validate;
 
-pub use validate::route_conflict;
+pub use validate::{route_conflict, route_key, route_keys};
 
 use std::collections::BTreeMap;
 use std::fmt;

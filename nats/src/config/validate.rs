@@ -50,6 +50,19 @@ pub fn check_one(service: &ServiceConfig) -> Problems {
     problems
 }
 
+/// How a host+path pair is compared with another: host case-folded, path
+/// without its trailing slashes.
+pub fn route_key(host: &str, path: &str) -> (String, String) {
+    (host.to_ascii_lowercase(), normalise_path(path))
+}
+
+/// Every host+path pair `spec` routes, as compared.
+pub fn route_keys(spec: &ServiceConfig) -> impl Iterator<Item = (String, String)> + '_ {
+    spec.hosts
+        .iter()
+        .flat_map(|host| spec.paths.iter().map(move |path| route_key(host, path)))
+}
+
 /// The first host+path pair of `candidate` that one of `others` (by name,
 /// not `candidate` itself) already routes, as a sentence.
 pub fn route_conflict<'a>(
@@ -61,18 +74,13 @@ pub fn route_conflict<'a>(
         if other.name == candidate.name {
             continue;
         }
-        for host in &other.hosts {
-            for path in &other.paths {
-                routes.insert(
-                    (host.to_ascii_lowercase(), normalise_path(path)),
-                    &other.name,
-                );
-            }
+        for key in route_keys(other) {
+            routes.insert(key, &other.name);
         }
     }
     for host in &candidate.hosts {
         for path in &candidate.paths {
-            let key = (host.to_ascii_lowercase(), normalise_path(path));
+            let key = route_key(host, path);
             if let Some(other) = routes.get(&key) {
                 return Some(format!(
                     "host `{host}` with path `{path}` is already routed to service `{other}`"
