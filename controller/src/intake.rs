@@ -193,7 +193,13 @@ pub(crate) fn deliver_report(inboxes: &Inboxes, message: &Message) -> Vec<Result
         })];
     }
     let now = crate::reconcile::now();
-    inboxes.proxies().heard(&report, now);
+    if inboxes.proxies().heard(&report, now) {
+        // A proxy joined: every service's status counts it at once (rare,
+        // so touching every inbox here is fine).
+        for inbox in inboxes.iter() {
+            inbox.delivered();
+        }
+    }
     let entries = std::mem::take(&mut report.services);
     let mut outcomes = Vec::new();
     for entry in entries {

@@ -43,9 +43,11 @@ impl Proxies {
     }
 
     /// Takes in one message (one part) of a report. The set of services
-    /// counts as complete with the last part.
-    pub fn heard(&self, report: &Report, now: Instant) {
+    /// counts as complete with the last part. Returns whether the proxy is
+    /// new (not heard from before, or forgotten since).
+    pub fn heard(&self, report: &Report, now: Instant) -> bool {
         let mut seen = self.lock();
+        let new = !seen.contains_key(&report.proxy);
         let entry = seen.entry(report.proxy.clone()).or_insert(Seen {
             complete_seq: 0,
             received: now,
@@ -56,6 +58,7 @@ impl Proxies {
         if report.is_last_part() {
             entry.complete_seq = entry.complete_seq.max(report.seq);
         }
+        new
     }
 
     pub fn get(&self, proxy: &str) -> Option<Seen> {
