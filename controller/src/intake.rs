@@ -346,8 +346,8 @@ mod tests {
         .to_vec()
     }
 
-    /// A report lands in the inboxes it lists and nowhere else, records the
-    /// heartbeat, and an unknown service or a forged proxy name is counted
+    /// A report lands in the inboxes it lists and, once its proxy is known,
+    /// nowhere else; it records the heartbeat, and an unknown service or a forged proxy name is counted
     /// without losing the rest.
     #[test]
     fn a_report_reaches_only_the_services_it_lists() {
@@ -365,7 +365,10 @@ mod tests {
         assert!(matches!(&outcomes[0], Err(Rejected::UnknownService(s)) if s == "zz"));
         let now = crate::reconcile::now();
         assert_eq!(inboxes.open("a").observations().totals(now).in_flight, 2);
-        assert!(!b_changes.has_changed().expect("open"), "b was not touched");
+        assert!(
+            b_changes.has_changed().expect("open"),
+            "a new proxy wakes every service (status counts it)"
+        );
         let totals = inboxes.open("b").observations().totals(now);
         assert_eq!(
             (totals.in_flight, totals.proxies),
@@ -375,13 +378,20 @@ mod tests {
         let seen = inboxes.proxies().get("web.1").expect("heartbeat recorded");
         assert_eq!((seen.complete_seq, seen.endpoints_revision), (10, 3));
 
+        // A known proxy's next report touches only what it lists.
+        let mut b_changes = inboxes.open("b").watch();
+        b_changes.mark_unchanged();
+        let listed = report("web.1", 11, vec![entry("a", 1)]);
+        assert!(deliver_report(&inboxes, &message(subject, listed)).is_empty());
+        assert!(!b_changes.has_changed().expect("open"), "b was not touched");
+
         // The next report leaves `a` out: idle there.
         assert!(
-            deliver_report(&inboxes, &message(subject, report("web.1", 11, vec![]))).is_empty()
+            deliver_report(&inboxes, &message(subject, report("web.1", 12, vec![]))).is_empty()
         );
         assert_eq!(inboxes.open("a").observations().totals(now).in_flight, 0);
 
-        let forged = deliver_report(&inboxes, &message(subject, report("other", 12, vec![])));
+        let forged = deliver_report(&inboxes, &message(subject, report("other", 13, vec![])));
         assert!(matches!(&forged[..], [Err(Rejected::ProxyMismatch { .. })]));
         let garbage = deliver_report(&inboxes, &message(subject, b"{not json".to_vec()));
         assert!(matches!(&garbage[..], [Err(Rejected::Decode(_))]));
