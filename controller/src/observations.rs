@@ -201,19 +201,20 @@ impl Observations {
                 totals.held = totals.held.saturating_add(report.load.held);
                 totals
             });
-        totals.proxies = self.heard.live_count(now, self.liveness()) + self.standalone_live(now);
+        totals.proxies = self.heard.live_count(now, self.liveness()) + self.standalone(now).count();
         totals
     }
 
-    /// Live proxies known only by their standalone loads.
-    fn standalone_live(&self, now: Instant) -> usize {
+    /// The entries of live proxies known only by their standalone loads
+    /// (no periodic report: judged by these alone).
+    fn standalone(&self, now: Instant) -> impl Iterator<Item = &ProxyReport> {
         self.proxies
             .iter()
-            .filter(|(proxy, report)| {
+            .filter(move |(proxy, report)| {
                 self.heard.get(proxy).is_none()
                     && now.saturating_duration_since(report.received) <= self.liveness()
             })
-            .count()
+            .map(|(_, report)| report)
     }
 
     /// When any proxy last saw an arrival, in-flight or held request, or
@@ -254,16 +255,8 @@ impl Observations {
                 && report.load.per_endpoint.get(id).copied().unwrap_or(0) == 0
         };
         let heartbeats = self.heard.live(now, self.liveness());
-        let standalone: Vec<&ProxyReport> = self
-            .proxies
-            .iter()
-            .filter(|(proxy, report)| {
-                self.heard.get(proxy).is_none()
-                    && now.saturating_duration_since(report.received) <= self.liveness()
-            })
-            .map(|(_, report)| report)
-            .collect();
-        if heartbeats.is_empty() && standalone.is_empty() {
+        let mut standalone = self.standalone(now).peekable();
+        if heartbeats.is_empty() && standalone.peek().is_none() {
             return now.saturating_duration_since(published) > self.liveness();
         }
         let periodic_drained =
@@ -273,7 +266,7 @@ impl Observations {
                     Some(report) if self.counts(proxy, report, now) => entry_drained(report),
                     _ => seen.endpoints_revision >= revision,
                 });
-        periodic_drained && standalone.into_iter().all(entry_drained)
+        periodic_drained && standalone.all(entry_drained)
     }
 }
 

@@ -329,7 +329,7 @@ fn release(service: &Service) -> bool {
 /// Encodes `report`, in as many parts as it takes for each to fit in
 /// `max_payload` bytes (the server's limit, 1 MiB by default: about 5,000
 /// active services per part).
-fn split(report: Report, max_payload: usize) -> Vec<bytes::Bytes> {
+fn split(mut report: Report, max_payload: usize) -> Vec<bytes::Bytes> {
     let whole = messages::encode(&report);
     if whole.len() <= max_payload || report.services.len() < 2 {
         return vec![whole];
@@ -341,15 +341,16 @@ fn split(report: Report, max_payload: usize) -> Vec<bytes::Bytes> {
         .min(report.services.len());
     let per_part = report.services.len().div_ceil(parts);
     let parts = report.services.len().div_ceil(per_part);
-    let Report { services, .. } = report.clone();
+    // The services move into the parts; only the header is copied.
+    let mut services = std::mem::take(&mut report.services).into_iter();
     let mut chunks = Vec::with_capacity(parts);
-    let mut services = services.into_iter();
     for part in 0..parts {
         let chunk = Report {
             part: part as u32,
             parts: parts as u32,
             services: services.by_ref().take(per_part).collect(),
-            ..report.clone()
+            proxy: report.proxy.clone(),
+            ..report
         };
         chunks.push(messages::encode(&chunk));
     }
