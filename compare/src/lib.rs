@@ -26,13 +26,16 @@
 //! - `loadgen`: one load run against one path (bombardier, oha or wrk);
 //! - [`burst`]: `rouse-burst`, thousands of requests held at zero replicas;
 //! - `report`: medians, paired ratios, targets, `latest.json`, Markdown;
-//! - `chart`: the SVG of the throughput part.
+//! - `chart`: the SVG of the throughput part;
+//! - [`scale`]: `rouse-scale` (`bench/scale`), rouse with 10,000 services,
+//!   several proxies and 100,000 held requests.
 
 pub mod burst;
 mod chart;
 mod loadgen;
 mod report;
 mod run;
+pub mod scale;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -17,6 +17,8 @@ use rouse_bench::results::{median, write_json, Machine};
 
 /// Targets of the issue, checked (never asserted) by the report.
 pub(crate) const TARGET_RPS_FACTOR: f64 = 1.2;
+/// rouse-proxy's CPU per request ÷ nginx's, at most.
+pub(crate) const TARGET_CPU_VS_NGINX: f64 = 1.0;
 pub(crate) const TARGET_BYTES_PER_HELD: f64 = 10.0 * 1024.0;
 pub(crate) const TARGET_PROXY_IDLE_KIB: u64 = 15 * 1024;
 pub(crate) const TARGET_CONTROLLER_IDLE_KIB: u64 = 20 * 1024;
@@ -155,6 +157,9 @@ pub(crate) struct Throughput {
     pub target_rps_met: Option<bool>,
     /// rouse p99 ≤ the p99 of both nginx and haproxy.
     pub target_p99_met: Option<bool>,
+    /// rouse's proxy CPU per request ≤ nginx's (median of per-round ratios).
+    #[serde(default)]
+    pub target_cpu_met: Option<bool>,
     pub rounds: Vec<RoundResult>,
 }
 
@@ -213,6 +218,10 @@ pub(crate) fn throughput(
         ),
         _ => (None, None),
     };
+    let target_cpu_met = rouse_vs
+        .get("nginx")
+        .and_then(|n| n.cpu_per_req)
+        .map(|ratio| ratio <= TARGET_CPU_VS_NGINX);
     Throughput {
         machine,
         setup,
@@ -220,6 +229,7 @@ pub(crate) fn throughput(
         rouse_vs,
         target_rps_met,
         target_p99_met,
+        target_cpu_met,
         rounds,
     }
 }
@@ -423,9 +433,10 @@ pub(crate) fn throughput_markdown(t: &Throughput) -> String {
     let _ = writeln!(
         md,
         "- target req/s ≥ {TARGET_RPS_FACTOR}× the better of nginx and HAProxy: {}; \
-         p99 ≤ both: {}",
+         p99 ≤ both: {}; proxy CPU per request ≤ nginx's: {}",
         yes_no(t.target_rps_met),
-        yes_no(t.target_p99_met)
+        yes_no(t.target_p99_met),
+        yes_no(t.target_cpu_met)
     );
     md.push_str("\n![req/s and p99 per path](results/compare/latest.svg)\n");
     md
@@ -606,6 +617,8 @@ mod tests {
         assert!((t.rouse_vs["haproxy"].rps - 1.0).abs() < 1e-9);
         assert_eq!(t.target_rps_met, Some(false));
         assert_eq!(t.target_p99_met, Some(true));
+        // rouse used 0.8× nginx's CPU per request.
+        assert_eq!(t.target_cpu_met, Some(true));
         assert!(!t.rouse_vs.contains_key("direct"));
     }
 

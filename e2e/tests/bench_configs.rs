@@ -62,6 +62,17 @@ fn comparison_benchmark_configs_are_valid() {
     check_script("run", &["throughput ", "burst ", "footprint "]);
 }
 
+#[test]
+fn scale_benchmark_configs_are_valid() {
+    // Fewer services than the benchmark's 10,000: the same generator, a
+    // quicker check.
+    check_script_with(
+        "scale",
+        &["idle and active ", "held "],
+        &[("SCALE_SERVICES", "200")],
+    );
+}
+
 /// Every example of deploy/examples is a config `--check` accepts, and has
 /// the load script and the README that `run.sh` and users rely on.
 #[test]

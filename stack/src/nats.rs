@@ -97,6 +97,12 @@ impl NatsServer {
         self.port
     }
 
+    /// The HTTP monitoring port (`/varz`, `/jsz`, `/healthz`): benchmarks
+    /// read the server's message counters from it.
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
     /// The process, e.g. for its pid or a graceful stop.
     pub fn proc_mut(&mut self) -> &mut Proc {
         &mut self.proc

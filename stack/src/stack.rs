@@ -49,6 +49,8 @@ pub struct StackBuilder {
     standbys: usize,
     /// The controller's state dir, when not `<dir>/controller-state`.
     state_dir: Option<PathBuf>,
+    /// How long each process gets to become healthy or ready.
+    startup_deadline: Duration,
 }
 
 impl Default for StackBuilder {
@@ -63,6 +65,7 @@ impl Default for StackBuilder {
             controller_env: BTreeMap::new(),
             standbys: 0,
             state_dir: None,
+            startup_deadline: STARTUP_DEADLINE,
         }
     }
 }
@@ -191,6 +194,14 @@ impl StackBuilder {
         self
     }
 
+    /// How long each process gets to become healthy or ready (default
+    /// [`STARTUP_DEADLINE`]): a proxy with 10,000 services takes longer
+    /// than one with three.
+    pub fn startup_deadline(mut self, deadline: Duration) -> Self {
+        self.startup_deadline = deadline;
+        self
+    }
+
     /// Writes the config into a temporary directory and validates it with
     /// `rouse-controller --check`, starting nothing.
     pub fn check(&self) -> anyhow::Result<()> {
@@ -291,6 +302,7 @@ impl StackBuilder {
             temp,
             keep: self.keep,
             standbys: Vec::new(),
+            startup_deadline: self.startup_deadline,
         };
         stack.wait_controller_healthy().await?;
         for i in 0..self.standbys {
@@ -309,7 +321,7 @@ impl StackBuilder {
             let waited = crate::wait_http_ok(
                 cfg.controller_admin,
                 "/healthz",
-                STARTUP_DEADLINE,
+                stack.startup_deadline,
                 stack.standbys.last_mut().map(|(proc, _)| proc),
             )
             .await;
@@ -371,6 +383,8 @@ pub struct Stack {
     keep: bool,
     /// The controllers after the first, with their admin addresses.
     standbys: Vec<(Proc, SocketAddr)>,
+    /// How long each process gets to become healthy or ready.
+    startup_deadline: Duration,
 }
 
 impl Stack {
@@ -505,7 +519,7 @@ impl Stack {
             Some(i) => &mut self.proxies[i].proc,
             None => &mut self.controller,
         };
-        let waited = crate::wait_http_ok(addr, path, STARTUP_DEADLINE, Some(proc)).await;
+        let waited = crate::wait_http_ok(addr, path, self.startup_deadline, Some(proc)).await;
         waited.map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.dump_logs()))
     }
 

@@ -61,6 +61,11 @@ const TASKS: &[Task] = &[
         commands: &[&["bench/run"]],
     },
     Task {
+        name: "bench-scale",
+        help: "10,000 services idle and 1 % active behind 3 proxies, 100,000 held requests (bench/scale [idle|active|held])",
+        commands: &[&["bench/scale"]],
+    },
+    Task {
         name: "bench-coldstart",
         help: "cold starts, zero → one request → zero, split into wake, replica start and overhead (bench/coldstart)",
         commands: &[&["bench/coldstart"]],
