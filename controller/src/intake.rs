@@ -158,22 +158,47 @@ pub async fn run(
     let mut wakes = client.subscribe(subjects.all_wakes()).await?;
     let mut loads = client.subscribe(subjects.all_loads()).await?;
     let mut reports = client.subscribe(subjects.all_reports()).await?;
+    let mut sweep = tokio::time::interval(inboxes.report_interval);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut departures_seen = 0;
     loop {
         tokio::select! {
-            Some(message) = wakes.next() => {
+            message = wakes.next() => {
+                let Some(message) = message else { return Ok(()) };
                 count_rejection(deliver_wake(&subjects, &inboxes, &message), &message, &metrics);
             }
-            Some(message) = loads.next() => {
+            message = loads.next() => {
+                let Some(message) = message else { return Ok(()) };
                 count_rejection(deliver_load(&subjects, &inboxes, &message), &message, &metrics);
             }
-            Some(message) = reports.next() => {
+            message = reports.next() => {
+                let Some(message) = message else { return Ok(()) };
                 for outcome in deliver_report(&inboxes, &message) {
                     count_rejection(outcome, &message, &metrics);
                 }
             }
-            else => return Ok(()),
+            _ = sweep.tick() => {
+                departures_seen = wake_on_departures(&inboxes, departures_seen);
+            }
         }
     }
+}
+
+/// Wakes every service when a proxy has gone silent since the last look
+/// (`seen` departures then), so that their status stops counting it at
+/// once instead of at each idle loop's next resync. Returns the departures
+/// now.
+pub(crate) fn wake_on_departures(inboxes: &Inboxes, seen: u64) -> u64 {
+    let ttl = inboxes.report_interval * crate::observations::LIVE_INTERVALS;
+    let departures = inboxes
+        .proxies()
+        .forget_departed(crate::reconcile::now(), ttl);
+    if departures != seen {
+        for inbox in inboxes.iter() {
+            inbox.delivered();
+        }
+    }
+    departures
 }
 
 /// Takes in a proxy's periodic report: its heartbeat, then each listed
@@ -396,5 +421,38 @@ mod tests {
         let garbage = deliver_report(&inboxes, &message(subject, b"{not json".to_vec()));
         assert!(matches!(&garbage[..], [Err(Rejected::Decode(_))]));
         assert_eq!(inboxes.proxies().get("other"), None);
+    }
+
+    /// A proxy that goes silent wakes every service once it drops out of
+    /// the liveness window, so that their status stops counting it without
+    /// waiting for an idle loop's resync.
+    #[tokio::test(start_paused = true)]
+    async fn a_proxy_that_leaves_wakes_every_service_once() {
+        let inboxes = Inboxes::with(Duration::from_secs(1), ["a", "b"]);
+        let subject = "rouse.report.web_1";
+        assert!(deliver_report(&inboxes, &message(subject, report("web.1", 1, vec![]))).is_empty());
+        let mut b_changes = inboxes.open("b").watch();
+        b_changes.mark_unchanged();
+        let proxies = |inboxes: &Inboxes| {
+            let now = crate::reconcile::now();
+            inboxes.open("b").observations().totals(now).proxies
+        };
+        assert_eq!(proxies(&inboxes), 1);
+
+        // Within the liveness window (3 intervals): nothing to do.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(wake_on_departures(&inboxes, 0), 0);
+        assert!(!b_changes.has_changed().expect("open"), "not yet departed");
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let departures = wake_on_departures(&inboxes, 0);
+        assert_eq!(departures, 1);
+        assert!(b_changes.has_changed().expect("open"), "b was woken");
+        assert_eq!(proxies(&inboxes), 0);
+
+        // Noticed once: the next sweep touches nothing.
+        b_changes.mark_unchanged();
+        assert_eq!(wake_on_departures(&inboxes, departures), departures);
+        assert!(!b_changes.has_changed().expect("open"));
     }
 }

@@ -23,6 +23,14 @@ pub struct PoolLabel {
     pub pool: String,
 }
 
+/// Why a service loop ran a pass.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabel {
+    /// `tick` (a busy loop's period), `message` (a report, wake, pin or
+    /// probe result), `resync` (an idle loop's slow look at its backend).
+    pub cause: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     /// A method of KEDA's external scaler API (`IsActive`, ...).
@@ -55,6 +63,10 @@ pub struct ControllerMetrics {
     pub pool_replicas: Family<PoolLabel, Gauge>,
     /// Of those, the ready ones.
     pub pool_ready: Family<PoolLabel, Gauge>,
+    /// Reconcile passes of all service loops together, by cause: the
+    /// controller's work grows with these, so an idle fleet should show
+    /// only resyncs.
+    pub passes: Family<PassLabel, Counter>,
 }
 
 impl Default for ControllerMetrics {
@@ -78,6 +90,7 @@ impl ControllerMetrics {
             keda_streams: Gauge::default(),
             pool_replicas: Family::default(),
             pool_ready: Family::default(),
+            passes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -134,6 +147,11 @@ impl ControllerMetrics {
             "rouse_controller_pool_ready",
             "Ready replicas of each overflow pool (backend.pools)",
             metrics.pool_ready.clone(),
+        );
+        registry.register(
+            "rouse_controller_reconcile_passes",
+            "Reconcile passes of all service loops, by cause (tick, message, resync)",
+            metrics.passes.clone(),
         );
         Self {
             registry,

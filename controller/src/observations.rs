@@ -19,7 +19,7 @@ use crate::autoscaler::Observation;
 use crate::proxies::Proxies;
 
 /// A proxy is live while its last report is younger than this many intervals.
-const LIVE_INTERVALS: u32 = 3;
+pub(crate) const LIVE_INTERVALS: u32 = 3;
 
 #[derive(Debug)]
 struct ProxyReport {

@@ -10,6 +10,7 @@
 //! not a message per idle service.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,10 @@ pub struct Seen {
 #[derive(Debug, Default)]
 pub struct Proxies {
     seen: Mutex<HashMap<String, Seen>>,
+    /// Proxies forgotten so far (silent for longer than the liveness
+    /// window), whoever noticed: the intake wakes every service when this
+    /// moves, so that status counts a proxy that left at once.
+    departures: AtomicU64,
 }
 
 impl Proxies {
@@ -68,8 +73,25 @@ impl Proxies {
     /// Proxies heard from within `ttl`; forgets the others.
     pub fn live(&self, now: Instant, ttl: Duration) -> Vec<(String, Seen)> {
         let mut seen = self.lock();
-        seen.retain(|_, s| now.saturating_duration_since(s.received) <= ttl);
+        self.forget_silent(&mut seen, now, ttl);
         seen.iter().map(|(id, s)| (id.clone(), *s)).collect()
+    }
+
+    /// Forgets the proxies not heard from within `ttl`; returns how many
+    /// proxies have been forgotten since the table was made.
+    pub fn forget_departed(&self, now: Instant, ttl: Duration) -> u64 {
+        let mut seen = self.lock();
+        self.forget_silent(&mut seen, now, ttl);
+        self.departures.load(Ordering::Relaxed)
+    }
+
+    fn forget_silent(&self, seen: &mut HashMap<String, Seen>, now: Instant, ttl: Duration) {
+        let before = seen.len();
+        seen.retain(|_, s| now.saturating_duration_since(s.received) <= ttl);
+        let gone = (before - seen.len()) as u64;
+        if gone > 0 {
+            self.departures.fetch_add(gone, Ordering::Relaxed);
+        }
     }
 
     /// How many proxies were heard from within `ttl`.

@@ -108,9 +108,9 @@ pub(crate) fn publish(cli: &Cli, run: ScaleResults) -> anyhow::Result<()> {
     latest.machine = run.machine;
     latest.other_builds = run.other_builds;
     if run.idle.is_some() {
+        // The active part is read against the idle one of its own stack:
+        // a new idle result without one leaves none.
         latest.idle = run.idle;
-    }
-    if run.active.is_some() {
         latest.active = run.active;
     }
     if run.held.is_some() {
