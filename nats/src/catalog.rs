@@ -323,7 +323,7 @@ async fn session(
     connects: &mut tokio::sync::watch::Receiver<u64>,
 ) -> Result<(), SessionError> {
     let js = jetstream::new(bus.client.clone());
-    let store = crate::bus::services_bucket(&js).await?;
+    let store = crate::bus::services_bucket(&js, bus.replicas).await?;
     // One consumer reads every entry, then follows the changes.
     let (current, mut watch) = crate::snapshot::read_then_watch(&store).await?;
     let entries = current

@@ -86,7 +86,7 @@ impl EndpointWatcher {
     ) -> Result<(), SessionError> {
         connects.borrow_and_update();
         let js = jetstream::new(self.bus.client.clone());
-        let store = bus::endpoints_bucket(&js).await?;
+        let store = bus::endpoints_bucket(&js, self.bus.replicas).await?;
         let mut revisions: HashMap<String, u64> = HashMap::new();
         let mut watch = store.watch_with_history(">").await?;
         // An empty bucket replays nothing: caught up already.
