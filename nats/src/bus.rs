@@ -234,29 +234,36 @@ pub async fn events_stream(
     ensure_stream(js, config, "events stream").await
 }
 
-/// How often, and how many times, a stream without a leader is asked again.
+/// How long a stream without a leader is waited for, and how often it is
+/// asked again meanwhile.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
 const LEADER_POLL: Duration = Duration::from_millis(50);
-const LEADER_POLLS: usize = 100;
 
-/// Waits (at most [`LEADER_POLLS`] × [`LEADER_POLL`]) until a clustered
-/// stream has a leader. One that another client is creating at the same
-/// moment is answered for before its replicas have elected one, and every
-/// request to it meanwhile goes unanswered until its timeout: the first
-/// read of a bucket would wait 5 s for nothing. Past the bound it is the
-/// callers' retries that wait.
+/// Waits (at most [`LEADER_WAIT`], whatever the server does) until a
+/// clustered stream has a leader. One that another client is creating at
+/// the same moment is answered for before its replicas have elected one,
+/// and every request to it meanwhile goes unanswered until its timeout:
+/// the first read of a bucket would wait 5 s for nothing. Past the bound
+/// it is the callers' retries that wait.
 async fn wait_for_leader(stream: &mut stream::Stream) {
-    for _ in 0..LEADER_POLLS {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    // Bounded in count too: every round sleeps one poll.
+    for _ in 0..LEADER_WAIT.as_millis() / LEADER_POLL.as_millis() {
         let leaderless = stream
             .cached_info()
             .cluster
             .as_ref()
             .is_some_and(|cluster| cluster.leader.is_none());
-        if !leaderless {
+        if !leaderless || tokio::time::Instant::now() >= deadline {
             return;
         }
         tokio::time::sleep(LEADER_POLL).await;
-        if let Err(err) = stream.info().await {
-            tracing::debug!(error = %err, "stream info while waiting for its leader");
+        match tokio::time::timeout_at(deadline, stream.info()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "stream info while waiting for its leader")
+            }
+            Err(_) => return,
         }
     }
 }
