@@ -49,6 +49,9 @@ pub struct StackBuilder {
     standbys: usize,
     /// The controller's state dir, when not `<dir>/controller-state`.
     state_dir: Option<PathBuf>,
+    /// Nodes of the NATS cluster to run on (see `nats_cluster`); one
+    /// server when `None`.
+    pub(crate) nats_cluster: Option<usize>,
 }
 
 impl Default for StackBuilder {
@@ -63,6 +66,7 @@ impl Default for StackBuilder {
             controller_env: BTreeMap::new(),
             standbys: 0,
             state_dir: None,
+            nats_cluster: None,
         }
     }
 }
@@ -245,7 +249,14 @@ impl StackBuilder {
             }
         };
         let marker = crate::procfs::unique_marker();
-        let nats = NatsServer::try_start(&dir, self.nats_port).await?;
+        let mut base = self.config;
+        let (nats, nats_cluster) = crate::nats_cluster::start_for_stack(
+            &dir,
+            self.nats_port,
+            self.nats_cluster,
+            &mut base,
+        )
+        .await?;
         let state_dir = self
             .state_dir
             .clone()
@@ -253,8 +264,6 @@ impl StackBuilder {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("create {}", state_dir.display()))?;
 
-        let mut base = self.config;
-        base.nats_url = nats.url();
         base.state_dir = state_dir.clone();
         base.marker = marker.clone();
         let controller_config = dir.join("controller.yaml");
@@ -281,6 +290,7 @@ impl StackBuilder {
         let mut stack = Stack {
             marker,
             nats,
+            nats_cluster,
             proxies: Vec::new(),
             controller,
             controller_admin: base.controller_admin,
@@ -359,6 +369,8 @@ pub struct Stack {
     /// The value of `ROUSE_E2E_MARKER` in every replica of this stack.
     pub marker: String,
     pub nats: NatsServer,
+    /// The other nodes, when the stack runs on a NATS cluster.
+    pub(crate) nats_cluster: Option<crate::nats_cluster::NatsCluster>,
     pub proxies: Vec<ProxyNode>,
     controller: Proc,
     controller_admin: SocketAddr,
@@ -448,6 +460,9 @@ impl Stack {
             out.push('\n');
         };
         section("nats-server", &self.nats.logs(), 30);
+        for (name, logs) in self.nats_peer_logs() {
+            section(&name, &logs, 30);
+        }
         section(
             &format!("rouse-controller {}", self.controller.log_path().display()),
             &self.controller.logs(),
@@ -539,6 +554,7 @@ impl Stack {
         }
         self.controller.terminate(grace).await;
         self.nats.proc_mut().terminate(grace).await;
+        self.terminate_nats_peers(grace).await;
     }
 }
 
