@@ -359,7 +359,7 @@ async fn pin_session(
     inboxes: &Inboxes,
     connects: &mut watch::Receiver<u64>,
 ) -> anyhow::Result<()> {
-    let js = jetstream::new(bus.client.clone());
+    let js = bus::watch_context(bus);
     let store = bus::pins_bucket(&js, bus.replicas).await?;
     // With history: the current value of every key first, then changes.
     let mut watch = store.watch_with_history(">").await?;

@@ -158,6 +158,21 @@ fn on_event(event: Event, connected: &watch::Sender<u64>) {
     }
 }
 
+/// JetStream request timeout of the sessions that follow a bucket (a KV
+/// watch). With a node of a NATS cluster down, nats-server 2.9 places
+/// about one in three new watch consumers (R1, ephemeral) on the missing
+/// node, and their creation is never answered; a short timeout brings the
+/// retry sooner (a consumer is created in milliseconds otherwise).
+pub const WATCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A JetStream context for a session that follows a bucket and writes
+/// nothing (see [`WATCH_REQUEST_TIMEOUT`]).
+pub fn watch_context(bus: &Bus) -> jetstream::Context {
+    let mut js = jetstream::new(bus.client.clone());
+    js.set_timeout(WATCH_REQUEST_TIMEOUT);
+    js
+}
+
 /// The endpoints bucket, created if missing.
 pub async fn endpoints_bucket(
     js: &jetstream::Context,
