@@ -164,6 +164,11 @@ pub struct Nats {
     pub js: jetstream::Context,
     pub prefix: String,
     pub url: String,
+    /// `nats.replicas`, for a bucket or stream the CLI creates.
+    pub replicas: usize,
+    /// How long one call may take (`--connect-timeout`); idempotent ones
+    /// are retried for [`crate::retry::budget`] of it.
+    pub timeout: Duration,
 }
 
 impl Endpoints {
@@ -192,6 +197,8 @@ impl Endpoints {
             js,
             prefix: self.nats.prefix.clone(),
             url,
+            replicas: bus.replicas,
+            timeout: self.timeout,
         })
     }
 }

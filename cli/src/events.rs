@@ -95,12 +95,13 @@ pub async fn run(args: &Args, endpoints: &Endpoints, format: Format) -> Outcome 
     let nats = endpoints.nats().await?;
     // Created if missing, as the controller does: a `--follow` started
     // before any controller still sees its first events.
-    rouse_nats::bus::events_stream(&nats.js, &nats.prefix)
-        .await
-        .or_exit(Code::Unreachable)?;
-    let stream = nats
-        .js
-        .get_stream(EVENTS_STREAM)
+    let budget = crate::retry::budget(nats.timeout);
+    crate::retry::idempotent(budget, || {
+        rouse_nats::bus::events_stream(&nats.js, &nats.prefix, nats.replicas)
+    })
+    .await
+    .or_exit(Code::Unreachable)?;
+    let stream = crate::retry::idempotent(budget, || nats.js.get_stream(EVENTS_STREAM))
         .await
         .with_context(|| format!("cannot open stream {EVENTS_STREAM} on {}", nats.url))
         .or_exit(Code::Unreachable)?;
@@ -108,15 +109,17 @@ pub async fn run(args: &Args, endpoints: &Endpoints, format: Format) -> Outcome 
         Some(service) => format!("{}.scaled.{service}", nats.prefix),
         None => format!("{}.scaled.*", nats.prefix),
     };
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: filter,
+    // An ordered consumer is ephemeral: one left by a lost answer expires.
+    let consumer = crate::retry::idempotent(budget, || {
+        stream.create_consumer(OrderedConfig {
+            filter_subject: filter.clone(),
             deliver_policy: policy,
             ..Default::default()
         })
-        .await
-        .with_context(|| format!("cannot read stream {EVENTS_STREAM} on {}", nats.url))
-        .or_exit(Code::Unreachable)?;
+    })
+    .await
+    .with_context(|| format!("cannot read stream {EVENTS_STREAM} on {}", nats.url))
+    .or_exit(Code::Unreachable)?;
     let pending = consumer.cached_info().num_pending;
     if format == Format::Table {
         output::print(&header())?;

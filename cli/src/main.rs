@@ -6,7 +6,8 @@
 //! to a proxy or a backend: the CLI is one more client of the same contract.
 //!
 //! Modules: one per subcommand, plus `connect` (finding NATS and the
-//! controller), `store` (the catalog buckets), `table` and `output` (what
+//! controller), `store` (the catalog buckets), `retry` (bounded retries of
+//! idempotent NATS calls), `table` and `output` (what
 //! stdout gets), `progress` (stderr while waiting) and `exit` (exit codes).
 
 mod connect;
@@ -15,6 +16,7 @@ mod events;
 mod exit;
 mod output;
 mod remove;
+mod retry;
 mod routes;
 mod scale;
 mod status;

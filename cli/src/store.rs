@@ -34,12 +34,17 @@ pub struct Found {
 impl Store {
     pub async fn open(endpoints: &Endpoints) -> Outcome<Store> {
         let nats = endpoints.nats().await?;
-        let services = rouse_nats::bus::services_bucket(&nats.js)
-            .await
-            .or_exit(Code::Unreachable)?;
-        let pins = rouse_nats::bus::pins_bucket(&nats.js)
-            .await
-            .or_exit(Code::Unreachable)?;
+        let budget = crate::retry::budget(nats.timeout);
+        let services = crate::retry::idempotent(budget, || {
+            rouse_nats::bus::services_bucket(&nats.js, nats.replicas)
+        })
+        .await
+        .or_exit(Code::Unreachable)?;
+        let pins = crate::retry::idempotent(budget, || {
+            rouse_nats::bus::pins_bucket(&nats.js, nats.replicas)
+        })
+        .await
+        .or_exit(Code::Unreachable)?;
         Ok(Store {
             services,
             pins,
@@ -49,9 +54,8 @@ impl Store {
 
     /// Key `name`: `None` when absent or deleted.
     pub async fn get(&self, name: &str) -> Outcome<Option<Found>> {
-        let entry = self
-            .services
-            .entry(name)
+        let budget = crate::retry::budget(self.nats.timeout);
+        let entry = crate::retry::idempotent(budget, || self.services.entry(name))
             .await
             .with_context(|| {
                 format!(

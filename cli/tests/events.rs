@@ -29,7 +29,7 @@ async fn publish(nats: &Nats, service: &str, from: u32, to: u32, reason: &str, a
 
 async fn with_stream() -> Nats {
     let nats = Nats::start().await;
-    rouse_nats::bus::events_stream(&nats.js, "rouse")
+    rouse_nats::bus::events_stream(&nats.js, "rouse", 1)
         .await
         .expect("events stream");
     nats

@@ -309,7 +309,7 @@ pub async fn seed_forever(bus: Bus, mut file: watch::Receiver<Vec<ServiceConfig>
         }
         let services = file.borrow_and_update().clone();
         let js = jetstream::new(bus.client.clone());
-        let outcome = match bus::services_bucket(&js).await {
+        let outcome = match bus::services_bucket(&js, bus.replicas).await {
             Ok(store) => seed(&store, &services, &by).await,
             Err(err) => Err(err.into()),
         };
@@ -359,8 +359,8 @@ async fn pin_session(
     inboxes: &Inboxes,
     connects: &mut watch::Receiver<u64>,
 ) -> anyhow::Result<()> {
-    let js = jetstream::new(bus.client.clone());
-    let store = bus::pins_bucket(&js).await?;
+    let js = bus::watch_context(bus);
+    let store = bus::pins_bucket(&js, bus.replicas).await?;
     // With history: the current value of every key first, then changes.
     let mut watch = store.watch_with_history(">").await?;
     loop {

@@ -68,10 +68,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn({
         let prefix = config.nats.prefix.clone();
         let js = js.clone();
+        let replicas = bus.replicas;
         async move {
-            // Best effort: if NATS is down now, events are still published
-            // (core NATS) and the stream is created on the next start.
-            if let Err(err) = bus::events_stream(&js, &prefix).await {
+            // Best effort: if NATS is down now, the first event that finds
+            // no stream sets it up (see reconcile::publish).
+            if let Err(err) = bus::events_stream(&js, &prefix, replicas).await {
                 tracing::warn!(error = %err, "cannot set up the events stream");
             }
         }
@@ -116,7 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(settings) => {
             let (stop_tx, stop_rx) = watch::channel(false);
             let (leading_tx, mut leading_rx) = watch::channel(false);
-            let store = lease_store(settings, &mut platforms, &js).await?;
+            let store = lease_store(settings, &mut platforms, &js, bus.replicas).await?;
             let elector = Elector::new(settings, store);
             tracing::info!(identity = %elector.identity(), "standing by for the lease");
             let mut election = tokio::spawn(elector.lead(leading_tx, stop_rx));
@@ -140,8 +141,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Built only once leading: a standby must not adopt (or clean up) what
     // the leader runs, nor seed the catalog.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let publisher: Arc<dyn Publisher> =
-        Arc::new(NatsPublisher::new(bus.client.clone(), subjects.clone()));
+    let publisher: Arc<dyn Publisher> = Arc::new(NatsPublisher::new(
+        bus.client.clone(),
+        subjects.clone(),
+        bus.replicas,
+    ));
     let pins = Arc::new(DashMap::new());
     let builder = LoopBuilder {
         config: config.clone(),
@@ -338,6 +342,7 @@ async fn lease_store(
     settings: &LeaderElection,
     platforms: &mut Platforms,
     js: &jetstream::Context,
+    replicas: usize,
 ) -> anyhow::Result<Box<dyn LeaseStore>> {
     match settings.lease {
         LeaseKind::Kubernetes => {
@@ -351,7 +356,7 @@ async fn lease_store(
         LeaseKind::Nats => {
             let mut delays = rouse_nats::backoff::RESUBSCRIBE.delays();
             let bucket = loop {
-                match bus::leases_bucket(js).await {
+                match bus::leases_bucket(js, replicas).await {
                     Ok(bucket) => break bucket,
                     Err(err) => tracing::warn!(error = %err, "cannot reach the leases bucket yet"),
                 }

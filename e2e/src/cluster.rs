@@ -112,6 +112,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs on a routed cluster of `nodes` nats-servers with clustered
+    /// JetStream (see `rouse_stack::NatsCluster`): `nats.url` lists them
+    /// all, `nats.replicas` is 3 (fewer for a smaller cluster).
+    pub fn nats_cluster(mut self, nodes: usize) -> Self {
+        self.stack = self.stack.nats_cluster(nodes);
+        self
+    }
+
     /// The controller drives the Docker engine at `host` (`DOCKER_HOST`).
     pub fn docker_host(mut self, host: &str) -> Self {
         self.stack = self.stack.controller_env("DOCKER_HOST", host);

@@ -72,9 +72,10 @@ pub mod config {
     pub use rouse_stack::{line_of, Config, Service};
 }
 
-/// A private nats-server (`rouse-stack`'s); the proxy's tests use it too.
+/// A private nats-server (`rouse-stack`'s), or a cluster of them; the
+/// proxy's tests use it too.
 pub mod nats {
-    pub use rouse_stack::NatsServer;
+    pub use rouse_stack::{NatsCluster, NatsServer};
 }
 
 /// A private Docker engine (`rouse-stack`'s) for the container tests.

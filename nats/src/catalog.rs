@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -322,8 +322,8 @@ async fn session(
     sink: &dyn Sink,
     connects: &mut tokio::sync::watch::Receiver<u64>,
 ) -> Result<(), SessionError> {
-    let js = jetstream::new(bus.client.clone());
-    let store = crate::bus::services_bucket(&js).await?;
+    let js = crate::bus::watch_context(bus);
+    let store = crate::bus::services_bucket(&js, bus.replicas).await?;
     // One consumer reads every entry, then follows the changes.
     let (current, mut watch) = crate::snapshot::read_then_watch(&store).await?;
     let entries = current

@@ -27,6 +27,11 @@ impl Subjects {
         }
     }
 
+    /// The prefix every subject starts with (`nats.prefix`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn wake(&self, service: &str) -> String {
         format!("{}.wake.{service}", self.prefix)
     }

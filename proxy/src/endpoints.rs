@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use rouse_nats::bus::{self, Bus};
 use rouse_nats::messages::{self, EndpointSet, VERSION};
@@ -85,8 +85,8 @@ impl EndpointWatcher {
         connects: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Result<(), SessionError> {
         connects.borrow_and_update();
-        let js = jetstream::new(self.bus.client.clone());
-        let store = bus::endpoints_bucket(&js).await?;
+        let js = bus::watch_context(&self.bus);
+        let store = bus::endpoints_bucket(&js, self.bus.replicas).await?;
         let mut revisions: HashMap<String, u64> = HashMap::new();
         let mut watch = store.watch_with_history(">").await?;
         // An empty bucket replays nothing: caught up already.

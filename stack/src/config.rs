@@ -317,6 +317,8 @@ impl Service {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats_url: String,
+    /// `nats.replicas`, when set (a stack on a NATS cluster).
+    pub nats_replicas: Option<usize>,
     pub proxy_listen: SocketAddr,
     pub proxy_admin: SocketAddr,
     pub report_interval: String,
@@ -347,6 +349,7 @@ impl Config {
     pub fn new(nats_url: &str, state_dir: &Path, marker: &str) -> Config {
         Config {
             nats_url: nats_url.to_string(),
+            nats_replicas: None,
             proxy_listen: crate::free_addr(),
             proxy_admin: crate::free_addr(),
             report_interval: "200ms".to_string(),
@@ -374,6 +377,9 @@ impl Config {
         out.push_str("# written by rouse-stack\n");
         out.push_str("nats:\n");
         let _ = writeln!(out, "  url: {}", q(&self.nats_url));
+        if let Some(replicas) = self.nats_replicas {
+            let _ = writeln!(out, "  replicas: {replicas}");
+        }
         out.push_str("proxy:\n");
         let _ = writeln!(out, "  listen: {}", q(&self.proxy_listen.to_string()));
         let _ = writeln!(out, "  admin_listen: {}", q(&self.proxy_admin.to_string()));

@@ -26,6 +26,8 @@
 //! - `config`: the YAML file both binaries read ([`Config`], [`Service`]);
 //! - `proc`: one child process with its log file ([`Proc`]);
 //! - `nats`: the private `nats-server` ([`NatsServer`]);
+//! - `nats_cluster`: a routed cluster of them with clustered JetStream
+//!   ([`NatsCluster`]), killed a node at a time;
 //! - `docker`: a private Docker engine for container tests ([`DockerEngine`]);
 //! - `http`: the one small HTTP client readiness, status and metrics need
 //!   ([`http_get`], [`wait_http_ok`], [`metric_value`]);
@@ -45,6 +47,7 @@ mod config;
 mod docker;
 mod http;
 mod nats;
+mod nats_cluster;
 mod proc;
 pub mod procfs;
 mod stack;
@@ -60,6 +63,7 @@ pub use config::{line_of, Config, Service};
 pub use docker::{dockerd_bin, podman_bin, DockerEngine};
 pub use http::{http_get, metric_value, wait_http_ok};
 pub use nats::NatsServer;
+pub use nats_cluster::{NatsCluster, CLUSTER_NAME};
 pub use proc::{read_lossy, Proc};
 pub use stack::{ProxyNode, Stack, StackBuilder, STARTUP_DEADLINE};
 

@@ -177,3 +177,31 @@ impl NatsServer {
         Ok(())
     }
 }
+
+/// For `nats_cluster`: the nodes of a cluster are started together and
+/// only then waited for, since none is healthy before a JetStream meta
+/// leader is elected, which takes a quorum of them.
+impl NatsServer {
+    /// Spawns nats-server with `args`, which must bind 127.0.0.1:`port`
+    /// and serve monitoring on `monitor_port`; does not wait.
+    pub(crate) fn spawn_node(
+        name: &str,
+        args: &[OsString],
+        (port, monitor_port): (u16, u16),
+        store_dir: PathBuf,
+        log: &Path,
+    ) -> anyhow::Result<NatsServer> {
+        let proc = Proc::try_spawn(name, &nats_server_bin()?, args, &BTreeMap::new(), log)?;
+        Ok(NatsServer {
+            port,
+            monitor_port,
+            store_dir,
+            proc,
+        })
+    }
+
+    /// Waits as [`NatsServer::start`] does: client port open, `/healthz` 200.
+    pub(crate) async fn wait_node_ready(&mut self) -> anyhow::Result<()> {
+        self.wait_ready().await
+    }
+}

@@ -51,6 +51,9 @@ pub struct StackBuilder {
     state_dir: Option<PathBuf>,
     /// How long each process gets to become healthy or ready.
     startup_deadline: Duration,
+    /// Nodes of the NATS cluster to run on (see `nats_cluster`); one
+    /// server when `None`.
+    pub(crate) nats_cluster: Option<usize>,
 }
 
 impl Default for StackBuilder {
@@ -66,6 +69,7 @@ impl Default for StackBuilder {
             standbys: 0,
             state_dir: None,
             startup_deadline: STARTUP_DEADLINE,
+            nats_cluster: None,
         }
     }
 }
@@ -256,7 +260,14 @@ impl StackBuilder {
             }
         };
         let marker = crate::procfs::unique_marker();
-        let nats = NatsServer::try_start(&dir, self.nats_port).await?;
+        let mut base = self.config;
+        let (nats, nats_cluster) = crate::nats_cluster::start_for_stack(
+            &dir,
+            self.nats_port,
+            self.nats_cluster,
+            &mut base,
+        )
+        .await?;
         let state_dir = self
             .state_dir
             .clone()
@@ -264,8 +275,6 @@ impl StackBuilder {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("create {}", state_dir.display()))?;
 
-        let mut base = self.config;
-        base.nats_url = nats.url();
         base.state_dir = state_dir.clone();
         base.marker = marker.clone();
         let controller_config = dir.join("controller.yaml");
@@ -292,6 +301,7 @@ impl StackBuilder {
         let mut stack = Stack {
             marker,
             nats,
+            nats_cluster,
             proxies: Vec::new(),
             controller,
             controller_admin: base.controller_admin,
@@ -371,6 +381,8 @@ pub struct Stack {
     /// The value of `ROUSE_E2E_MARKER` in every replica of this stack.
     pub marker: String,
     pub nats: NatsServer,
+    /// The other nodes, when the stack runs on a NATS cluster.
+    pub(crate) nats_cluster: Option<crate::nats_cluster::NatsCluster>,
     pub proxies: Vec<ProxyNode>,
     controller: Proc,
     controller_admin: SocketAddr,
@@ -462,6 +474,9 @@ impl Stack {
             out.push('\n');
         };
         section("nats-server", &self.nats.logs(), 30);
+        for (name, logs) in self.nats_peer_logs() {
+            section(&name, &logs, 30);
+        }
         section(
             &format!("rouse-controller {}", self.controller.log_path().display()),
             &self.controller.logs(),
@@ -553,6 +568,7 @@ impl Stack {
         }
         self.controller.terminate(grace).await;
         self.nats.proc_mut().terminate(grace).await;
+        self.terminate_nats_peers(grace).await;
     }
 }
 

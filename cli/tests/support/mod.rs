@@ -157,13 +157,13 @@ impl Nats {
     }
 
     pub async fn services(&self) -> kv::Store {
-        rouse_nats::bus::services_bucket(&self.js)
+        rouse_nats::bus::services_bucket(&self.js, 1)
             .await
             .expect("services bucket")
     }
 
     pub async fn pins(&self) -> kv::Store {
-        rouse_nats::bus::pins_bucket(&self.js)
+        rouse_nats::bus::pins_bucket(&self.js, 1)
             .await
             .expect("pins bucket")
     }

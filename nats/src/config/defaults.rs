@@ -10,6 +10,9 @@ use super::ShutdownPolicy;
 pub fn nats_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
+pub fn nats_replicas() -> usize {
+    1
+}
 pub fn prefix() -> String {
     "rouse".into()
 }

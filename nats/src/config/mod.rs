@@ -53,8 +53,14 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
+    /// One server URL, or several separated by commas (the servers of one
+    /// NATS cluster): the client picks one and fails over to the others.
     #[serde(default = "defaults::nats_url")]
     pub url: String,
+    /// JetStream replicas of every bucket and stream rouse creates; 3 on a
+    /// three-node cluster, so losing one node loses no state.
+    #[serde(default = "defaults::nats_replicas")]
+    pub replicas: usize,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
@@ -69,6 +75,40 @@ pub struct NatsConfig {
     /// Prefix of every subject; the KV bucket and stream names are fixed.
     #[serde(default = "defaults::prefix")]
     pub prefix: String,
+}
+
+/// Most JetStream replicas a stream may have (the server's own limit).
+pub const MAX_NATS_REPLICAS: usize = 5;
+
+impl NatsConfig {
+    /// The servers `url` lists, in order; the first entry that is not a
+    /// NATS server URL is the error, as a sentence naming it.
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
+        parse_servers(&self.url)
+    }
+}
+
+/// `url` split at its commas, each entry parsed as async-nats parses it
+/// (`host:port` gets `nats://`), and checked to name a host.
+pub fn parse_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let mut servers = Vec::new();
+    for (i, entry) in url.split(',').map(str::trim).enumerate() {
+        if entry.is_empty() {
+            return Err(if url.trim().is_empty() {
+                "must name at least one NATS server".to_string()
+            } else {
+                format!("entry {} of the comma-separated list is empty", i + 1)
+            });
+        }
+        let server: async_nats::ServerAddr = entry
+            .parse()
+            .map_err(|e| format!("`{entry}` is not a NATS server URL: {e}"))?;
+        if server.host().is_empty() {
+            return Err(format!("`{entry}` names no host"));
+        }
+        servers.push(server);
+    }
+    Ok(servers)
 }
 
 /// TLS towards NATS.

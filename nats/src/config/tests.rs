@@ -625,3 +625,58 @@ fn a_file_only_the_lenient_parser_reads_still_names_lines() {
         "{found:?}"
     );
 }
+
+#[test]
+fn nats_url_takes_a_comma_separated_list_of_servers() {
+    let source = VALID.replace(
+        "url: nats://127.0.0.1:4222",
+        "url: nats://127.0.0.1:4222, nats://127.0.0.1:4223,127.0.0.1:4224",
+    );
+    let config = Config::parse(Path::new("rouse.yaml"), &source).expect("valid");
+    let servers = config.nats.servers().expect("servers");
+    let ports: Vec<u16> = servers.iter().map(|s| s.port()).collect();
+    assert_eq!(ports, vec![4222, 4223, 4224]);
+    assert!(servers.iter().all(|s| s.host() == "127.0.0.1"));
+    assert_eq!(config.nats.replicas, 1, "one replica unless asked");
+}
+
+#[test]
+fn a_bad_server_in_the_list_names_the_key_and_the_entry() {
+    for (url, says) in [
+        (
+            "nats://127.0.0.1:4222,http://127.0.0.1:4223",
+            "http://127.0.0.1:4223",
+        ),
+        ("nats://127.0.0.1:4222,,nats://127.0.0.1:4224", "entry 2"),
+        ("nats://127.0.0.1:4222,", "entry 2"),
+        ("nats://127.0.0.1:99999", "127.0.0.1:99999"),
+        ("\"\"", "at least one"),
+    ] {
+        let source = VALID.replace("url: nats://127.0.0.1:4222", &format!("url: {url}"));
+        let found = issues(&source);
+        assert_eq!(found.len(), 1, "{url}: {found:?}");
+        assert_eq!(found[0].key, "nats.url", "{url}");
+        assert_eq!(found[0].line, Some(2), "{url}");
+        assert!(found[0].reason.contains(says), "{url}: {}", found[0]);
+    }
+}
+
+#[test]
+fn nats_replicas_is_1_to_5() {
+    for ok in [1, 3, 5] {
+        let source = VALID.replace("nats:\n", &format!("nats:\n  replicas: {ok}\n"));
+        let config = Config::parse(Path::new("rouse.yaml"), &source).expect("valid");
+        assert_eq!(config.nats.replicas, ok);
+    }
+    for bad in ["0", "6"] {
+        let source = VALID.replace("nats:\n", &format!("nats:\n  replicas: {bad}\n"));
+        let found = issues(&source);
+        assert_eq!(found.len(), 1, "{bad}: {found:?}");
+        assert_eq!(found[0].key, "nats.replicas");
+        assert_eq!(found[0].line, Some(2));
+        assert!(found[0].reason.contains("1 to 5"), "{}", found[0]);
+    }
+    let source = VALID.replace("nats:\n", "nats:\n  replicas: three\n");
+    let found = issues(&source);
+    assert_eq!(found[0].key, "nats.replicas", "{found:?}");
+}

@@ -169,6 +169,19 @@ fn check_globals(config: &Config, problems: &mut Problems) {
             "needed: a service has `scaling.driver: keda`, and KEDA must reach rouse".into(),
         ));
     }
+    if let Err(reason) = config.nats.servers() {
+        problems.push(("nats.url".into(), reason));
+    }
+    let replicas = config.nats.replicas;
+    if !(1..=super::MAX_NATS_REPLICAS).contains(&replicas) {
+        problems.push((
+            "nats.replicas".into(),
+            format!(
+                "must be 1 to {} (JetStream replicas), not {replicas}",
+                super::MAX_NATS_REPLICAS
+            ),
+        ));
+    }
     let prefix = &config.nats.prefix;
     if prefix.is_empty() || !prefix.split('.').all(is_subject_token) {
         problems.push((
