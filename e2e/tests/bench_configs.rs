@@ -68,7 +68,7 @@ fn scale_benchmark_configs_are_valid() {
     // quicker check.
     check_script_with(
         "scale",
-        &["idle and active ", "held "],
+        &["idle ", "baseline ", "held "],
         &[("SCALE_SERVICES", "200")],
     );
 }

@@ -103,7 +103,8 @@ impl Bench {
         if cli.check_config {
             baseline.check()?;
             main.check()?;
-            println!("rouse-scale: the generated idle and active configs are valid");
+            println!("rouse-scale: the generated idle config is valid");
+            println!("rouse-scale: the generated baseline config is valid");
             return Ok((None, None));
         }
 
