@@ -3,7 +3,7 @@
 //! of clients for a while, and the "exactly once" check on rouse-echo's
 //! `/stats`. Every loop is bounded in time and in count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,21 @@ pub async fn steady(
     clients: usize,
     duration: Duration,
 ) -> Statuses {
+    steady_noting_replicas(client, addr, host, path, clients, duration)
+        .await
+        .0
+}
+
+/// [`steady`], and the replicas that answered at least one request 200
+/// (rouse-echo's `x-echo-replica`): the ones that served traffic.
+pub async fn steady_noting_replicas(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    clients: usize,
+    duration: Duration,
+) -> (Statuses, BTreeSet<String>) {
     let until = Instant::now() + duration;
     let workers: Vec<_> = (0..clients)
         .map(|_| {
@@ -69,29 +84,44 @@ pub async fn steady(
             let (host, path) = (host.to_string(), path.to_string());
             tokio::spawn(async move {
                 let mut statuses = Statuses::new();
+                let mut replicas = BTreeSet::new();
                 for _ in 0..10_000 {
                     if Instant::now() >= until {
                         break;
                     }
                     let status = match request(&client, Method::GET, addr, &host, &path, None).await
                     {
-                        Ok(resp) => resp.status,
+                        Ok(resp) => {
+                            if let (200, Some(replica)) = (resp.status, resp.header(REPLICA_HEADER))
+                            {
+                                if !replicas.contains(replica) {
+                                    replicas.insert(replica.to_string());
+                                }
+                            }
+                            resp.status
+                        }
                         Err(_) => 0,
                     };
                     *statuses.entry(status).or_insert(0) += 1;
                 }
-                statuses
+                (statuses, replicas)
             })
         })
         .collect();
     let mut total = Statuses::new();
+    let mut served = BTreeSet::new();
     for worker in futures::future::join_all(workers).await {
-        for (status, count) in worker.unwrap_or_default() {
+        let (statuses, replicas) = worker.unwrap_or_default();
+        for (status, count) in statuses {
             *total.entry(status).or_insert(0) += count;
         }
+        served.extend(replicas);
     }
-    total
+    (total, served)
 }
+
+/// The header rouse-echo names the answering replica in.
+pub const REPLICA_HEADER: &str = "x-echo-replica";
 
 /// `requests` from a replica's `/stats`.
 async fn stats_requests(client: &reqwest::Client, addr: &str) -> anyhow::Result<u64> {

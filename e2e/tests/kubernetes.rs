@@ -180,9 +180,17 @@ async fn scale_down_under_load(name: &str, kind: Kind) {
     )
     .await;
     let (client, addr) = (&k.cluster.client, k.cluster.proxy_addr(0));
-    let high = load::steady(client, addr, host, "/sleep/50", 40, Duration::from_secs(10)).await;
+    let (high, served_high) =
+        load::steady_noting_replicas(client, addr, host, "/sleep/50", 40, Duration::from_secs(10))
+            .await;
     let peak = k.fake.pods("default").len();
-    let low = load::steady(client, addr, host, "/sleep/50", 4, Duration::from_secs(20)).await;
+    let (low, served_low) =
+        load::steady_noting_replicas(client, addr, host, "/sleep/50", 4, Duration::from_secs(20))
+            .await;
+    // A pod served if it answered a request (rouse-echo names itself on
+    // every response; in the fake cluster the replica id is the pod's name).
+    let served: std::collections::BTreeSet<String> =
+        served_high.union(&served_low).cloned().collect();
     let after = k
         .fake
         .pods("default")
@@ -198,14 +206,20 @@ async fn scale_down_under_load(name: &str, kind: Kind) {
             ))
             .await;
     }
-    // Pods that never turned ready carried no request: lowering the count
-    // may cancel them without a drain. Every pod that served was drained
-    // and marked first.
+    // Pods that never served carried no request: lowering the count may
+    // cancel them without a drain, even one the cluster had just seen turn
+    // ready before rouse's probe or the EndpointSlice said so (a
+    // StatefulSet then removes that newest, highest ordinal). Every pod
+    // that served was drained and marked first.
+    let served_and_deleted: Vec<_> = deleted
+        .iter()
+        .filter(|p| served.contains(&p.name))
+        .collect();
     assert!(
-        deleted.iter().any(|p| p.ready),
-        "no serving pod was scaled down: {deleted:?}"
+        !served_and_deleted.is_empty(),
+        "no serving pod was scaled down: deleted {deleted:?}, served {served:?}"
     );
-    for pod in deleted.iter().filter(|p| p.ready) {
+    for pod in served_and_deleted {
         assert_eq!(
             pod.deletion_cost,
             Some(DRAINED_COST),

@@ -178,6 +178,14 @@ pub trait Backend: Send + Sync {
     /// (a StatefulSet takes its highest ordinal) must get that one drained.
     fn removal_order(&self, _ids: &mut [String]) {}
 
+    /// Whether the platform removes the replica last in
+    /// [`Backend::removal_order`] whichever one `stop` names (a StatefulSet
+    /// lowered by one removes its highest ordinal). Scale-down then takes
+    /// replicas strictly from the end of that order, starting or ready.
+    fn picks_its_victim(&self) -> bool {
+        false
+    }
+
     /// The replicas belong to a platform that runs them without rouse (a
     /// cluster): a stopping controller leaves them, whatever
     /// `controller.on_shutdown` says.

@@ -404,6 +404,11 @@ impl ServiceLoop {
                 self.fail(ReconcileError::Start(err), now);
             }
         }
+        if self.backend.picks_its_victim() {
+            self.scale_down_in_order(excess, now);
+            self.record_scale(active, decision.replicas, decision.reason.as_str());
+            return;
+        }
         // Then replicas still starting, newest first.
         let mut starting = self.replicas.oldest_first(|p| p == Phase::Starting);
         self.backend.removal_order(&mut starting);
@@ -430,6 +435,40 @@ impl ServiceLoop {
             excess -= 1;
         }
         self.record_scale(active, decision.replicas, decision.reason.as_str());
+    }
+
+    /// Scale-down on a platform that removes the last replica of its own
+    /// order whichever one is stopped (a StatefulSet): stopping a starting
+    /// pod below a ready one would remove the ready one, undrained. So the
+    /// candidates come strictly from the end of that order: a starting one
+    /// is stopped, a ready one drained, and one still draining holds the
+    /// rest back until it is gone.
+    fn scale_down_in_order(&mut self, mut excess: u32, now: Instant) {
+        if excess == 0 {
+            return;
+        }
+        let mut candidates = self.replicas.oldest_first(|p| p != Phase::Stopping);
+        self.backend.removal_order(&mut candidates);
+        self.replicas.changed();
+        let generation = self.replicas.generation();
+        while excess > 0 {
+            let Some(id) = candidates.pop() else { break };
+            let Some(replica) = self.replicas.get_mut(&id) else {
+                continue;
+            };
+            match replica.phase {
+                Phase::Starting => self.stop_replica(&id),
+                Phase::Ready => {
+                    replica.phase = Phase::Draining {
+                        generation,
+                        since: now,
+                    };
+                    tracing::info!(service = %self.name, replica = %id, generation, "draining replica");
+                }
+                Phase::Draining { .. } | Phase::Stopping => break,
+            }
+            excess -= 1;
+        }
     }
 
     fn progress_drains(&mut self, now: Instant) {

@@ -215,6 +215,10 @@ impl Backend for KubernetesBackend {
         }
     }
 
+    fn picks_its_victim(&self) -> bool {
+        self.statefulset
+    }
+
     fn keeps_replicas_on_shutdown(&self) -> bool {
         true
     }

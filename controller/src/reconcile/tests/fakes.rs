@@ -158,6 +158,10 @@ impl Backend for FakeBackend {
     fn keeps_replicas_on_shutdown(&self) -> bool {
         self.state().keeps_replicas
     }
+
+    fn picks_its_victim(&self) -> bool {
+        self.state().remove_oldest
+    }
 }
 
 // ---- probes and NATS -----------------------------------------------------

@@ -667,3 +667,51 @@ async fn an_idle_loop_skips_its_ticks_but_still_wakes_at_once() {
         "{calls} lists in 5 idle minutes after scaling to zero"
     );
 }
+
+/// On a platform that removes the last replica of its own order whichever
+/// one is stopped (a StatefulSet lowered by one drops its highest
+/// ordinal), scale-down must not stop a starting replica that is not last:
+/// the platform would remove the ready one instead, undrained, under its
+/// traffic. The ready one (last in the order) is drained first.
+#[tokio::test(start_paused = true)]
+async fn a_platform_that_picks_its_victim_gets_that_replica_drained_first() {
+    let mut h = Harness::new();
+    h.backend.state().remove_oldest = true;
+    h.start();
+    let first = h.warm().await;
+    let busy = {
+        let first = first.clone();
+        move |_: &Harness| vec![(first.clone(), 20)]
+    };
+    assert!(
+        h.reporting_until(secs(10), busy, |h| h.backend.running().len() == 2)
+            .await
+    );
+    let second = h
+        .backend
+        .running()
+        .into_iter()
+        .find(|id| *id != first)
+        .expect("a second replica");
+    let mut order = vec![first.clone(), second.clone()];
+    crate::backend::Backend::removal_order(h.backend.as_ref(), &mut order);
+    assert_eq!(order.last(), Some(&first), "the platform removes the first");
+    // The load goes before the second passes its probe.
+    let quiet = {
+        let first = first.clone();
+        move |_: &Harness| vec![(first.clone(), 0)]
+    };
+    let draining_or_stopped = |h: &Harness| {
+        !h.endpoints(EndpointState::Draining).is_empty() || !h.backend.state().stopped.is_empty()
+    };
+    assert!(
+        h.reporting_until(secs(120), quiet, draining_or_stopped)
+            .await
+    );
+    assert_eq!(h.endpoints(EndpointState::Draining), std::slice::from_ref(&first));
+    assert!(
+        h.backend.state().stopped.is_empty(),
+        "a starting replica was stopped before the one the platform removes"
+    );
+    h.stop().await;
+}
