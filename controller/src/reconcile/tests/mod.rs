@@ -708,7 +708,10 @@ async fn a_platform_that_picks_its_victim_gets_that_replica_drained_first() {
         h.reporting_until(secs(120), quiet, draining_or_stopped)
             .await
     );
-    assert_eq!(h.endpoints(EndpointState::Draining), std::slice::from_ref(&first));
+    assert_eq!(
+        h.endpoints(EndpointState::Draining),
+        std::slice::from_ref(&first)
+    );
     assert!(
         h.backend.state().stopped.is_empty(),
         "a starting replica was stopped before the one the platform removes"
