@@ -26,6 +26,7 @@ pub(crate) fn chart(t: &Throughput, path: &Path) -> anyhow::Result<()> {
         "direct" => RGBColor(150, 150, 150),
         "rouse" => RGBColor(214, 96, 32),
         "nginx" => RGBColor(0, 150, 57),
+        "floor" => RGBColor(120, 120, 200),
         _ => RGBColor(30, 100, 180),
     };
     let setup = |k: &str| t.setup.get(k).map_or("?", String::as_str);

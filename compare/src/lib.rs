@@ -3,8 +3,9 @@
 //!
 //! - throughput: the same backend (one rouse-echo replica, started by rouse
 //!   with `min_replicas = max_replicas = 1`) measured round-robin over
-//!   `--rounds` rounds along up to four paths: direct, rouse-proxy, nginx and
-//!   HAProxy, with the same load generator;
+//!   `--rounds` rounds along up to five paths: direct, rouse-proxy, nginx,
+//!   HAProxy and `rouse-floor` (a bare hyper 1 proxy: the floor under
+//!   rouse-proxy's CPU per request), with the same load generator;
 //! - burst: `--burst-requests` concurrent requests at a service with zero
 //!   replicas whose replica is slow to start;
 //! - footprint: the idle RSS of rouse-proxy and rouse-controller with
@@ -45,8 +46,9 @@ use clap::{Parser, ValueEnum};
 
 pub use run::run;
 
-/// The four paths compared, in report order.
-pub(crate) const TARGETS: [&str; 4] = ["direct", "rouse", "nginx", "haproxy"];
+/// The paths compared, in report order (`floor`: `rouse-floor`, a bare
+/// hyper 1 proxy, the least any proxy on rouse's parts can cost).
+pub(crate) const TARGETS: [&str; 5] = ["direct", "rouse", "nginx", "haproxy", "floor"];
 
 /// Command line of `rouse-compare`; every flag can also be set through the
 /// environment variable `bench/run` documents.
@@ -89,7 +91,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "TARGETS",
-        default_value = "direct rouse nginx haproxy",
+        default_value = "direct rouse nginx haproxy floor",
         value_delimiter = ' '
     )]
     pub targets: Vec<Target>,
@@ -114,7 +116,7 @@ pub struct Cli {
     #[arg(long, env = "FOOTPRINT_SETTLE", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub footprint_settle: u64,
 
-    /// First of the six ports used: nats-server, proxy, proxy admin,
+    /// First of the seven ports used: nats-server, proxy, proxy admin,
     /// controller, nginx, HAProxy.
     #[arg(long, env = "ROUSE_BENCH_BASE_PORT", default_value_t = 31000)]
     pub base_port: u16,
@@ -156,6 +158,7 @@ pub enum Target {
     Rouse,
     Nginx,
     Haproxy,
+    Floor,
 }
 
 impl Target {

@@ -104,11 +104,11 @@ fn summarize(rounds: &[&RoundResult]) -> Option<Summary> {
 /// round. The two runs of a round are seconds apart, so a shared machine's
 /// slow drifts (other tenants, thermal state) cancel in the ratio instead of
 /// landing on whichever path ran in a slow round.
-fn paired_ratio(rounds: &[RoundResult], other: &str) -> Option<Ratio> {
+fn paired_ratio(rounds: &[RoundResult], path: &str, other: &str) -> Option<Ratio> {
     let mut rps = Vec::new();
     let mut p99 = Vec::new();
     let mut cpu = Vec::new();
-    for mine in rounds.iter().filter(|r| r.target == "rouse") {
+    for mine in rounds.iter().filter(|r| r.target == path) {
         let Some(theirs) = rounds
             .iter()
             .find(|r| r.target == other && r.round == mine.round)
@@ -153,6 +153,10 @@ pub(crate) struct Throughput {
     pub summary: BTreeMap<String, Summary>,
     /// rouse ÷ nginx, rouse ÷ haproxy, rouse ÷ direct.
     pub rouse_vs: BTreeMap<String, Ratio>,
+    /// The bare hyper 1 proxy ÷ nginx and ÷ haproxy: how far below nginx
+    /// any proxy on hyper's codecs can get here.
+    #[serde(default)]
+    pub floor_vs: BTreeMap<String, Ratio>,
     /// rouse req/s ≥ 1.2 × the better of nginx and haproxy.
     pub target_rps_met: Option<bool>,
     /// rouse p99 ≤ the p99 of both nginx and haproxy.
@@ -206,9 +210,15 @@ pub(crate) fn throughput(
         }
     }
     let mut rouse_vs = BTreeMap::new();
-    for other in ["nginx", "haproxy", "direct"] {
-        if let Some(ratio) = paired_ratio(&rounds, other) {
+    for other in ["nginx", "haproxy", "direct", "floor"] {
+        if let Some(ratio) = paired_ratio(&rounds, "rouse", other) {
             rouse_vs.insert(other.to_owned(), ratio);
+        }
+    }
+    let mut floor_vs = BTreeMap::new();
+    for other in ["nginx", "haproxy"] {
+        if let Some(ratio) = paired_ratio(&rounds, "floor", other) {
+            floor_vs.insert(other.to_owned(), ratio);
         }
     }
     let (target_rps_met, target_p99_met) = match (rouse_vs.get("nginx"), rouse_vs.get("haproxy")) {
@@ -227,6 +237,7 @@ pub(crate) fn throughput(
         setup,
         summary,
         rouse_vs,
+        floor_vs,
         target_rps_met,
         target_p99_met,
         target_cpu_met,
@@ -361,6 +372,7 @@ pub(crate) fn label(target: &str) -> &str {
         "rouse" => "rouse-proxy",
         "nginx" => "nginx",
         "haproxy" => "HAProxy",
+        "floor" => "bare hyper 1 proxy (rouse-floor)",
         other => other,
     }
 }
@@ -415,7 +427,7 @@ pub(crate) fn throughput_markdown(t: &Throughput) -> String {
         );
     }
     md.push('\n');
-    for other in ["nginx", "haproxy", "direct"] {
+    for other in ["nginx", "haproxy", "direct", "floor"] {
         if let Some(r) = t.rouse_vs.get(other) {
             let _ = writeln!(
                 md,
@@ -429,6 +441,19 @@ pub(crate) fn throughput_markdown(t: &Throughput) -> String {
                 r.rounds
             );
         }
+    }
+    for (other, r) in &t.floor_vs {
+        let _ = writeln!(
+            md,
+            "- {} ÷ {}: req/s {:.2}×{} (median of {} per-round ratios)",
+            label("floor"),
+            label(other),
+            r.rps,
+            r.cpu_per_req.map_or(String::new(), |c| format!(
+                ", proxy CPU per request {c:.2}×"
+            )),
+            r.rounds
+        );
     }
     let _ = writeln!(
         md,
@@ -620,6 +645,30 @@ mod tests {
         // rouse used 0.8× nginx's CPU per request.
         assert_eq!(t.target_cpu_met, Some(true));
         assert!(!t.rouse_vs.contains_key("direct"));
+    }
+
+    #[test]
+    fn the_floor_is_compared_with_nginx_and_haproxy_in_the_same_rounds() {
+        let rounds = vec![
+            round("rouse", 1, 40_000.0, 4.0, 24.0),
+            round("floor", 1, 50_000.0, 4.0, 18.0),
+            round("nginx", 1, 45_000.0, 4.0, 20.0),
+            round("rouse", 2, 20_000.0, 8.0, 48.0),
+            round("floor", 2, 25_000.0, 8.0, 36.0),
+            round("nginx", 2, 22_500.0, 8.0, 40.0),
+        ];
+        let t = throughput(Machine::default(), BTreeMap::new(), rounds);
+        let floor = &t.floor_vs["nginx"];
+        assert_eq!(floor.rounds, 2);
+        assert_eq!(floor.cpu_per_req.map(|c| (c * 100.0).round()), Some(90.0));
+        assert!(!t.floor_vs.contains_key("haproxy"), "no haproxy rounds");
+        let rouse = &t.rouse_vs["floor"];
+        assert_eq!(rouse.cpu_per_req.map(|c| (c * 100.0).round()), Some(133.0));
+        let md = throughput_markdown(&t);
+        assert!(
+            md.contains("bare hyper 1 proxy (rouse-floor) ÷ nginx"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a started proxy or backend gets to answer its first `GET /`.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The six ports, from `--base-port` up.
+/// The seven ports, from `--base-port` up.
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     nats: u16,
@@ -32,6 +32,7 @@ struct Ports {
     controller: SocketAddr,
     nginx: SocketAddr,
     haproxy: SocketAddr,
+    floor: SocketAddr,
 }
 
 impl Ports {
@@ -44,6 +45,7 @@ impl Ports {
             controller: at(3),
             nginx: at(4),
             haproxy: at(5),
+            floor: at(6),
         }
     }
 }
@@ -124,7 +126,7 @@ impl Bench {
         let mut measured = Measured::default();
         if !self.cli.check_config {
             let p = self.ports;
-            for addr in [p.proxy, p.admin, p.controller, p.nginx, p.haproxy] {
+            for addr in [p.proxy, p.admin, p.controller, p.nginx, p.haproxy, p.floor] {
                 ensure_free(addr).context("set ROUSE_BENCH_BASE_PORT to free ports")?;
             }
             let builds = procfs::count_processes(&["rustc"]);
@@ -259,6 +261,14 @@ impl Bench {
                     let pid = proc.pid();
                     side.push(proc);
                     (format!("http://{}/", self.ports.haproxy), Some(pid))
+                }
+                Target::Floor => {
+                    let bin = self.bins.path("rouse-floor");
+                    let proc =
+                        start_floor(&bin, &dir, self.ports.floor, backend, self.threads).await?;
+                    let pid = proc.pid();
+                    side.push(proc);
+                    (format!("http://{}/", self.ports.floor), Some(pid))
                 }
             };
             endpoints.push((target.name(), url, pid));
@@ -447,6 +457,29 @@ async fn start_side(
     let mut proc = Proc::try_spawn(name, bin, &args, &BTreeMap::new(), &log)?;
     answers(addr, Some(&mut proc)).await?;
     Ok(proc)
+}
+
+/// `rouse-floor` in front of `backend`: hyper's codecs and tokio, nothing
+/// of rouse's own.
+async fn start_floor(
+    bin: &Path,
+    dir: &Path,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    threads: u32,
+) -> anyhow::Result<Proc> {
+    let listen = listen.to_string();
+    let backend = backend.to_string();
+    let threads = threads.to_string();
+    let args = [
+        "--listen",
+        &listen,
+        "--upstream",
+        &backend,
+        "--threads",
+        &threads,
+    ];
+    start_side("rouse-floor", bin, dir, &["--help"], &args, listen.parse()?).await
 }
 
 /// nginx in front of `backend`, configured like rouse: keep-alive upstream,

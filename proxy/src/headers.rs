@@ -99,29 +99,29 @@ pub fn prepare_head(
     upgrade: bool,
 ) {
     // The target's authority replaces Host (RFC 9112 §3.2.2); `strict`
-    // routed the request by it.
+    // routed the request by it. A Host header that named it already stays
+    // as it is (the common case: no second lookup and insert).
     let authority_value = |a: &http::uri::Authority| HeaderValue::from_str(a.as_str()).ok();
-    let host = match crate::strict::target_authority(&parts.uri) {
-        Some(authority) => authority_value(authority),
-        None => parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(authority_value)),
+    let (host, replace_host) = match crate::strict::target_authority(&parts.uri) {
+        Some(authority) => (authority_value(authority), true),
+        None => match parts.headers.get(header::HOST) {
+            Some(host) => (Some(host.clone()), false),
+            None => (parts.uri.authority().and_then(authority_value), true),
+        },
     };
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(host) = host {
-        if !parts.headers.contains_key(&X_FORWARDED_HOST) {
-            parts.headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        if replace_host {
+            parts.headers.insert(header::HOST, host.clone());
         }
-        parts.headers.insert(header::HOST, host);
+        // Kept when an ingress in front already set it.
+        parts.headers.entry(&X_FORWARDED_HOST).or_insert(host);
     }
     append_forwarded_for(&mut parts.headers, client_ip);
-    if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO.clone(), proto.clone());
-    }
+    parts
+        .headers
+        .entry(&X_FORWARDED_PROTO)
+        .or_insert_with(|| proto.clone());
     // The replica gets the origin form (`/path?query`); an HTTP/2 request
     // arrives in absolute form, its authority already moved to `Host`.
     if parts.uri.authority().is_some() {
@@ -187,22 +187,26 @@ pub fn into_h2(parts: &mut http::request::Parts, replica: &Authority) {
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let mut existing = match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(vacant) => {
+            vacant.insert(client_ip.clone());
+            return;
+        }
+        header::Entry::Occupied(existing) => existing,
+    };
     // Several lines of a header are one list (RFC 9110 §5.3): every address
     // that came is kept, in order; blank lines add none.
     let mut joined = Vec::new();
-    for existing in headers.get_all(&X_FORWARDED_FOR) {
-        if !existing.as_bytes().trim_ascii().is_empty() {
-            joined.extend_from_slice(existing.as_bytes());
+    for line in existing.iter() {
+        if !line.as_bytes().trim_ascii().is_empty() {
+            joined.extend_from_slice(line.as_bytes());
             joined.extend_from_slice(b", ");
         }
     }
-    let value = if joined.is_empty() {
-        client_ip.clone()
-    } else {
-        joined.extend_from_slice(client_ip.as_bytes());
-        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), value);
+    joined.extend_from_slice(client_ip.as_bytes());
+    let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone());
+    // Replaces every line with the one joined list.
+    existing.insert(value);
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState;
 use http::uri::Authority;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -53,6 +54,8 @@ pub enum ConnectError {
     Shared(std::sync::Arc<ConnectError>),
 }
 
+type IdleMap = HashMap<Box<str>, Vec<Idle>, RandomState>;
+
 struct Idle {
     sender: SendRequest<OutBody>,
     since: Instant,
@@ -61,10 +64,12 @@ struct Idle {
 /// Idle connections by replica address. Keyed by the address as a string:
 /// `Authority` hashes byte by byte (it compares case-insensitively), a
 /// measurable cost per request; replica addresses come from the controller
-/// in one spelling.
+/// in one spelling. Hashed with foldhash rather than SipHash (two lookups per
+/// request, 4 % of rouse's own instructions in a callgrind profile): the
+/// keys are replica addresses, not client input.
 pub struct Pool {
     settings: PoolSettings,
-    idle: Mutex<HashMap<Box<str>, Vec<Idle>>>,
+    idle: Mutex<IdleMap>,
 }
 
 /// A connection lent to one request. Given back with [`Pooled::release`]
@@ -125,7 +130,7 @@ impl Pool {
     pub fn new(settings: PoolSettings) -> Arc<Self> {
         Arc::new(Self {
             settings,
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(IdleMap::default()),
         })
     }
 
@@ -196,7 +201,7 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleMap> {
         // The map holds no invariant a panicking holder could break.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -8,6 +8,8 @@
 //! config builds a new table that is swapped in atomically by the owner.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use http::Request;
@@ -65,19 +67,19 @@ fn segment_prefix_match(prefix: &str, path: &str) -> bool {
 /// Host and path → target (a service), built once per config.
 #[derive(Debug)]
 pub struct RouteTable<T> {
-    exact: HashMap<String, PathRoutes<T>>,
+    exact: HashMap<String, PathRoutes<T>, RandomState>,
     /// `".example.com"` (from `*.example.com`) → its routes; a lookup tries
     /// the host's own suffixes, longest first, so thousands of wildcard
     /// hosts cost no more than one.
-    suffixes: HashMap<String, PathRoutes<T>>,
+    suffixes: HashMap<String, PathRoutes<T>, RandomState>,
     any: PathRoutes<T>,
 }
 
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
         Self {
-            exact: HashMap::new(),
-            suffixes: HashMap::new(),
+            exact: HashMap::default(),
+            suffixes: HashMap::default(),
             any: PathRoutes::default(),
         }
     }
