@@ -53,7 +53,9 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 
 /// Removes hop-by-hop headers; an upgrade keeps `Upgrade` and
 /// `Connection: upgrade`, which the next hop needs to switch protocols.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+/// `false` when the message carried none (so nothing was removed); `true`
+/// when any header may have gone, e.g. one its `Connection` named.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
     // Most messages carry none: one pass over the names avoids a lookup per
     // hop-by-hop header on the hot path.
     let any = headers
@@ -63,7 +65,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         if upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        return;
+        return false;
     }
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = connection_tokens(headers)
@@ -83,6 +85,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         headers.remove(header::UPGRADE);
     }
+    true
 }
 
 /// Rewrites an inbound request's head for a replica.
@@ -100,18 +103,26 @@ pub fn prepare_head(
 ) {
     // The target's authority replaces Host (RFC 9112 §3.2.2); `strict`
     // routed the request by it. A Host header that named it already stays
-    // as it is (the common case: no second lookup and insert).
+    // as it is (the common case: no second lookup and insert), unless
+    // stripping removed it (a `Connection` that names `host`) or it came
+    // twice.
     let authority_value = |a: &http::uri::Authority| HeaderValue::from_str(a.as_str()).ok();
     let (host, replace_host) = match crate::strict::target_authority(&parts.uri) {
         Some(authority) => (authority_value(authority), true),
-        None => match parts.headers.get(header::HOST) {
-            Some(host) => (Some(host.clone()), false),
-            None => (parts.uri.authority().and_then(authority_value), true),
-        },
+        None => {
+            let mut hosts = parts.headers.get_all(header::HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(host), None) => (Some(host.clone()), false),
+                // `strict` refuses a second Host; should one come this far,
+                // the first is the one that stays.
+                (Some(host), Some(_)) => (Some(host.clone()), true),
+                (None, _) => (parts.uri.authority().and_then(authority_value), true),
+            }
+        }
     };
-    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let stripped = strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(host) = host {
-        if replace_host {
+        if replace_host || stripped {
             parts.headers.insert(header::HOST, host.clone());
         }
         // Kept when an ingress in front already set it.
@@ -220,6 +231,29 @@ mod tests {
             builder = builder.header(*k, *v);
         }
         builder.body(()).expect("request").into_parts().0
+    }
+
+    /// A `Connection` that names `host` makes stripping drop the Host
+    /// header; the replica still gets exactly one.
+    #[test]
+    fn a_host_named_in_connection_is_set_again() {
+        let mut parts = request(&[("host", "echo.localhost"), ("connection", "host")], "/");
+        let ip = HeaderValue::from_static("127.0.0.1");
+        prepare_head(&mut parts, &ip, &HeaderValue::from_static("http"), false);
+        let hosts: Vec<_> = parts.headers.get_all("host").iter().collect();
+        assert_eq!(hosts, ["echo.localhost"]);
+        assert_eq!(parts.headers["x-forwarded-host"], "echo.localhost");
+    }
+
+    /// `strict` refuses a second Host; `prepare_head` on its own still
+    /// sends one.
+    #[test]
+    fn two_hosts_go_out_as_the_first() {
+        let mut parts = request(&[("host", "a.localhost"), ("host", "b.localhost")], "/");
+        let ip = HeaderValue::from_static("127.0.0.1");
+        prepare_head(&mut parts, &ip, &HeaderValue::from_static("http"), false);
+        let hosts: Vec<_> = parts.headers.get_all("host").iter().collect();
+        assert_eq!(hosts, ["a.localhost"]);
     }
 
     #[test]
