@@ -45,7 +45,15 @@ enum SessionError {
     Watch(#[from] kv::WatchError),
     #[error("watch stream: {0}")]
     Stream(#[from] kv::WatcherError),
+    #[error("the watch replayed nothing within {0:?}; watching again")]
+    NotCaughtUp(std::time::Duration),
 }
+
+/// How long a new watch may take to replay the bucket before the session
+/// starts over. The replay normally takes milliseconds; a watch whose
+/// consumer was created as the bucket was first written has been seen (in
+/// CI, once) to replay nothing at all, leaving the proxy unready for good.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl EndpointWatcher {
     pub fn new(bus: Bus, registry: Arc<Registry>, metrics: Arc<ProxyMetrics>) -> Self {
@@ -97,11 +105,19 @@ impl EndpointWatcher {
         if empty {
             self.synced.store(true, Ordering::SeqCst);
         }
+        let catch_up = tokio::time::sleep(CATCH_UP);
+        tokio::pin!(catch_up);
+        // A replay that is under way, however slow, is left to finish.
+        let mut replayed = 0u64;
         loop {
             tokio::select! {
+                () = &mut catch_up, if replayed == 0 && !self.synced.load(Ordering::SeqCst) => {
+                    return Err(SessionError::NotCaughtUp(CATCH_UP));
+                }
                 entry = watch.next() => match entry {
                     Some(entry) => {
                         let entry = entry?;
+                        replayed += 1;
                         self.apply(&entry, &mut revisions);
                         self.revision.fetch_max(entry.revision, Ordering::SeqCst);
                         if entry.delta == 0 || entry.seen_current {
