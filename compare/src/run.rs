@@ -468,18 +468,18 @@ async fn start_floor(
     backend: SocketAddr,
     threads: u32,
 ) -> anyhow::Result<Proc> {
-    let listen = listen.to_string();
+    let listen_arg = listen.to_string();
     let backend = backend.to_string();
     let threads = threads.to_string();
     let args = [
         "--listen",
-        &listen,
+        &listen_arg,
         "--upstream",
         &backend,
         "--threads",
         &threads,
     ];
-    start_side("rouse-floor", bin, dir, &["--help"], &args, listen.parse()?).await
+    start_side("rouse-floor", bin, dir, &["--help"], &args, listen).await
 }
 
 /// nginx in front of `backend`, configured like rouse: keep-alive upstream,
