@@ -315,6 +315,12 @@ impl StackBuilder {
             startup_deadline: self.startup_deadline,
         };
         stack.wait_controller_healthy().await?;
+        if self.standbys > 0 {
+            // `/healthz` answers before the lease is taken; a standby
+            // started now could win the race and "the first controller
+            // leads" would be luck.
+            stack.wait_controller_leading().await?;
+        }
         for i in 0..self.standbys {
             let mut cfg = base.clone();
             cfg.controller_admin = crate::free_addr();
@@ -360,6 +366,14 @@ impl StackBuilder {
         }
         Ok(stack)
     }
+}
+
+/// `rouse_controller_leader` in a controller's `/metrics` page.
+fn leader_gauge(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rouse_controller_leader "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn config_args(path: &Path) -> Vec<OsString> {
@@ -521,6 +535,36 @@ impl Stack {
     async fn wait_controller_healthy(&mut self) -> anyhow::Result<()> {
         self.wait_http_ok(None, (self.controller_admin, "/healthz"))
             .await
+    }
+
+    /// Polls the controller's `/metrics` until `rouse_controller_leader` is
+    /// 1, failing early if it exits; the error carries all logs.
+    async fn wait_controller_leading(&mut self) -> anyhow::Result<()> {
+        let start = tokio::time::Instant::now();
+        let rounds = self.startup_deadline.as_millis() / crate::POLL_INTERVAL.as_millis() + 2;
+        for _ in 0..rounds {
+            if let Some(status) = self.controller.try_exit() {
+                anyhow::bail!(
+                    "rouse-controller exited ({status}) before it led\n{}",
+                    self.dump_logs()
+                );
+            }
+            let page = crate::http_get(self.controller_admin, "/metrics", Duration::from_secs(5));
+            if let Ok((200, text)) = page.await {
+                if leader_gauge(&text) == Some(1.0) {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() >= self.startup_deadline {
+                break;
+            }
+            tokio::time::sleep(crate::POLL_INTERVAL).await;
+        }
+        anyhow::bail!(
+            "rouse-controller did not take the lease within {:?}\n{}",
+            self.startup_deadline,
+            self.dump_logs()
+        )
     }
 
     /// Polls `GET addr/path` until 200, failing early if the process (proxy
