@@ -99,6 +99,8 @@ pub enum Reason {
     Queue,
     /// Fixed by an operator (`rouse scale --pin`).
     Pinned,
+    /// The service was removed: its replicas drain, then stop.
+    Removed,
 }
 
 impl Reason {
@@ -106,6 +108,7 @@ impl Reason {
         match self {
             Reason::Wake => "wake",
             Reason::Pinned => "pinned",
+            Reason::Removed => "removed",
             Reason::Load => "load",
             Reason::Panic => "panic",
             Reason::Stable => "stable",

@@ -8,8 +8,11 @@
 //! - a changed definition ends the old loop without touching its replicas
 //!   ([`Retire::Replace`]) and starts a new one, which adopts them the way a
 //!   restarted controller does; the inbox (the proxies' reports) carries over;
-//! - a removed service's loop takes its replicas out of the endpoint set and
-//!   stops them ([`Retire::Remove`]); proxies have already dropped its routes.
+//! - a removed service's loop drains its replicas and then stops them
+//!   ([`Retire::Remove`]): proxies have already dropped its routes, and
+//!   finish what they have in flight; a service defined again while its
+//!   replicas drain gets them back (the draining loop hands them over as a
+//!   changed definition would).
 //!
 //! The fleet also seeds the bucket with the file's services (`source:
 //! file`), and removes seeded entries the file no longer has, so proxies
@@ -66,6 +69,8 @@ pub struct Fleet {
     file: Vec<ServiceConfig>,
     entries: BTreeMap<String, Entry>,
     running: HashMap<String, Running>,
+    /// Loops of removed services still draining (see [`Fleet::remove`]).
+    removing: HashMap<String, Running>,
     inboxes: Arc<Inboxes>,
     pins: Arc<DashMap<String, u32>>,
     builder: Box<dyn Builder>,
@@ -85,6 +90,7 @@ impl Fleet {
             file: config.services.clone(),
             entries: BTreeMap::new(),
             running: HashMap::new(),
+            removing: HashMap::new(),
             inboxes,
             pins,
             builder,
@@ -118,8 +124,11 @@ impl Fleet {
                 self.apply().await;
             }
         }
-        let tasks = self.running.into_values().map(|running| running.task);
-        futures::future::join_all(tasks).await;
+        let loops = self
+            .running
+            .into_values()
+            .chain(self.removing.into_values());
+        futures::future::join_all(loops.map(|running| running.task)).await;
     }
 
     /// Takes in one command; returns whether anything changed.
@@ -140,6 +149,8 @@ impl Fleet {
 
     /// Puts the merge of file and bucket in force.
     async fn apply(&mut self) {
+        self.removing
+            .retain(|_, removed| !removed.task.is_finished());
         let merged = catalog::merge(&self.file, &self.entries);
         for rejection in &merged.rejected {
             if !self.rejected.contains(rejection) {
@@ -168,6 +179,12 @@ impl Fleet {
     }
 
     async fn start(&mut self, spec: &ServiceConfig) {
+        if let Some(removed) = self.removing.remove(&spec.name) {
+            // Still draining: it hands its replicas over, and its inbox
+            // stays, as for a changed definition.
+            let _ = removed.retire.send(Retire::Replace);
+            let _ = removed.task.await;
+        }
         let inbox = self.inboxes.open(&spec.name);
         inbox.set_pin(self.pins.get(&spec.name).map(|pin| *pin));
         let backend = match self.builder.backend(spec, &inbox).await {
@@ -205,22 +222,28 @@ impl Fleet {
         self.start(spec).await;
     }
 
+    /// Tells a removed service's loop to drain and stop its replicas. Its
+    /// inbox stays until the loop ends (the drain needs the proxies'
+    /// reports), unless the service is defined again first.
     fn remove(&mut self, name: &str) {
-        let Some(old) = self.running.remove(name) else {
+        let Some(Running { spec, retire, task }) = self.running.remove(name) else {
             return;
         };
         tracing::info!(service = %name, "service removed");
-        let _ = old.retire.send(Retire::Remove);
+        let _ = retire.send(Retire::Remove);
+        let why = retire.subscribe();
         let inboxes = Arc::clone(&self.inboxes);
         let inbox = self.inboxes.get(name).map(|r| Arc::clone(r.value()));
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let _ = old.task.await;
-            if let Some(inbox) = inbox {
-                // Unless the service came back meanwhile, with a new inbox.
-                inboxes.remove_if(&name, |_, current| Arc::ptr_eq(current, &inbox));
+        let owned_name = name.to_string();
+        let task = tokio::spawn(async move {
+            let _ = task.await;
+            let still_removed = *why.borrow() == Retire::Remove;
+            if let (true, Some(inbox)) = (still_removed, inbox) {
+                inboxes.remove_if(&owned_name, |_, current| Arc::ptr_eq(current, &inbox));
             }
         });
+        let removed = Running { spec, retire, task };
+        self.removing.insert(name.to_string(), removed);
     }
 }
 

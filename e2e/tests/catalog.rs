@@ -6,11 +6,15 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use rouse_e2e::catalog::{echo_spec, Catalog};
 use rouse_e2e::fault::{self, Tally};
-use rouse_e2e::{Cluster, Service};
+use rouse_e2e::{http, Cluster, Resp, Service};
+use serde_json::json;
+use tokio::task::JoinHandle;
 
 const STEADY: &str = "steady.localhost";
+const LATE: &str = "late.localhost";
 
 /// The proxy's `rouse_bus_rejected_total` (it has no labels).
 async fn bus_rejected(cluster: &Cluster) -> f64 {
@@ -334,4 +338,137 @@ async fn a_pin_holds_the_count_and_unpinning_hands_it_back() {
         })
         .await;
     assert!(status.raw.get("pinned").is_none(), "{}", status.raw);
+}
+
+/// Deploys `late` (kept warm, drains for up to a minute), brings it to one
+/// ready replica, and starts a request on it that takes 10 s; returns once
+/// the proxy has that request in flight.
+async fn late_service_with_a_slow_request(
+    cluster: &Cluster,
+    catalog: &Catalog,
+) -> JoinHandle<anyhow::Result<Resp>> {
+    let mut spec = echo_spec("late", LATE, &cluster.marker);
+    spec["scaling"]["scale_to_zero_after"] = json!("300s");
+    spec["scaling"]["drain_timeout"] = json!("60s");
+    catalog.deploy(&spec).await.expect("deploy");
+    first_200(cluster, LATE).await;
+    cluster
+        .wait_status("late", "ready 1", Duration::from_secs(30), |s| s.ready == 1)
+        .await;
+    let (client, addr) = (cluster.client.clone(), cluster.proxy_addr(0));
+    let slow = tokio::spawn(async move {
+        http::request(&client, Method::GET, addr, LATE, "/sleep/10000", None).await
+    });
+    cluster
+        .wait_until(
+            "the slow request is in flight at the proxy",
+            Duration::from_secs(30),
+            || async { cluster.proxy_metric(0, "rouse_in_flight", "late").await == Some(1.0) },
+        )
+        .await;
+    slow
+}
+
+/// Waits until the controller shows `late`'s replica draining.
+async fn wait_draining(cluster: &Cluster) {
+    cluster
+        .wait_status(
+            "late",
+            "its replica draining",
+            Duration::from_secs(30),
+            |s| s.replicas.iter().any(|r| r.state == "draining"),
+        )
+        .await;
+}
+
+/// Removing a service loses nothing it has in flight: new requests get 404
+/// at once, while its replica drains (the proxy finishes the request it
+/// has on it) and is stopped only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_service_finishes_its_requests_in_flight_before_its_replica_stops() {
+    let cluster = Cluster::start(vec![Service::new("steady", STEADY)]).await;
+    let catalog = Catalog::connect(&cluster.nats.url())
+        .await
+        .expect("catalog");
+    let slow = late_service_with_a_slow_request(&cluster, &catalog).await;
+    let pids = cluster.replica_pids();
+    assert_eq!(pids.len(), 1, "one replica: {pids:?}");
+
+    catalog.remove("late").await.expect("remove");
+    wait_draining(&cluster).await;
+    assert_eq!(
+        cluster.get(LATE, "/").await.status,
+        404,
+        "a removed service takes no new request"
+    );
+    assert_eq!(
+        cluster.replica_pids(),
+        pids,
+        "the replica runs while it drains"
+    );
+    let answer = slow.await.expect("request task");
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            cluster
+                .fail(&format!("the request in flight failed: {e:#}"))
+                .await
+        }
+    };
+    assert_eq!(
+        answer.status, 200,
+        "the request in flight finished: {answer}"
+    );
+    assert_eq!(
+        answer.text(),
+        "slept 10000ms",
+        "answered by the replica: {answer}"
+    );
+    cluster
+        .wait_until(
+            "the drained replica is stopped and the status gone",
+            Duration::from_secs(30),
+            || async {
+                cluster.replica_pids().is_empty() && cluster.service_status("late").await.is_none()
+            },
+        )
+        .await;
+}
+
+/// A service defined again while its replica drains gets that replica
+/// back: no new process, no cold start, and the request in flight
+/// finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_defined_again_while_it_drains_keeps_its_replica() {
+    let cluster = Cluster::start(vec![Service::new("steady", STEADY)]).await;
+    let catalog = Catalog::connect(&cluster.nats.url())
+        .await
+        .expect("catalog");
+    let slow = late_service_with_a_slow_request(&cluster, &catalog).await;
+    let pids = cluster.replica_pids();
+    assert_eq!(pids.len(), 1, "one replica: {pids:?}");
+
+    catalog.remove("late").await.expect("remove");
+    wait_draining(&cluster).await;
+    let mut spec = echo_spec("late", LATE, &cluster.marker);
+    spec["scaling"]["scale_to_zero_after"] = json!("300s");
+    catalog.deploy(&spec).await.expect("deploy again");
+    // Held, if at all, only while the new loop takes the replica over.
+    let again = first_200(&cluster, LATE).await;
+    cluster
+        .wait_status("late", "ready 1 again", Duration::from_secs(30), |s| {
+            s.ready == 1 && s.replicas.iter().all(|r| r.state == "ready")
+        })
+        .await;
+    assert_eq!(cluster.replica_pids(), pids, "the same replica process");
+    let answer = slow
+        .await
+        .expect("request task")
+        .expect("the request in flight");
+    assert_eq!(answer.status, 200, "{answer}");
+    assert_eq!(
+        again.header("x-echo-replica"),
+        answer.header("x-echo-replica"),
+        "the service defined again is served by the replica that drained"
+    );
 }

@@ -63,6 +63,21 @@ async fn retired(retire: &mut Option<watch::Receiver<Retire>>) -> Retire {
     }
 }
 
+/// Resolves once `retire` says the service is back (see
+/// [`Retire::Replace`]); never while it stays removed.
+async fn replaced(retire: &mut Option<watch::Receiver<Retire>>) {
+    let Some(receiver) = retire else {
+        return std::future::pending().await;
+    };
+    if receiver
+        .wait_for(|why| *why == Retire::Replace)
+        .await
+        .is_err()
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// How often a loop with nothing to look after still syncs with its
 /// backend (a replica started by hand is adopted), plus up to half of it
 /// again at random so thousands of idle loops do not sync together. Like a
@@ -98,8 +113,10 @@ pub enum Retire {
     /// The definition changed: end without touching the replicas, for the
     /// next loop (with the new definition) to adopt.
     Replace,
-    /// The service was removed: take its replicas out of the endpoint set
-    /// and stop them, whatever `controller.on_shutdown` says.
+    /// The service was removed: drain its replicas (the proxies finish
+    /// what they have in flight on them), then stop them, whatever
+    /// `controller.on_shutdown` says. A `Replace` sent while they drain (the
+    /// service defined again) hands them, as they are, to the next loop.
     Remove,
 }
 
@@ -135,6 +152,8 @@ pub struct ServiceLoop {
     cut_off_at: Option<Instant>,
     /// Ends the loop early (see [`Retire`]); `None`: only shutdown ends it.
     retire: Option<watch::Receiver<Retire>>,
+    /// The service was removed: every pass wants zero replicas.
+    removing: bool,
 }
 
 impl ServiceLoop {
@@ -171,6 +190,7 @@ impl ServiceLoop {
             list_retry_at: None,
             cut_off_at: None,
             retire: None,
+            removing: false,
         }
     }
 
@@ -219,12 +239,48 @@ impl ServiceLoop {
             Retire::Replace => {
                 tracing::info!(service = %self.name, "definition changed; handing the replicas to the next loop")
             }
-            Retire::Remove => {
-                tracing::info!(service = %self.name, "service removed; stopping its replicas");
-                self.stop_everything(ShutdownPolicy::Stop).await;
-                self.wiring.status.remove(&self.name);
+            Retire::Remove => self.run_removal(shutdown, retire).await,
+        }
+    }
+
+    /// What is left of a removed service's loop: its replicas drain like a
+    /// scale-down to zero (the proxies dropped its routes, but finish what
+    /// they have in flight), then whatever is left is stopped and its status
+    /// forgotten. Ends early, leaving the replicas as they are, if the
+    /// service is defined again meanwhile; shutdown stops them at once.
+    async fn run_removal(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut retire: Option<watch::Receiver<Retire>>,
+    ) {
+        // Replicas rouse does not stop (a platform's own, or KEDA's count)
+        // have nothing to drain for.
+        let drains = !self.follows_keda() && !self.backend.keeps_replicas_on_shutdown();
+        if drains {
+            tracing::info!(service = %self.name, replicas = self.replicas.len(), "service removed; draining its replicas");
+            self.removing = true;
+            let mut tick = tokio::time::interval(self.wiring.tick);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                self.reconcile().await;
+                if self.requested == 0 && self.replicas.count(|p| p != Phase::Stopping) == 0 {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break,
+                    () = replaced(&mut retire) => {
+                        tracing::info!(service = %self.name, "service defined again while draining; handing the replicas to the next loop");
+                        return;
+                    }
+                    Some(event) = self.probe_rx.recv() => self.on_probe(event),
+                    _ = self.inbox.wakeup.notified() => {}
+                    _ = tick.tick() => {}
+                }
             }
         }
+        self.stop_everything(ShutdownPolicy::Stop).await;
+        self.wiring.status.remove(&self.name);
     }
 
     /// Takes over replicas a previous controller left running. Those the KV
@@ -239,6 +295,10 @@ impl ServiceLoop {
             return;
         }
         self.sync_backend(now).await;
+        if self.removing {
+            self.remove_pass(now).await;
+            return;
+        }
         if self.follows_keda() {
             // KEDA's HPA sets the count; rouse follows the pods it makes.
             self.desired = self.active();
@@ -271,6 +331,23 @@ impl ServiceLoop {
         if decision.replicas > active {
             self.scale_up(decision, active, now).await;
         } else if decision.replicas < active {
+            self.scale_down(decision, active, now).await;
+        }
+        self.progress_drains(now);
+        self.publish_endpoints(now).await;
+        self.update_status(now);
+    }
+
+    /// A pass of a removed service: zero replicas wanted, whatever the
+    /// autoscaler, a pin or `min_replicas` say; drains run their course.
+    async fn remove_pass(&mut self, now: Instant) {
+        let active = self.active();
+        self.desired = 0;
+        if active > 0 {
+            let decision = Decision {
+                replicas: 0,
+                reason: crate::autoscaler::Reason::Removed,
+            };
             self.scale_down(decision, active, now).await;
         }
         self.progress_drains(now);

@@ -16,7 +16,7 @@ use crate::backend::Backend;
 use crate::intake::Inbox;
 use crate::metrics::ControllerMetrics;
 use crate::probe::Prober;
-use crate::reconcile::{now, Publisher, ServiceLoop, Wiring};
+use crate::reconcile::{now, Publisher, Retire, ServiceLoop, Wiring};
 use crate::status::{ServiceStatus, StatusBoard};
 
 // ---- the harness ---------------------------------------------------------
@@ -33,6 +33,8 @@ pub struct Harness {
     /// The backend the loop runs on instead of `backend` (a pooled one).
     pub run_on: Option<Arc<dyn Backend>>,
     shutdown: watch::Sender<bool>,
+    /// What the fleet would tell the loop (see [`Harness::retire`]).
+    retire: watch::Sender<Retire>,
     task: Option<JoinHandle<()>>,
     seq: u64,
 }
@@ -40,6 +42,7 @@ pub struct Harness {
 impl Harness {
     pub fn new() -> Self {
         let (shutdown, _) = watch::channel(false);
+        let (retire, _) = watch::channel(Retire::No);
         Self {
             backend: Arc::default(),
             prober: Arc::default(),
@@ -50,6 +53,7 @@ impl Harness {
             spec: service(),
             run_on: None,
             shutdown,
+            retire,
             task: None,
             seq: 0,
         }
@@ -71,7 +75,8 @@ impl Harness {
             None => Arc::clone(&self.backend) as Arc<dyn Backend>,
         };
         let service_loop =
-            ServiceLoop::new(self.spec.clone(), backend, Arc::clone(&self.inbox), wiring);
+            ServiceLoop::new(self.spec.clone(), backend, Arc::clone(&self.inbox), wiring)
+                .retired_by(self.retire.subscribe());
         self.task = Some(tokio::spawn(service_loop.run()));
     }
 
@@ -203,6 +208,17 @@ impl Harness {
             self.until(secs(5), |h| h.endpoints(EndpointState::Ready).len() == 2)
                 .await
         );
+    }
+
+    /// Tells the loop what the fleet would: the service was removed
+    /// ([`Retire::Remove`]) or defined again ([`Retire::Replace`]).
+    pub fn retire(&self, why: Retire) {
+        let _ = self.retire.send(why);
+    }
+
+    /// Whether the loop has ended.
+    pub fn ended(&self) -> bool {
+        self.task.as_ref().is_none_or(|task| task.is_finished())
     }
 
     pub async fn stop(mut self) {

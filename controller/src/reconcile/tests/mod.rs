@@ -17,7 +17,7 @@ use rouse_nats::config::ServiceConfig;
 use rouse_nats::messages::{Endpoint, EndpointSet, EndpointState, VERSION};
 use rouse_nats::Config;
 
-use super::now;
+use super::{now, Retire};
 use crate::backend::{Health, Readiness};
 use harness::Harness;
 
@@ -166,6 +166,100 @@ async fn a_drain_that_never_finishes_ends_at_drain_timeout() {
         "drain_timeout is 10s, stopped after {waited:?}"
     );
     h.stop().await;
+}
+
+/// A removed service loses no request: its replicas drain like a
+/// scale-down to zero (even below `min_replicas`), each stopped only once
+/// the proxy has nothing left in flight on it; then the loop ends and the
+/// status is gone.
+#[tokio::test(start_paused = true)]
+async fn a_removed_service_drains_its_replicas_before_stopping_them() {
+    let mut h = Harness::new();
+    h.spec.scaling.min_replicas = 1;
+    h.start();
+    h.warm_two().await;
+    let both = h.endpoints(EndpointState::Ready);
+
+    h.retire(Retire::Remove);
+    let busy = |h: &Harness| split(h, 1);
+    assert!(
+        h.reporting_until(secs(5), busy, |h| h
+            .endpoints(EndpointState::Draining)
+            .len()
+            == 2)
+            .await,
+        "both replicas are marked draining: {:?}",
+        h.publisher.current()
+    );
+    assert!(
+        !h.reporting_until(secs(5), busy, |h| !h.backend.state().stopped.is_empty())
+            .await,
+        "a replica with a request in flight is not stopped"
+    );
+    assert!(!h.ended(), "the loop waits for its drains");
+    assert!(h.status().is_some(), "the status shows the drain meanwhile");
+
+    let done = |h: &Harness| split(h, 0);
+    assert!(
+        h.reporting_until(secs(5), done, |h| h.ended()).await,
+        "once drained, the replicas stop and the loop ends"
+    );
+    let mut stopped = h.backend.state().stopped.clone();
+    stopped.sort();
+    let mut expected = both.clone();
+    expected.sort();
+    assert_eq!(stopped, expected);
+    assert!(h.backend.running().is_empty());
+    assert!(h
+        .publisher
+        .current()
+        .is_some_and(|s| s.endpoints.is_empty()));
+    assert!(h.status().is_none(), "a removed service has no status");
+    let events = h.publisher.events();
+    assert_eq!(
+        events.last(),
+        Some(&(2, 0, "removed".to_string())),
+        "{events:?}"
+    );
+}
+
+/// A service defined again while its replicas drain gets them back: the
+/// draining loop ends without stopping them, for the next loop to adopt.
+#[tokio::test(start_paused = true)]
+async fn a_service_defined_again_while_draining_keeps_its_replicas() {
+    let mut h = Harness::new();
+    h.start();
+    let id = h.warm().await;
+    h.retire(Retire::Remove);
+    let busy = |h: &Harness| vec![(h.backend.running()[0].clone(), 1)];
+    assert!(
+        h.reporting_until(secs(5), busy, |h| h.endpoints(EndpointState::Draining)
+            == [id.clone()])
+            .await
+    );
+    h.retire(Retire::Replace);
+    assert!(h.until(secs(5), |h| h.ended()).await, "the loop hands over");
+    assert!(h.backend.state().stopped.is_empty(), "nothing was stopped");
+    assert_eq!(h.backend.running(), [id.as_str()]);
+}
+
+/// Shutdown during a removal's drain does not wait for it: every replica
+/// is stopped at once, as the removal would have in the end.
+#[tokio::test(start_paused = true)]
+async fn shutdown_while_a_removal_drains_stops_every_replica() {
+    let mut h = Harness::new();
+    h.start();
+    let id = h.warm().await;
+    h.retire(Retire::Remove);
+    let busy = |h: &Harness| vec![(h.backend.running()[0].clone(), 1)];
+    assert!(
+        h.reporting_until(secs(5), busy, |h| h.endpoints(EndpointState::Draining)
+            == [id.clone()])
+            .await
+    );
+    let backend = Arc::clone(&h.backend);
+    h.stop().await;
+    assert_eq!(backend.state().stopped, [id]);
 }
 
 #[tokio::test(start_paused = true)]
