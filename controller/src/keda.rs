@@ -9,9 +9,11 @@
 //! decides on, so asking never changes rouse's own scaling.
 //!
 //! - **Which service.** The trigger's metadata `service`, else the
-//!   ScaledObject's name; the namespace is ignored. A name this controller
-//!   does not run is `NOT_FOUND`, naming it. Any service can be asked,
-//!   whatever its `scaling.driver`, so KEDA can also just watch.
+//!   ScaledObject's name; the namespace is ignored. The services are those
+//!   in force: the config file's and the catalog's (`rouse deploy`),
+//!   followed as they change ([`targets`]). A name not in
+//!   force is `NOT_FOUND`, naming it. Any service can be asked, whatever
+//!   its `scaling.driver`, so KEDA can also just watch.
 //! - **IsActive** is true while live proxies hold or forward requests for
 //!   the service, or while its last arrival (or wake) is younger than its
 //!   `scaling.scale_to_zero_after`: rouse's own rule for going to zero.
@@ -23,8 +25,11 @@
 //!   per change: a delivered `wake` or `load` is looked at as it lands
 //!   ([`Inbox::watch`]), and the answer is looked at again every
 //!   [`RECHECK`] and at the instant `scale_to_zero_after` runs out, so the
-//!   turn to false is pushed too. The stream ends when the client goes away
-//!   (hyper drops it; HTTP/2 pings find a peer that vanished silently).
+//!   turn to false is pushed too. A changed definition applies to open
+//!   streams from their next look. The stream ends when the client goes
+//!   away (hyper drops it; HTTP/2 pings find a peer that vanished
+//!   silently), or when the service is removed (KEDA, asking again, is
+//!   told `NOT_FOUND`).
 //! - **GetMetricSpec** names `concurrency` (target
 //!   `scaling.target_concurrency`) and, when `scaling.target_rps` is set,
 //!   `rps`. KEDA hands them to the HPA as `s<trigger index>-<name>` and
@@ -33,7 +38,10 @@
 //!   proxies (the HPA divides it by the replicas: an `AverageValue` target);
 //!   `rps` is the arrival rate over the proxies' last report intervals.
 
-use std::collections::HashMap;
+mod targets;
+
+pub use targets::{KedaCatalog, Targets};
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +54,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::intake::{Inbox, Inboxes};
+use crate::intake::Inbox;
 use crate::metrics::{ControllerMetrics, MethodLabel};
 use crate::reconcile::now;
 
@@ -99,10 +107,25 @@ pub async fn serve(listener: TcpListener, scaler: Scaler) {
     }
 }
 
+/// Keeps `catalog` in step with the bucket and with the file's services
+/// (`file`, sent anew on SIGHUP), for as long as the process lives.
+pub async fn follow_services(
+    bus: rouse_nats::bus::Bus,
+    mut file: watch::Receiver<Vec<ServiceConfig>>,
+    catalog: Arc<KedaCatalog>,
+) {
+    let sink = Arc::clone(&catalog) as Arc<dyn rouse_nats::catalog::Sink>;
+    tokio::spawn(rouse_nats::catalog::follow(bus, sink));
+    while file.changed().await.is_ok() {
+        let services = file.borrow_and_update().clone();
+        catalog.set_file(services);
+    }
+}
+
 /// The API over the services of one controller.
 #[derive(Clone)]
 pub struct Scaler {
-    targets: Arc<HashMap<String, Arc<Target>>>,
+    targets: Arc<Targets>,
     metrics: Arc<ControllerMetrics>,
     /// [`RECHECK`]; tests set it out of reach to show what is pushed without it.
     recheck: Duration,
@@ -117,27 +140,11 @@ struct Target {
 }
 
 impl Scaler {
-    /// Answers for every service that has an inbox.
-    pub fn new(
-        services: &[ServiceConfig],
-        inboxes: &Inboxes,
-        metrics: Arc<ControllerMetrics>,
-    ) -> Self {
-        let targets = services
-            .iter()
-            .filter_map(|service| {
-                let inbox = inboxes.get(&service.name).map(|r| Arc::clone(r.value()))?;
-                let target = Target {
-                    inbox,
-                    target_concurrency: service.scaling.target_concurrency,
-                    target_rps: service.scaling.target_rps,
-                    scale_to_zero_after: service.scaling.scale_to_zero_after,
-                };
-                Some((service.name.clone(), Arc::new(target)))
-            })
-            .collect();
+    /// Answers for whatever `targets` holds at each call (see
+    /// [`KedaCatalog`]).
+    pub fn over(targets: Arc<Targets>, metrics: Arc<ControllerMetrics>) -> Self {
         Self {
-            targets: Arc::new(targets),
+            targets,
             metrics,
             recheck: RECHECK,
         }
@@ -156,7 +163,7 @@ impl Scaler {
     }
 
     /// The service `object` means, or the status that says why there is none.
-    fn target(&self, object: &ScaledObjectRef) -> Result<&Arc<Target>, Status> {
+    fn target(&self, object: &ScaledObjectRef) -> Result<Arc<Target>, Status> {
         let name = service_name(object);
         if name.is_empty() {
             return Err(Status::invalid_argument(format!(
@@ -166,7 +173,7 @@ impl Scaler {
         }
         self.targets.get(name).ok_or_else(|| {
             Status::not_found(format!(
-                "no service `{}` in this rouse controller's config",
+                "no service `{}` in this rouse controller's config or catalog",
                 shortened(name)
             ))
         })
@@ -277,6 +284,14 @@ impl Reading {
 }
 
 impl Target {
+    /// The same settings over the same inbox.
+    fn same_as(&self, other: &Target) -> bool {
+        Arc::ptr_eq(&self.inbox, &other.inbox)
+            && self.target_concurrency == other.target_concurrency
+            && self.target_rps == other.target_rps
+            && self.scale_to_zero_after == other.scale_to_zero_after
+    }
+
     fn read(&self, now: Instant) -> Reading {
         let observations = self.inbox.observations();
         let totals = observations.totals(now);
@@ -343,6 +358,9 @@ impl Drop for OpenStream {
 
 /// The state of one `StreamIsActive`.
 struct Watcher {
+    /// The service asked about, looked up again on every look.
+    name: String,
+    targets: Arc<Targets>,
     target: Arc<Target>,
     changes: watch::Receiver<u64>,
     recheck: Duration,
@@ -355,6 +373,16 @@ impl Watcher {
     /// once); `None` ends the stream.
     async fn next(mut self) -> Option<(Result<IsActiveResponse, Status>, Watcher)> {
         loop {
+            match self.targets.get(&self.name) {
+                // Removed: end the stream; asked again, KEDA hears why.
+                None => return None,
+                Some(current) if !Arc::ptr_eq(&current, &self.target) => {
+                    self.changes = current.inbox.watch();
+                    self.changes.mark_unchanged();
+                    self.target = current;
+                }
+                Some(_) => {}
+            }
             let now = now();
             let activity = self.target.activity(now);
             if self.sent != Some(activity.active) {
@@ -398,10 +426,13 @@ impl ExternalScaler for Scaler {
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
         self.count("StreamIsActive");
-        let target = Arc::clone(self.target(request.get_ref())?);
+        let object = request.get_ref();
+        let target = self.target(object)?;
         let mut changes = target.inbox.watch();
         changes.mark_unchanged();
         let watcher = Watcher {
+            name: service_name(object).to_string(),
+            targets: Arc::clone(&self.targets),
             target,
             changes,
             recheck: self.recheck,

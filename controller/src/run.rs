@@ -102,10 +102,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "rouse-controller started"
     );
 
-    // Standbys serve KEDA too: every controller gets every report.
+    // The file's services as SIGHUP last read them.
+    let (file_tx, file_rx) = watch::channel(config.services.clone());
+    // Standbys serve KEDA too: every controller gets every report, and
+    // follows the catalog for KEDA's sake.
     if let Some(listener) = keda_listener {
-        let scaler = keda::Scaler::new(&config.services, &inboxes, Arc::clone(&metrics));
+        let catalog = Arc::new(keda::KedaCatalog::new(
+            config.services.clone(),
+            Arc::clone(&inboxes),
+        ));
+        let scaler = keda::Scaler::over(catalog.targets(), Arc::clone(&metrics));
         tokio::spawn(keda::serve(listener, scaler));
+        tokio::spawn(keda::follow_services(bus.clone(), file_rx.clone(), catalog));
     }
 
     let mut platforms = Platforms::default();
@@ -165,7 +173,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let fleet = tokio::spawn(fleet.run(command_rx, shutdown_rx));
     tokio::spawn(fleet::follow_pins(bus.clone(), pins, Arc::clone(&inboxes)));
-    let (file_tx, file_rx) = watch::channel(config.services.clone());
     tokio::spawn(fleet::seed_forever(
         bus.clone(),
         file_rx,

@@ -8,12 +8,14 @@
 
 use std::time::{Duration, Instant};
 
+use rouse_e2e::catalog::{echo_spec, Catalog};
 use rouse_e2e::keda::{self, ExternalScalerClient, GetMetricsRequest, IsActiveResponse};
 use rouse_e2e::{bin, poll_until, Cluster, Config, Service};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 const HOST: &str = "echo.localhost";
+const LATE: &str = "late.localhost";
 
 /// Every wait's bound.
 const BOUND: Duration = Duration::from_secs(30);
@@ -89,6 +91,65 @@ async fn a_held_request_is_pushed_as_active_and_idleness_as_inactive() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+}
+
+/// A service deployed through the catalog, as `rouse deploy` and `rouse
+/// import` do, is KEDA's to ask about as soon as it is in force, and
+/// `NOT_FOUND` again once removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_deployed_through_the_catalog_is_served_until_removed() {
+    let cluster = Cluster::builder()
+        .keda()
+        .service(Service::new("echo", HOST))
+        .start()
+        .await;
+    let catalog = Catalog::connect(&cluster.nats.url())
+        .await
+        .expect("catalog");
+    let client = client(&cluster).await;
+    let object = keda::scaled_object("web", "late");
+    let asked = |client: &ExternalScalerClient<Channel>| {
+        let (mut client, object) = (client.clone(), object.clone());
+        async move {
+            client
+                .is_active(object)
+                .await
+                .map(|a| a.into_inner().result)
+        }
+    };
+    let before = asked(&client).await.unwrap_err();
+    assert_eq!(before.code(), Code::NotFound, "{before:?}");
+
+    catalog
+        .deploy(&echo_spec("late", LATE, &cluster.marker))
+        .await
+        .expect("deploy");
+    let first = poll_until("KEDA knows the deployed service", BOUND, || async {
+        asked(&client).await.ok()
+    })
+    .await;
+    assert!(!first, "at zero and never asked: inactive");
+    let response = poll_until("the deployed service answers", BOUND, || async {
+        let response = cluster.get(LATE, "/").await;
+        (response.status == 200).then_some(response)
+    })
+    .await;
+    assert!(response.cold_start(), "{response}");
+    poll_until("its traffic makes it active for KEDA", BOUND, || async {
+        asked(&client).await.ok().filter(|active| *active)
+    })
+    .await;
+
+    catalog.remove("late").await.expect("remove");
+    poll_until(
+        "KEDA no longer knows the removed service",
+        BOUND,
+        || async {
+            let code = asked(&client).await.err().map(|status| status.code());
+            code.filter(|code| *code == Code::NotFound)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use tonic::{Code, Streaming};
 
 use super::proto::external_scaler_client::ExternalScalerClient;
 use super::*;
-use crate::intake;
+use crate::intake::{self, Inboxes};
 
 /// Every wait in these tests ends by this bound, never by a guess.
 const BOUND: Duration = Duration::from_secs(20);
@@ -38,6 +38,8 @@ services:
 ";
 
 struct Fixture {
+    /// The services in force, fed as the bucket's watch would.
+    catalog: Arc<KedaCatalog>,
     channel: Channel,
     client: ExternalScalerClient<Channel>,
     inboxes: Arc<Inboxes>,
@@ -59,8 +61,11 @@ impl Fixture {
             config.services.iter().map(|s| s.name.as_str()),
         ));
         let metrics = Arc::new(ControllerMetrics::new());
-        let scaler =
-            Scaler::new(&config.services, &inboxes, Arc::clone(&metrics)).with_recheck(recheck);
+        let catalog = Arc::new(KedaCatalog::new(
+            config.services.clone(),
+            Arc::clone(&inboxes),
+        ));
+        let scaler = Scaler::over(catalog.targets(), Arc::clone(&metrics)).with_recheck(recheck);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         tokio::spawn(serve(listener, scaler));
@@ -70,6 +75,7 @@ impl Fixture {
             .await
             .expect("connect to the KEDA server");
         Fixture {
+            catalog,
             client: ExternalScalerClient::new(channel.clone()),
             channel,
             inboxes,
@@ -155,6 +161,35 @@ fn message<T: serde::Serialize>(subject: String, payload: &T) -> async_nats::Mes
 }
 
 /// A ScaledObject named after the service, with no metadata.
+/// A bucket entry at `revision` defining service `name` (host
+/// `<name>.localhost`) with these `scaling` settings (YAML flow mapping).
+fn entry(revision: u64, name: &str, scaling: &str) -> rouse_nats::catalog::Entry {
+    let yaml = format!(
+        "services:
+  - name: {name}
+    hosts: [{name}.localhost]
+    backend: {{process: {{command: [x]}}}}
+    scaling: {scaling}
+"
+    );
+    let config = Config::parse(Path::new("entry.yaml"), &yaml).expect("entry is valid");
+    let spec = config.services[0].clone();
+    rouse_nats::catalog::Entry {
+        revision,
+        record: rouse_nats::catalog::ServiceRecord::new(
+            rouse_nats::catalog::Source::Api,
+            spec,
+            "test",
+        ),
+    }
+}
+
+/// The stream's next event: `Some(answer)`, or `None` once it has ended.
+async fn next_or_end(stream: &mut Streaming<IsActiveResponse>) -> Option<bool> {
+    let message = within("a stream message or its end", stream.message()).await;
+    message.expect("the stream ends cleanly").map(|m| m.result)
+}
+
 fn named(name: &str) -> ScaledObjectRef {
     ScaledObjectRef {
         name: name.into(),
@@ -327,6 +362,95 @@ async fn metrics_report_what_the_live_proxies_carry() {
         f.metric("quiet", "concurrency").await.unwrap().metric_value,
         0
     );
+}
+
+/// Services deployed through the catalog (`rouse deploy`)
+/// are KEDA's to ask about too, with their own targets; reports reach them
+/// (their inbox is opened even where no fleet runs, as on a standby); a
+/// removed one is `NOT_FOUND` and its open stream ends.
+#[tokio::test]
+async fn catalog_services_are_served_until_they_are_removed() {
+    use rouse_nats::catalog::Sink as _;
+    let mut f = Fixture::start().await;
+    let late = named("late");
+    let before = f.is_active(late.clone()).await.unwrap_err();
+    assert_eq!(before.code(), Code::NotFound, "{before:?}");
+
+    f.catalog
+        .change("late", Some(entry(1, "late", "{target_concurrency: 7}")));
+    let specs = f.client.get_metric_spec(late.clone()).await.expect("spec");
+    let specs = specs.into_inner().metric_specs;
+    assert_eq!(specs.len(), 1, "{specs:?}");
+    assert_eq!(specs[0].target_size_float, 7.0);
+    let mut stream = f.stream(late.clone()).await;
+    assert_eq!(next_or_end(&mut stream).await, Some(false));
+    f.load("late", 3, 2, 0);
+    assert_eq!(
+        next_or_end(&mut stream).await,
+        Some(true),
+        "its report counts"
+    );
+    assert_eq!(
+        f.metric("late", "concurrency").await.unwrap().metric_value,
+        2
+    );
+
+    f.catalog.change("late", None);
+    let after = f.is_active(late).await.unwrap_err();
+    assert_eq!(after.code(), Code::NotFound, "{after:?}");
+    assert_eq!(next_or_end(&mut stream).await, None, "the stream ends");
+    assert!(f.is_active(named("echo")).await.is_ok(), "the file's stay");
+}
+
+/// A definition changed in the catalog applies to a stream already open:
+/// with `scale_to_zero_after` raised from 300 ms to an hour, a new arrival
+/// keeps the service active instead of turning it off 300 ms later.
+#[tokio::test]
+async fn a_changed_definition_reaches_an_open_stream() {
+    use rouse_nats::catalog::Sink as _;
+    let mut f = Fixture::start_with(NEVER).await;
+    f.catalog.change(
+        "late",
+        Some(entry(1, "late", "{scale_to_zero_after: 300ms}")),
+    );
+    let mut stream = f.stream(named("late")).await;
+    assert_eq!(next_or_end(&mut stream).await, Some(false));
+    f.wake("late");
+    assert_eq!(next_or_end(&mut stream).await, Some(true));
+    assert_eq!(next_or_end(&mut stream).await, Some(false), "300 ms idle");
+
+    f.catalog
+        .change("late", Some(entry(2, "late", "{scale_to_zero_after: 1h}")));
+    f.wake("late");
+    assert_eq!(next_or_end(&mut stream).await, Some(true));
+    let turned = tokio::time::timeout(Duration::from_secs(2), stream.message()).await;
+    assert!(
+        turned.is_err(),
+        "still active 2 s later under the new definition: {turned:?}"
+    );
+    // An older revision arriving late changes nothing.
+    f.catalog
+        .change("late", Some(entry(1, "late", "{target_concurrency: 3}")));
+    let specs = f.client.get_metric_spec(named("late")).await.expect("spec");
+    assert_eq!(specs.into_inner().metric_specs[0].target_size_float, 10.0);
+}
+
+/// SIGHUP's new file list is followed: a service taken out of the file is
+/// `NOT_FOUND`.
+#[tokio::test]
+async fn the_files_services_follow_a_reload() {
+    let mut f = Fixture::start().await;
+    assert!(f.is_active(named("quiet")).await.is_ok());
+    let config = Config::parse(Path::new("test.yaml"), CONFIG).expect("test config is valid");
+    let only_echo: Vec<_> = config
+        .services
+        .into_iter()
+        .filter(|s| s.name == "echo")
+        .collect();
+    f.catalog.set_file(only_echo);
+    let quiet = f.is_active(named("quiet")).await.unwrap_err();
+    assert_eq!(quiet.code(), Code::NotFound, "{quiet:?}");
+    assert!(f.is_active(named("echo")).await.is_ok());
 }
 
 #[tokio::test]
