@@ -10,8 +10,10 @@
 //! endpoint set first, then `stop` marks that pod with the lowest
 //! `controller.kubernetes.io/pod-deletion-cost` and lowers `/scale` by one,
 //! so the ReplicaSet removes exactly the drained pod. (A StatefulSet ignores
-//! deletion cost and removes its highest ordinal, so that is the pod rouse
-//! drains: see [`Backend::removal_order`].)
+//! deletion cost and removes its highest ordinals, so those are the pods
+//! rouse drains, see [`Backend::removal_order`]; its `/scale` goes down
+//! past the marked pods at the top of its order, whichever of them stops
+//! first.)
 //!
 //! API calls: a cold start is one GET and one PATCH of `/scale`; a
 //! scale-down step is a GET and a PATCH of the pod, then of `/scale`;
@@ -22,6 +24,8 @@
 mod metrics;
 mod quantity;
 mod slices;
+#[cfg(test)]
+mod statefulset_tests;
 #[cfg(test)]
 mod usage_tests;
 
@@ -145,6 +149,34 @@ impl KubernetesBackend {
         Ok(())
     }
 
+    /// A StatefulSet removes its highest ordinals and no other pod, so
+    /// lowering `/scale` by one per stop would remove the wrong pod when
+    /// two drained pods stop in the other order, and the second stop would
+    /// then find its pod gone and remove nothing. Instead the count goes
+    /// down past every top pod that is marked for removal, already leaving,
+    /// or not created yet, and stops at the first that is none of these:
+    /// a marked pod below one still serving waits for it.
+    async fn shed_marked_tail(&self) -> Result<(), BackendError> {
+        let current = self.current_scale().await?;
+        let mut keep = current;
+        while keep > 0 {
+            let name = format!("{}-{}", self.target_name, keep - 1);
+            let pod = self
+                .pods
+                .get_opt(&name)
+                .await
+                .map_err(|e| api_error(format!("reading pod {name}"), e))?;
+            if !pod.as_ref().is_none_or(removable) {
+                break;
+            }
+            keep -= 1;
+        }
+        if keep < current {
+            self.set_scale(keep).await?;
+        }
+        Ok(())
+    }
+
     async fn listed(&self) -> Result<usize, BackendError> {
         Ok(self.slices.replicas(self.port()).await?.len())
     }
@@ -181,8 +213,10 @@ impl Backend for KubernetesBackend {
         self.slices.replicas(self.port()).await
     }
 
-    /// Marks the pod as the one to remove, then lowers `/scale` by one. A
-    /// pod already gone or terminating is left alone (not counted twice).
+    /// Marks the pod as the one to remove, then lowers `/scale` by one (a
+    /// StatefulSet's: past the marked pods at its top, see
+    /// `shed_marked_tail`). A pod already gone or terminating is not marked
+    /// or counted again.
     async fn stop(&self, id: &str) -> Result<(), BackendError> {
         let _one_at_a_time = self.scaling.lock().await;
         let what = || format!("pod {id} in namespace {}", self.spec.namespace);
@@ -191,17 +225,26 @@ impl Backend for KubernetesBackend {
             .get_opt(id)
             .await
             .map_err(|e| api_error(format!("reading {}", what()), e))?;
-        let Some(pod) = pod else { return Ok(()) };
-        if pod.metadata.deletion_timestamp.is_some() {
+        let leaving = pod
+            .as_ref()
+            .is_none_or(|pod| pod.metadata.deletion_timestamp.is_some());
+        if !leaving {
+            let mark = serde_json::json!({
+                "metadata": { "annotations": { DELETION_COST: i32::MIN.to_string() } }
+            });
+            self.pods
+                .patch(id, &PatchParams::default(), &Patch::Merge(&mark))
+                .await
+                .map_err(|e| api_error(format!("marking {} for removal", what()), e))?;
+        }
+        if self.statefulset {
+            // Even for a pod already leaving: it may be the one that held
+            // back marked pods below it.
+            return self.shed_marked_tail().await;
+        }
+        if leaving {
             return Ok(());
         }
-        let mark = serde_json::json!({
-            "metadata": { "annotations": { DELETION_COST: i32::MIN.to_string() } }
-        });
-        self.pods
-            .patch(id, &PatchParams::default(), &Patch::Merge(&mark))
-            .await
-            .map_err(|e| api_error(format!("marking {} for removal", what()), e))?;
         let current = self.current_scale().await?;
         if current > 0 {
             self.set_scale(current - 1).await?;
@@ -230,6 +273,17 @@ impl Backend for KubernetesBackend {
             .usage(pods.into_iter().map(|r| r.id).collect())
             .await
     }
+}
+
+/// A pod `stop` marked for removal, or one already terminating.
+fn removable(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        || pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DELETION_COST))
+            .is_some_and(|cost| cost.parse() == Ok(i32::MIN))
 }
 
 /// The count `ensure(n)` sets: `n`, but never below the pods listed.

@@ -13,6 +13,11 @@ use crate::backend::process::tests::{holding_64_mib_shows, usage_of, PATIENCE};
 use crate::backend::{Backend, BackendError, CpuUsage};
 
 async fn backend(fake: &FakeCluster) -> KubernetesBackend {
+    backend_for(fake, "{deployment: web, service: web}").await
+}
+
+/// A backend on `fake` for the `backend.kubernetes` settings `spec` (YAML).
+pub(super) async fn backend_for(fake: &FakeCluster, spec: &str) -> KubernetesBackend {
     let kubeconfig = Kubeconfig::read_from(fake.kubeconfig()).expect("kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -20,7 +25,7 @@ async fn backend(fake: &FakeCluster) -> KubernetesBackend {
     let cluster = Cluster {
         client: kube::Client::try_from(config).expect("client"),
     };
-    let spec = serde_norway::from_str("{deployment: web, service: web}").expect("spec");
+    let spec = serde_norway::from_str(spec).expect("spec");
     KubernetesBackend::new(spec, &cluster, Arc::new(Notify::new())).expect("backend")
 }
 
