@@ -25,6 +25,8 @@ pub(crate) fn chart(t: &Throughput, path: &Path) -> anyhow::Result<()> {
     let color = |name: &str| match name {
         "direct" => RGBColor(150, 150, 150),
         "rouse" => RGBColor(214, 96, 32),
+        "rouse-log" => RGBColor(240, 160, 90),
+        "rouse-trace" => RGBColor(250, 200, 140),
         "nginx" => RGBColor(0, 150, 57),
         "floor" => RGBColor(120, 120, 200),
         _ => RGBColor(30, 100, 180),

@@ -3,9 +3,11 @@
 //!
 //! - throughput: the same backend (one rouse-echo replica, started by rouse
 //!   with `min_replicas = max_replicas = 1`) measured round-robin over
-//!   `--rounds` rounds along up to five paths: direct, rouse-proxy, nginx,
-//!   HAProxy and `rouse-floor` (a bare hyper 1 proxy: the floor under
-//!   rouse-proxy's CPU per request), with the same load generator;
+//!   `--rounds` rounds along up to seven paths: direct, rouse-proxy,
+//!   rouse-proxy with its access log on and with tracing on, nginx, HAProxy
+//!   and `rouse-floor`
+//!   (a bare hyper 1 proxy: the floor under rouse-proxy's CPU per request),
+//!   with the same load generator;
 //! - burst: `--burst-requests` concurrent requests at a service with zero
 //!   replicas whose replica is slow to start;
 //! - footprint: the idle RSS of rouse-proxy and rouse-controller with
@@ -33,6 +35,7 @@
 
 pub mod burst;
 mod chart;
+mod collector;
 mod loadgen;
 mod report;
 mod run;
@@ -46,9 +49,19 @@ use clap::{Parser, ValueEnum};
 
 pub use run::run;
 
-/// The paths compared, in report order (`floor`: `rouse-floor`, a bare
-/// hyper 1 proxy, the least any proxy on rouse's parts can cost).
-pub(crate) const TARGETS: [&str; 5] = ["direct", "rouse", "nginx", "haproxy", "floor"];
+/// The paths compared, in report order, as [`Target`] orders them
+/// (`rouse-log`, `rouse-trace`: rouse-proxy with its access log, or its
+/// tracing, on; `floor`: `rouse-floor`, a bare hyper 1 proxy, the least any
+/// proxy on rouse's parts can cost).
+pub(crate) const TARGETS: [&str; 7] = [
+    "direct",
+    "rouse",
+    "rouse-log",
+    "rouse-trace",
+    "nginx",
+    "haproxy",
+    "floor",
+];
 
 /// Command line of `rouse-compare`; every flag can also be set through the
 /// environment variable `bench/run` documents.
@@ -91,7 +104,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "TARGETS",
-        default_value = "direct rouse nginx haproxy floor",
+        default_value = "direct rouse rouse-log rouse-trace nginx haproxy floor",
         value_delimiter = ' '
     )]
     pub targets: Vec<Target>,
@@ -156,6 +169,13 @@ pub enum Part {
 pub enum Target {
     Direct,
     Rouse,
+    /// Another rouse-proxy of the same stack, with `proxy.access_log` on
+    /// (JSON lines to a file): what the access log costs.
+    RouseLog,
+    /// Another rouse-proxy of the same stack, with `proxy.tracing` on
+    /// (every request sampled, OTLP/gRPC to a collector in the benchmark's
+    /// process): what tracing costs.
+    RouseTrace,
     Nginx,
     Haproxy,
     Floor,

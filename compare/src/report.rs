@@ -157,6 +157,13 @@ pub(crate) struct Throughput {
     /// any proxy on hyper's codecs can get here.
     #[serde(default)]
     pub floor_vs: BTreeMap<String, Ratio>,
+    /// rouse-proxy with its access log on ÷ the same without (`rouse`):
+    /// what the access log costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_vs_off: Option<Ratio>,
+    /// rouse-proxy with tracing on (every request sampled) ÷ without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing_vs_off: Option<Ratio>,
     /// rouse req/s ≥ 1.2 × the better of nginx and haproxy.
     pub target_rps_met: Option<bool>,
     /// rouse p99 ≤ the p99 of both nginx and haproxy.
@@ -221,6 +228,8 @@ pub(crate) fn throughput(
             floor_vs.insert(other.to_owned(), ratio);
         }
     }
+    let access_log_vs_off = paired_ratio(&rounds, "rouse-log", "rouse");
+    let tracing_vs_off = paired_ratio(&rounds, "rouse-trace", "rouse");
     let (target_rps_met, target_p99_met) = match (rouse_vs.get("nginx"), rouse_vs.get("haproxy")) {
         (Some(n), Some(h)) => (
             Some(n.rps.min(h.rps) >= TARGET_RPS_FACTOR),
@@ -238,6 +247,8 @@ pub(crate) fn throughput(
         summary,
         rouse_vs,
         floor_vs,
+        access_log_vs_off,
+        tracing_vs_off,
         target_rps_met,
         target_p99_met,
         target_cpu_met,
@@ -373,6 +384,8 @@ pub(crate) fn label(target: &str) -> &str {
         "nginx" => "nginx",
         "haproxy" => "HAProxy",
         "floor" => "bare hyper 1 proxy (rouse-floor)",
+        "rouse-log" => "rouse-proxy, access log on",
+        "rouse-trace" => "rouse-proxy, tracing on",
         other => other,
     }
 }
@@ -453,6 +466,43 @@ pub(crate) fn throughput_markdown(t: &Throughput) -> String {
                 ", proxy CPU per request {c:.2}×"
             )),
             r.rounds
+        );
+    }
+    if let Some(r) = &t.access_log_vs_off {
+        let _ = writeln!(
+            md,
+            "- {} ÷ {}: req/s {:.2}×, p99 {:.2}×{} (median of {} per-round ratios; \
+             JSON lines to a file, {} MiB written, {} lines dropped)",
+            label("rouse-log"),
+            label("rouse"),
+            r.rps,
+            r.p99,
+            r.cpu_per_req.map_or(String::new(), |c| format!(
+                ", proxy CPU per request {c:.2}×"
+            )),
+            r.rounds,
+            t.setup
+                .get("access_log_bytes")
+                .and_then(|b| b.parse::<f64>().ok())
+                .map_or("?".to_owned(), |b| format!("{:.0}", b / 1048576.0)),
+            s("access_log_dropped"),
+        );
+    }
+    if let Some(r) = &t.tracing_vs_off {
+        let _ = writeln!(
+            md,
+            "- {} ÷ {}: req/s {:.2}×, p99 {:.2}×{} (median of {} per-round ratios; \
+             every request sampled, OTLP/gRPC to a local collector, {} spans received \
+             per request answered)",
+            label("rouse-trace"),
+            label("rouse"),
+            r.rps,
+            r.p99,
+            r.cpu_per_req.map_or(String::new(), |c| format!(
+                ", proxy CPU per request {c:.2}×"
+            )),
+            r.rounds,
+            s("spans_per_request"),
         );
     }
     let _ = writeln!(
@@ -645,6 +695,40 @@ mod tests {
         // rouse used 0.8× nginx's CPU per request.
         assert_eq!(t.target_cpu_met, Some(true));
         assert!(!t.rouse_vs.contains_key("direct"));
+    }
+
+    #[test]
+    fn the_access_log_is_priced_against_the_same_proxy_without_it() {
+        let rounds = vec![
+            round("rouse", 1, 40_000.0, 4.0, 24.0),
+            round("rouse-log", 1, 36_000.0, 4.4, 27.0),
+            round("rouse", 2, 20_000.0, 8.0, 48.0),
+            round("rouse-log", 2, 18_000.0, 8.8, 54.0),
+            round("nginx", 1, 45_000.0, 4.0, 20.0),
+        ];
+        let setup = BTreeMap::from([
+            ("access_log_bytes".to_owned(), (300u64 << 20).to_string()),
+            ("access_log_dropped".to_owned(), "0".to_owned()),
+        ]);
+        let t = throughput(Machine::default(), setup, rounds);
+        let log = t.access_log_vs_off.as_ref().expect("both paths ran");
+        assert_eq!(log.rounds, 2);
+        assert!((log.rps - 0.9).abs() < 1e-9, "{log:?}");
+        assert_eq!(log.cpu_per_req.map(|c| (c * 1000.0).round()), Some(1125.0));
+        assert!(
+            !t.rouse_vs.contains_key("rouse-log"),
+            "not a rival of its own"
+        );
+        let md = throughput_markdown(&t);
+        assert!(
+            md.contains("rouse-proxy, access log on ÷ rouse-proxy: req/s 0.90×"),
+            "{md}"
+        );
+        assert!(md.contains("300 MiB written, 0 lines dropped"), "{md}");
+        let without = throughput(Machine::default(), BTreeMap::new(), Vec::new());
+        assert!(without.access_log_vs_off.is_none());
+        assert!(without.tracing_vs_off.is_none());
+        assert!(t.tracing_vs_off.is_none(), "no rouse-trace rounds");
     }
 
     #[test]

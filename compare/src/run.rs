@@ -59,6 +59,8 @@ struct Bench {
     work: PathBuf,
     /// Facts about the run for the report, `key → value`.
     setup: BTreeMap<String, String>,
+    /// Where the `rouse-trace` proxy exports to, once started.
+    collector: Option<crate::collector::Collector>,
 }
 
 /// Runs the parts `cli` asks for and reports them (or only checks their
@@ -82,6 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         bins: Bins::beside_current_exe()?,
         work: temp.path().to_path_buf(),
         setup,
+        collector: None,
     };
     let result = until_interrupted(bench.parts()).await;
     if let Some(keep) = keep {
@@ -136,12 +139,13 @@ impl Bench {
             self.setup.insert("other_builds".into(), builds.to_string());
         }
         if self.cli.wants(Part::Throughput) {
-            let stack = self.stack("throughput").service(
+            let mut stack = self.stack("throughput").service(
                 service("echo", "*")
                     .min_replicas(1)
                     .max_replicas(1)
                     .target_concurrency(1000),
             );
+            stack = self.with_variants(stack).await?;
             if self.checked("throughput", &stack)? {
                 measured.rounds = Some(self.throughput(stack).await?);
             }
@@ -170,6 +174,50 @@ impl Bench {
             }
         }
         Ok(measured)
+    }
+
+    /// The throughput stack with a proxy of its own for each rouse-proxy
+    /// variant asked for (proxies 1, 2, ..., in [`variants`] order): the
+    /// same config as proxy 0 plus the one key the variant is about. The
+    /// tracing one gets its collector started here.
+    async fn with_variants(&mut self, stack: StackBuilder) -> anyhow::Result<StackBuilder> {
+        let variants = variants(&self.cli.targets);
+        if variants.is_empty() {
+            return Ok(stack);
+        }
+        let mut stack = stack.proxies(1 + variants.len());
+        // The access log's directory must exist for its config to be valid.
+        let dir = self.work.join("throughput");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (i, variant) in variants.iter().enumerate() {
+            let (key, value) = match variant {
+                Target::RouseLog => (
+                    "access_log",
+                    format!("{{path: {}, format: json}}", self.access_log().display()),
+                ),
+                _ => {
+                    let endpoint = if self.cli.check_config {
+                        "http://127.0.0.1:4317".to_owned()
+                    } else {
+                        let collector = crate::collector::Collector::start().await?;
+                        let endpoint = collector.endpoint();
+                        self.collector = Some(collector);
+                        endpoint
+                    };
+                    let value = format!(
+                        "{{otlp_endpoint: \"{endpoint}\", protocol: grpc, sample_ratio: 1.0}}"
+                    );
+                    ("tracing", value)
+                }
+            };
+            stack = stack.proxy_key_for(1 + i, key, &value);
+        }
+        Ok(stack)
+    }
+
+    /// Where the `rouse-log` proxy writes its access log.
+    fn access_log(&self) -> PathBuf {
+        self.work.join("throughput").join("access.log")
     }
 
     /// The stack of one part, in its own directory under the work dir.
@@ -235,7 +283,9 @@ impl Bench {
         let pid = backend_pid.map_or("-".to_owned(), |p| p.to_string());
         println!("backend: rouse-echo at {backend} (pid {pid})");
         answers(backend, None).await?;
-        answers(self.ports.proxy, Some(&mut stack.proxies[0].proc)).await?;
+        for proxy in &mut stack.proxies {
+            answers(proxy.listen, Some(&mut proxy.proc)).await?;
+        }
 
         let mut side = Vec::new();
         let mut endpoints = Vec::new();
@@ -246,6 +296,10 @@ impl Bench {
                     format!("http://{}/", self.ports.proxy),
                     Some(stack.proxies[0].proc.pid()),
                 ),
+                Target::RouseLog | Target::RouseTrace => {
+                    let proxy = &mut stack.proxies[variant_proxy(targets, *target)];
+                    (format!("http://{}/", proxy.listen), Some(proxy.proc.pid()))
+                }
                 Target::Nginx => {
                     let bin = nginx.as_deref().expect("found above");
                     let proc =
@@ -310,7 +364,9 @@ impl Bench {
         for mut proc in side {
             proc.terminate(STOP_GRACE).await;
         }
+        let variant_facts = self.variant_facts(&stack).await;
         stack.shutdown(STOP_GRACE).await;
+        self.setup.extend(variant_facts);
 
         let version = |bin: Option<&Path>, arg, pick: fn(&str) -> Option<&str>| {
             bin.map_or("not run".to_owned(), |bin| {
@@ -337,6 +393,57 @@ impl Bench {
         self.setup
             .extend(facts.map(|(k, v)| (k.to_owned(), v.to_string())));
         Ok(rounds)
+    }
+
+    /// What the variants' extra work came to, for the report: the access
+    /// log's bytes written and lines dropped (`access_log_bytes`,
+    /// `access_log_dropped`), and the spans the collector received per
+    /// request the tracing proxy answered (`spans_per_request`). A line or
+    /// span dropped is work not done, so a variant's CPU per request is
+    /// only the full cost if none was.
+    async fn variant_facts(&self, stack: &Stack) -> Vec<(String, String)> {
+        let targets = &self.cli.targets;
+        let mut facts = Vec::new();
+        let metrics_of = |i: usize| {
+            let admin = stack.proxies[i].admin;
+            async move {
+                http_get(admin, "/metrics", Duration::from_secs(5))
+                    .await
+                    .map(|(_, text)| text)
+                    .unwrap_or_default()
+            }
+        };
+        if variants(targets).contains(&Target::RouseLog) {
+            let text = metrics_of(variant_proxy(targets, Target::RouseLog)).await;
+            let dropped = text
+                .lines()
+                .find_map(|l| l.strip_prefix("rouse_access_log_dropped_total "))
+                .map_or("?".to_owned(), |v| v.trim().to_owned());
+            let log = self.access_log();
+            let bytes = std::fs::metadata(&log).map_or(0, |m| m.len());
+            // Hundreds of bytes per request, and read by no one.
+            let _ = std::fs::remove_file(&log);
+            facts.push(("access_log_bytes".to_owned(), bytes.to_string()));
+            facts.push(("access_log_dropped".to_owned(), dropped));
+        }
+        if let Some(collector) = &self.collector {
+            let text = metrics_of(variant_proxy(targets, Target::RouseTrace)).await;
+            let answered: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("rouse_requests_total{"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum();
+            // The last batch is exported within the SDK's delay.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let spans = collector.spans() as f64;
+            let per_request = if answered > 0.0 {
+                spans / answered
+            } else {
+                0.0
+            };
+            facts.push(("spans_per_request".to_owned(), format!("{per_request:.2}")));
+        }
+        facts
     }
 
     async fn burst(&mut self, stack: StackBuilder) -> anyhow::Result<Value> {
@@ -404,6 +511,26 @@ impl Bench {
         stack.shutdown(STOP_GRACE).await;
         Ok(footprint)
     }
+}
+
+/// The rouse-proxy variants among `targets`, each once, in order: proxy
+/// `1 + i` of the throughput stack is variant `i`.
+fn variants(targets: &[Target]) -> Vec<Target> {
+    let mut found = Vec::new();
+    for target in targets {
+        if matches!(target, Target::RouseLog | Target::RouseTrace) && !found.contains(target) {
+            found.push(*target);
+        }
+    }
+    found
+}
+
+/// The stack's proxy index of `variant` (see [`variants`]).
+fn variant_proxy(targets: &[Target], variant: Target) -> usize {
+    1 + variants(targets)
+        .iter()
+        .position(|v| *v == variant)
+        .unwrap_or(0)
 }
 
 /// A rouse-echo service with rouse's own defaults for what it does not set

@@ -54,6 +54,8 @@ pub struct StackBuilder {
     /// Nodes of the NATS cluster to run on (see `nats_cluster`); one
     /// server when `None`.
     pub(crate) nats_cluster: Option<usize>,
+    /// `proxy:` keys of one proxy only: `(proxy index, key, YAML value)`.
+    proxy_extra_for: Vec<(usize, String, String)>,
 }
 
 impl Default for StackBuilder {
@@ -70,6 +72,7 @@ impl Default for StackBuilder {
             state_dir: None,
             startup_deadline: STARTUP_DEADLINE,
             nats_cluster: None,
+            proxy_extra_for: Vec::new(),
         }
     }
 }
@@ -184,6 +187,15 @@ impl StackBuilder {
         self
     }
 
+    /// A `proxy:` key (value in YAML) for proxy `i` alone, after the keys
+    /// every proxy gets: e.g. one proxy with an access log beside one
+    /// without.
+    pub fn proxy_key_for(mut self, i: usize, key: &str, value: &str) -> Self {
+        self.proxy_extra_for
+            .push((i, key.to_string(), value.to_string()));
+        self
+    }
+
     /// A `controller:` key (value in YAML), e.g. `leader_election`.
     pub fn controller_key(mut self, key: &str, value: &str) -> Self {
         self.config
@@ -209,11 +221,38 @@ impl StackBuilder {
     /// Writes the config into a temporary directory and validates it with
     /// `rouse-controller --check`, starting nothing.
     pub fn check(&self) -> anyhow::Result<()> {
+        self.check_one(&self.config)?;
+        for i in 0..self.proxies {
+            if let Some(config) = self.with_own_keys(&self.config, i) {
+                self.check_one(&config)
+                    .with_context(|| format!("the config of proxy {i}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `base` plus the keys of proxy `i` alone, if it has any.
+    fn with_own_keys(&self, base: &Config, i: usize) -> Option<Config> {
+        let own: Vec<(String, String)> = self
+            .proxy_extra_for
+            .iter()
+            .filter(|(of, _, _)| *of == i)
+            .map(|(_, key, value)| (key.clone(), value.clone()))
+            .collect();
+        if own.is_empty() {
+            return None;
+        }
+        let mut config = base.clone();
+        config.proxy_extra.extend(own);
+        Some(config)
+    }
+
+    fn check_one(&self, config: &Config) -> anyhow::Result<()> {
         let dir = tempfile::Builder::new()
             .prefix("rouse-check-")
             .tempdir()
             .context("create a temp dir")?;
-        let mut config = self.config.clone();
+        let mut config = config.clone();
         config.nats_url = format!("nats://127.0.0.1:{}", self.nats_port.unwrap_or(4222));
         config.state_dir = dir.path().join("state");
         config.marker = "check".to_string();
@@ -260,7 +299,7 @@ impl StackBuilder {
             }
         };
         let marker = crate::procfs::unique_marker();
-        let mut base = self.config;
+        let mut base = self.config.clone();
         let (nats, nats_cluster) = crate::nats_cluster::start_for_stack(
             &dir,
             self.nats_port,
@@ -281,7 +320,7 @@ impl StackBuilder {
         base.write(&controller_config);
         let mut proxy_configs = Vec::new();
         for i in 0..self.proxies {
-            let mut cfg = base.clone();
+            let mut cfg = self.with_own_keys(&base, i).unwrap_or_else(|| base.clone());
             if i > 0 {
                 cfg.proxy_listen = crate::free_addr();
                 cfg.proxy_admin = crate::free_addr();
