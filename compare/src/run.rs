@@ -193,7 +193,10 @@ impl Bench {
             let (key, value) = match variant {
                 Target::RouseLog => (
                     "access_log",
-                    format!("{{path: {}, format: json}}", self.access_log().display()),
+                    format!(
+                        "{{path: {}, format: json}}",
+                        serde_json::to_string(&self.access_log())?
+                    ),
                 ),
                 _ => {
                     let endpoint = if self.cli.check_config {

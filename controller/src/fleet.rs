@@ -64,13 +64,26 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+/// A removed service's loop while it drains (see [`Fleet::remove`]).
+struct Removal {
+    retire: watch::Sender<Retire>,
+    /// Ends with the loop, then names the service on `retired_tx`.
+    task: JoinHandle<()>,
+    /// Its inbox, retired with it unless the service is back by then.
+    inbox: Option<Arc<Inbox>>,
+}
+
 /// The loops and what they were started from.
 pub struct Fleet {
     file: Vec<ServiceConfig>,
     entries: BTreeMap<String, Entry>,
     running: HashMap<String, Running>,
     /// Loops of removed services still draining (see [`Fleet::remove`]).
-    removing: HashMap<String, Running>,
+    removing: HashMap<String, Removal>,
+    /// Names of removals whose loop has ended, so that their inboxes are
+    /// retired on the fleet's own task, never racing a start.
+    retired_tx: mpsc::UnboundedSender<String>,
+    retired_rx: Option<mpsc::UnboundedReceiver<String>>,
     inboxes: Arc<Inboxes>,
     pins: Arc<DashMap<String, u32>>,
     builder: Box<dyn Builder>,
@@ -86,11 +99,14 @@ impl Fleet {
         pins: Arc<DashMap<String, u32>>,
         builder: Box<dyn Builder>,
     ) -> Self {
+        let (retired_tx, retired_rx) = mpsc::unbounded_channel();
         Self {
             file: config.services.clone(),
             entries: BTreeMap::new(),
             running: HashMap::new(),
             removing: HashMap::new(),
+            retired_tx,
+            retired_rx: Some(retired_rx),
             inboxes,
             pins,
             builder,
@@ -109,9 +125,16 @@ impl Fleet {
     ) {
         self.apply().await;
         self.started = true;
+        let Some(mut retired) = self.retired_rx.take() else {
+            return;
+        };
         loop {
             let command = tokio::select! {
                 command = commands.recv() => command,
+                Some(name) = retired.recv() => {
+                    self.retired(&name);
+                    continue;
+                }
                 _ = shutdown.wait_for(|stop| *stop) => None,
             };
             let Some(command) = command else { break };
@@ -124,11 +147,9 @@ impl Fleet {
                 self.apply().await;
             }
         }
-        let loops = self
-            .running
-            .into_values()
-            .chain(self.removing.into_values());
-        futures::future::join_all(loops.map(|running| running.task)).await;
+        let loops = self.running.into_values().map(|running| running.task);
+        let removals = self.removing.into_values().map(|removal| removal.task);
+        futures::future::join_all(loops.chain(removals)).await;
     }
 
     /// Takes in one command; returns whether anything changed.
@@ -149,8 +170,6 @@ impl Fleet {
 
     /// Puts the merge of file and bucket in force.
     async fn apply(&mut self) {
-        self.removing
-            .retain(|_, removed| !removed.task.is_finished());
         let merged = catalog::merge(&self.file, &self.entries);
         for rejection in &merged.rejected {
             if !self.rejected.contains(rejection) {
@@ -179,21 +198,24 @@ impl Fleet {
     }
 
     async fn start(&mut self, spec: &ServiceConfig) {
-        if let Some(removed) = self.removing.remove(&spec.name) {
-            // Still draining: it hands its replicas over, and its inbox
-            // stays, as for a changed definition.
-            let _ = removed.retire.send(Retire::Replace);
-            let _ = removed.task.await;
-        }
+        // A removal still draining keeps its inbox in the map: it carries
+        // over, as for a changed definition.
         let inbox = self.inboxes.open(&spec.name);
         inbox.set_pin(self.pins.get(&spec.name).map(|pin| *pin));
         let backend = match self.builder.backend(spec, &inbox).await {
             Ok(backend) => backend,
             Err(err) => {
+                // A removal under way goes on draining: no loop would adopt
+                // what it handed over.
                 tracing::error!(service = %spec.name, error = format!("{err:#}"), "cannot build the service's backend; it is not run");
                 return;
             }
         };
+        if let Some(removal) = self.removing.remove(&spec.name) {
+            // It hands its replicas over to the loop started below.
+            let _ = removal.retire.send(Retire::Replace);
+            let _ = removal.task.await;
+        }
         let (retire, retired) = watch::channel(Retire::No);
         let wiring = self.builder.wiring(spec);
         let service_loop =
@@ -226,24 +248,35 @@ impl Fleet {
     /// inbox stays until the loop ends (the drain needs the proxies'
     /// reports), unless the service is defined again first.
     fn remove(&mut self, name: &str) {
-        let Some(Running { spec, retire, task }) = self.running.remove(name) else {
+        let Some(Running { retire, task, .. }) = self.running.remove(name) else {
             return;
         };
         tracing::info!(service = %name, "service removed");
         let _ = retire.send(Retire::Remove);
-        let why = retire.subscribe();
-        let inboxes = Arc::clone(&self.inboxes);
-        let inbox = self.inboxes.get(name).map(|r| Arc::clone(r.value()));
+        let done = self.retired_tx.clone();
         let owned_name = name.to_string();
         let task = tokio::spawn(async move {
             let _ = task.await;
-            let still_removed = *why.borrow() == Retire::Remove;
-            if let (true, Some(inbox)) = (still_removed, inbox) {
-                inboxes.remove_if(&owned_name, |_, current| Arc::ptr_eq(current, &inbox));
-            }
+            let _ = done.send(owned_name);
         });
-        let removed = Running { spec, retire, task };
-        self.removing.insert(name.to_string(), removed);
+        let removal = Removal {
+            retire,
+            task,
+            inbox: self.inboxes.get(name).map(|r| Arc::clone(r.value())),
+        };
+        self.removing.insert(name.to_string(), removal);
+    }
+
+    /// A removal's loop has ended: its inbox goes, unless the service was
+    /// started again meanwhile (then it is no longer a removal).
+    fn retired(&mut self, name: &str) {
+        let Some(removal) = self.removing.remove(name) else {
+            return;
+        };
+        if let Some(inbox) = removal.inbox {
+            self.inboxes
+                .remove_if(name, |_, current| Arc::ptr_eq(current, &inbox));
+        }
     }
 }
 

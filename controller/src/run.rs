@@ -102,8 +102,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "rouse-controller started"
     );
 
-    // The file's services as SIGHUP last read them.
+    // The file's services as SIGHUP last read them. SIGHUP is handled from
+    // here on, standing by or leading (unhandled, it would end the process):
+    // a standby's KEDA answers follow the file, and the fleet, once it
+    // runs, takes in whatever reloads came before.
     let (file_tx, file_rx) = watch::channel(config.services.clone());
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    if let Some(path) = config.file.clone() {
+        tokio::spawn(reload_on_hangup(path, commands.clone(), file_tx));
+    }
     // Standbys serve KEDA too: every controller gets every report, and
     // follows the catalog for KEDA's sake.
     if let Some(listener) = keda_listener {
@@ -164,7 +171,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown: shutdown_rx.clone(),
         js: js.clone(),
     };
-    let (commands, command_rx) = mpsc::unbounded_channel();
     let fleet = Fleet::new(
         &config,
         Arc::clone(&inboxes),
@@ -182,9 +188,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bus.clone(),
         Arc::new(FleetSink(commands.clone())) as Arc<dyn rouse_nats::catalog::Sink>,
     ));
-    if let Some(path) = config.file.clone() {
-        tokio::spawn(reload_on_hangup(path, commands.clone(), file_tx));
-    }
 
     let mut election = election;
     match election.as_mut() {

@@ -130,3 +130,64 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
     let resp = http::get(cluster.proxy_addr(0), "ha-term.localhost", "/").await;
     assert_eq!(resp.status, 200, "{resp}");
 }
+
+/// SIGHUP reaches a standby too: it does not end it, and the services it
+/// re-read are the ones it runs once it leads, seeded into the catalog so
+/// the proxies learn them (the proxy's own file never has the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_reloads_on_sighup_and_runs_what_it_read_once_it_leads() {
+    let mut cluster = Cluster::builder()
+        .service(Service::new("ha-hup", "ha-hup.localhost").scale_to_zero_after("300s"))
+        .controller_key(
+            "leader_election",
+            "{lease: nats, duration: 60s, retry_period: 500ms}",
+        )
+        .controller_key("on_shutdown", "keep")
+        .standby_controllers(1)
+        .start()
+        .await;
+    let config = cluster.dir().join("controller-1.yaml");
+    let original = std::fs::read_to_string(&config).expect("read the standby's config");
+    assert!(
+        original.ends_with('\n'),
+        "services are the file's last section"
+    );
+    let echo = rouse_e2e::bin("rouse-echo");
+    let added = format!(
+        "  - name: added\n    hosts: [added.localhost]\n    backend:\n      process:\n        command: [{:?}, --port, \"{{port}}\"]\n        env: {{ROUSE_E2E_MARKER: {:?}}}\n",
+        echo.to_string_lossy(),
+        cluster.marker
+    );
+    std::fs::write(&config, format!("{original}{added}")).expect("write the standby's config");
+    let (standby, standby_admin) = cluster.standby(0);
+    standby.sighup();
+    poll_until(
+        "the standby reloads its file",
+        Duration::from_secs(15),
+        || {
+            let reloaded = standby.logs().contains("config file services reloaded");
+            async move { reloaded.then_some(()) }
+        },
+    )
+    .await;
+    assert!(standby.is_running(), "SIGHUP does not end a standby");
+    assert_eq!(http::controller_leader(standby_admin).await, Some(0.0));
+
+    let status = cluster.stop_controller(Duration::from_secs(30)).await;
+    assert!(status.success(), "the leader exits 0 on SIGTERM: {status}");
+    poll_until("the standby leads", Duration::from_secs(20), || async {
+        (http::controller_leader(standby_admin).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let proxy = cluster.proxy_addr(0);
+    let resp = poll_until(
+        "the service the standby re-read answers",
+        Duration::from_secs(30),
+        || async move {
+            let resp = http::get(proxy, "added.localhost", "/").await;
+            (resp.status == 200).then_some(resp)
+        },
+    )
+    .await;
+    assert!(resp.cold_start(), "started by the new leader: {resp}");
+}

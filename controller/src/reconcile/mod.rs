@@ -78,6 +78,11 @@ async fn replaced(retire: &mut Option<watch::Receiver<Retire>>) {
     }
 }
 
+/// How long a removal may go on after its `drain_timeout` (stops that
+/// take a while, a replica still starting) before what is left is stopped
+/// at once.
+const REMOVAL_SLACK: Duration = Duration::from_secs(30);
+
 /// How often a loop with nothing to look after still syncs with its
 /// backend (a replica started by hand is adopted), plus up to half of it
 /// again at random so thousands of idle loops do not sync together. Like a
@@ -261,6 +266,10 @@ impl ServiceLoop {
             self.removing = true;
             let mut tick = tokio::time::interval(self.wiring.tick);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The drains end by `drain_timeout`; this bounds the rest (say,
+            // pods an outside actor keeps bringing back).
+            let deadline = tokio::time::sleep(self.spec.scaling.drain_timeout + REMOVAL_SLACK);
+            tokio::pin!(deadline);
             loop {
                 self.reconcile().await;
                 if self.requested == 0 && self.replicas.count(|p| p != Phase::Stopping) == 0 {
@@ -269,6 +278,10 @@ impl ServiceLoop {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
+                    () = &mut deadline => {
+                        tracing::warn!(service = %self.name, "removal still had replicas after drain_timeout and more; stopping them");
+                        break;
+                    }
                     () = replaced(&mut retire) => {
                         tracing::info!(service = %self.name, "service defined again while draining; handing the replicas to the next loop");
                         return;
