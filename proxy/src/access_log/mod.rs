@@ -2,11 +2,17 @@
 //!
 //! A request takes an [`Entry`] at arrival (its head: a few reference-counted
 //! handles, no string copies) and fills in the rest as it goes; when its
-//! response body has ended (`observe`), the entry goes into a bounded
-//! channel with `try_send`. A full channel drops the line and counts it
+//! response body has ended (`observe`), the entry is pushed onto a bounded
+//! lock-free queue ([`Queue`]). A full queue drops the line and counts it
 //! (`rouse_access_log_dropped_total`): a request never waits for the log.
-//! One writer task (`writer`) formats the lines (`format`) into a buffered
-//! file and flushes on a timer and at shutdown.
+//! One writer task (`writer`) takes the queued lines in batches, formats
+//! them (`format`) into a buffered file and flushes on a timer and at
+//! shutdown.
+//!
+//! The writer is woken only when it has gone idle (nothing came for a
+//! batch pause), not per line: a wake is a futex call across threads, and
+//! one per request cost as much kernel time as the request's own socket
+//! work (bench/README.md, "What the access log and tracing cost").
 //!
 //! Sampling (`sample`) is decided when the entry is complete, so that a
 //! response of 500 or more is always logged.
@@ -15,15 +21,16 @@ mod format;
 mod writer;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crossbeam_queue::ArrayQueue;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use prometheus_client::metrics::counter::Counter;
 use rouse_nats::config::AccessLogConfig;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 pub use writer::Writer;
 
@@ -61,10 +68,61 @@ impl Entry {
     }
 }
 
+/// The lines on their way to the writer, and how it is woken.
+pub struct Queue {
+    entries: ArrayQueue<Box<Entry>>,
+    /// Set by the writer before it waits for `wake`; the first line after
+    /// that clears it and wakes the writer, later lines do not.
+    idle: AtomicBool,
+    wake: Notify,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: ArrayQueue::new(capacity.max(1)),
+            idle: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Queues `entry`, waking the writer if it is idle; hands the entry
+    /// back when the queue is full.
+    fn push(&self, entry: Box<Entry>) -> Result<(), Box<Entry>> {
+        self.entries.push(entry)?;
+        if self.idle.load(Ordering::Acquire) && self.idle.swap(false, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pop(&self) -> Option<Box<Entry>> {
+        self.entries.pop()
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
+    /// Waits until a line is queued (at once if one is).
+    pub(crate) async fn queued(&self) {
+        let woken = self.wake.notified();
+        tokio::pin!(woken);
+        // Registered before `idle` is set: a push in between is not missed.
+        woken.as_mut().enable();
+        self.idle.store(true, Ordering::Release);
+        if !self.entries.is_empty() {
+            self.idle.store(false, Ordering::Release);
+            return;
+        }
+        woken.await;
+    }
+}
+
 /// The data path's end of the log, one clone per data thread.
 #[derive(Clone)]
 pub struct AccessLog {
-    lines: mpsc::Sender<Box<Entry>>,
+    queue: Arc<Queue>,
     sample: f64,
     dropped: Counter,
 }
@@ -72,10 +130,10 @@ pub struct AccessLog {
 impl AccessLog {
     /// The log and the writer task that must run for its lines to be written.
     pub fn new(config: &AccessLogConfig, dropped: Counter) -> std::io::Result<(Self, Writer)> {
-        let (lines, queue) = mpsc::channel(config.buffer.max(1));
-        let writer = Writer::open(config, queue)?;
+        let queue = Arc::new(Queue::new(config.buffer));
+        let writer = Writer::open(config, Arc::clone(&queue))?;
         let log = Self {
-            lines,
+            queue,
             sample: config.sample,
             dropped,
         };
@@ -113,7 +171,7 @@ impl AccessLog {
         if !self.sampled(entry.status) {
             return;
         }
-        if self.lines.try_send(entry).is_err() {
+        if self.queue.push(entry).is_err() {
             self.dropped.inc();
         }
     }
@@ -146,6 +204,63 @@ mod tests {
         }
         // The writer is not running: two wait in the queue, three dropped.
         assert_eq!(dropped.get(), 3);
+    }
+
+    /// The writer writes a line that comes while it is busy and one that
+    /// comes after it went idle (the wake), and at stop whatever is still
+    /// queued.
+    #[tokio::test]
+    async fn lines_are_written_whether_the_writer_is_busy_or_idle() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("access.log");
+        let yaml = format!(
+            "path: {:?}\nflush_interval: 10ms\n",
+            path.display().to_string()
+        );
+        let config: AccessLogConfig = serde_norway::from_str(&yaml).expect("config");
+        let (log, writer) = AccessLog::new(&config, Counter::default()).expect("log");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(writer.run(async move {
+            let _ = stopped.await;
+        }));
+        let request = Request::get("/a").body(()).expect("request");
+        let log_one = |status: u16| {
+            let mut entry = log.begin(&request, IpAddr::from([127, 0, 0, 1]));
+            entry.status = status;
+            log.finish(entry);
+        };
+        let lines = || {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let until = |n: usize| async move {
+            for _ in 0..1000 {
+                if lines() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("fewer than {n} lines within 10 s: {}", lines());
+        };
+        log_one(200);
+        log_one(201);
+        until(2).await;
+        // Idle by now (many batch pauses with nothing queued): the next
+        // line must wake it.
+        assert!(
+            log.queue.idle.load(Ordering::Acquire),
+            "the writer went idle"
+        );
+        log_one(202);
+        until(3).await;
+        for _ in 0..5 {
+            log_one(203);
+        }
+        let _ = stop.send(());
+        task.await.expect("writer");
+        assert_eq!(lines(), 8, "the lines queued at stop are written too");
     }
 
     #[tokio::test]
