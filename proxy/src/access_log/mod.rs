@@ -247,12 +247,18 @@ mod tests {
         log_one(200);
         log_one(201);
         until(2).await;
-        // Idle by now (many batch pauses with nothing queued): the next
-        // line must wake it.
-        assert!(
-            log.queue.idle.load(Ordering::Acquire),
-            "the writer went idle"
-        );
+        // Once a pass finds nothing queued the writer waits to be woken;
+        // the next line must wake it. (Waited for: a flush can put the
+        // lines in the file while the writer is still in its batch pause.)
+        let mut idle = false;
+        for _ in 0..1000 {
+            idle = log.queue.idle.load(Ordering::Acquire);
+            if idle {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(idle, "the writer went idle within 10 s");
         log_one(202);
         until(3).await;
         for _ in 0..5 {
