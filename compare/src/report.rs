@@ -442,68 +442,31 @@ pub(crate) fn throughput_markdown(t: &Throughput) -> String {
     md.push('\n');
     for other in ["nginx", "haproxy", "direct", "floor"] {
         if let Some(r) = t.rouse_vs.get(other) {
-            let _ = writeln!(
-                md,
-                "- rouse-proxy ÷ {}: req/s {:.2}×, p99 {:.2}×{} (median of {} per-round ratios)",
-                label(other),
-                r.rps,
-                r.p99,
-                r.cpu_per_req.map_or(String::new(), |c| format!(
-                    ", proxy CPU per request {c:.2}×"
-                )),
-                r.rounds
-            );
+            ratio_line(&mut md, ("rouse", other), r, true, "");
         }
     }
     for (other, r) in &t.floor_vs {
-        let _ = writeln!(
-            md,
-            "- {} ÷ {}: req/s {:.2}×{} (median of {} per-round ratios)",
-            label("floor"),
-            label(other),
-            r.rps,
-            r.cpu_per_req.map_or(String::new(), |c| format!(
-                ", proxy CPU per request {c:.2}×"
-            )),
-            r.rounds
-        );
+        ratio_line(&mut md, ("floor", other), r, false, "");
     }
     if let Some(r) = &t.access_log_vs_off {
-        let _ = writeln!(
-            md,
-            "- {} ÷ {}: req/s {:.2}×, p99 {:.2}×{} (median of {} per-round ratios; \
-             JSON lines to a file, {} MiB written, {} lines dropped)",
-            label("rouse-log"),
-            label("rouse"),
-            r.rps,
-            r.p99,
-            r.cpu_per_req.map_or(String::new(), |c| format!(
-                ", proxy CPU per request {c:.2}×"
-            )),
-            r.rounds,
-            t.setup
-                .get("access_log_bytes")
-                .and_then(|b| b.parse::<f64>().ok())
-                .map_or("?".to_owned(), |b| format!("{:.0}", b / 1048576.0)),
-            s("access_log_dropped"),
+        let written = t
+            .setup
+            .get("access_log_bytes")
+            .and_then(|b| b.parse::<f64>().ok())
+            .map_or("?".to_owned(), |b| format!("{:.0}", b / 1048576.0));
+        let note = format!(
+            "; JSON lines to a file, {written} MiB written, {} lines dropped",
+            s("access_log_dropped")
         );
+        ratio_line(&mut md, ("rouse-log", "rouse"), r, true, &note);
     }
     if let Some(r) = &t.tracing_vs_off {
-        let _ = writeln!(
-            md,
-            "- {} ÷ {}: req/s {:.2}×, p99 {:.2}×{} (median of {} per-round ratios; \
-             every request sampled, OTLP/gRPC to a local collector, {} spans received \
-             per request answered)",
-            label("rouse-trace"),
-            label("rouse"),
-            r.rps,
-            r.p99,
-            r.cpu_per_req.map_or(String::new(), |c| format!(
-                ", proxy CPU per request {c:.2}×"
-            )),
-            r.rounds,
-            s("spans_per_request"),
+        let note = format!(
+            "; every request sampled, OTLP/gRPC to a local collector, {} spans received \
+             per request answered",
+            s("spans_per_request")
         );
+        ratio_line(&mut md, ("rouse-trace", "rouse"), r, true, &note);
     }
     let _ = writeln!(
         md,
@@ -515,6 +478,27 @@ pub(crate) fn throughput_markdown(t: &Throughput) -> String {
     );
     md.push_str("\n![req/s and p99 per path](results/compare/latest.svg)\n");
     md
+}
+
+/// One "- A ÷ B: req/s …" line of the throughput report; `note` goes
+/// inside the closing parenthesis.
+fn ratio_line(md: &mut String, (of, to): (&str, &str), r: &Ratio, p99: bool, note: &str) {
+    let p99 = if p99 {
+        format!(", p99 {:.2}×", r.p99)
+    } else {
+        String::new()
+    };
+    let cpu = r.cpu_per_req.map_or(String::new(), |c| {
+        format!(", proxy CPU per request {c:.2}×")
+    });
+    let _ = writeln!(
+        md,
+        "- {} ÷ {}: req/s {:.2}×{p99}{cpu} (median of {} per-round ratios{note})",
+        label(of),
+        label(to),
+        r.rps,
+        r.rounds
+    );
 }
 
 pub(crate) fn burst_markdown(b: &BurstResult) -> String {

@@ -157,13 +157,9 @@ impl Fleet {
         match command {
             Command::File(file) => self.file = file,
             Command::Replace(entries) => self.entries = entries,
-            Command::Change(key, Some(entry)) => {
-                if !catalog::is_newer(self.entries.get(&key), &entry) {
-                    return false;
-                }
-                self.entries.insert(key, *entry);
+            Command::Change(key, change) => {
+                return catalog::apply_change(&mut self.entries, key, change.map(|entry| *entry))
             }
-            Command::Change(key, None) => return self.entries.remove(&key).is_some(),
         }
         true
     }

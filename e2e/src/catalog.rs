@@ -91,3 +91,15 @@ pub fn echo_spec(name: &str, host: &str, marker: &str) -> Value {
         "hold": {"timeout": "30s", "max_requests": 1000},
     })
 }
+
+/// A rouse-echo service at zero as a `services:` entry of a config file
+/// (YAML, ending in a newline): appended to a file whose last section is
+/// `services`, it adds `name` on `host`, its replicas carrying `marker`.
+pub fn echo_service_yaml(name: &str, host: &str, marker: &str) -> String {
+    let echo = crate::bin("rouse-echo");
+    format!(
+        "  - name: {name}\n    hosts: [{host}]\n    backend:\n      process:\n        command: [{:?}, --port, \"{{port}}\"]\n        env: {{{}: {marker:?}}}\n",
+        echo.to_string_lossy(),
+        rouse_stack::MARKER_ENV,
+    )
+}

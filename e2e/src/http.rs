@@ -186,9 +186,7 @@ impl ServiceStatus {
 pub async fn controller_leader(admin: SocketAddr) -> Option<f64> {
     let url = format!("http://{admin}/metrics");
     let text = client().get(&url).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("rouse_controller_leader "))
-        .and_then(|v| v.trim().parse().ok())
+    rouse_stack::leader_gauge(&text)
 }
 
 #[cfg(test)]

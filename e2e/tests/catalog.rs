@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use rouse_e2e::catalog::{echo_spec, Catalog};
+use rouse_e2e::catalog::{echo_service_yaml, echo_spec, Catalog};
 use rouse_e2e::fault::{self, Tally};
 use rouse_e2e::{http, Cluster, Resp, Service};
 use serde_json::json;
@@ -222,12 +222,7 @@ async fn sighup_reloads_the_services_of_the_file() {
         .iter()
         .map(|f| std::fs::read_to_string(f).expect("read config"))
         .collect();
-    let echo = rouse_e2e::bin("rouse-echo");
-    let added = format!(
-        "  - name: added\n    hosts: [added.localhost]\n    backend:\n      process:\n        command: [{:?}, --port, \"{{port}}\"]\n        env: {{ROUSE_E2E_MARKER: {:?}}}\n",
-        echo.to_string_lossy(),
-        cluster.marker
-    );
+    let added = echo_service_yaml("added", "added.localhost", &cluster.marker);
     for (file, original) in files.iter().zip(&originals) {
         assert!(
             original.ends_with('\n'),
@@ -340,21 +335,32 @@ async fn a_pin_holds_the_count_and_unpinning_hands_it_back() {
     assert!(status.raw.get("pinned").is_none(), "{}", status.raw);
 }
 
-/// Deploys `late` (kept warm, drains for up to a minute), brings it to one
-/// ready replica, and starts a request on it that takes 10 s; returns once
-/// the proxy has that request in flight.
-async fn late_service_with_a_slow_request(
-    cluster: &Cluster,
-    catalog: &Catalog,
-) -> JoinHandle<anyhow::Result<Resp>> {
+/// A stack where `late` (kept warm, draining for up to a minute) was
+/// removed while a 10 s request was in flight on its one replica; returns
+/// once the controller shows that replica draining, with the stack, the
+/// catalog, the request and the replica's pid.
+struct Removed {
+    cluster: Cluster,
+    catalog: Catalog,
+    slow: JoinHandle<anyhow::Result<Resp>>,
+    pids: Vec<u32>,
+}
+
+async fn removed_with_a_slow_request_in_flight() -> Removed {
+    let cluster = Cluster::start(vec![Service::new("steady", STEADY)]).await;
+    let catalog = Catalog::connect(&cluster.nats.url())
+        .await
+        .expect("catalog");
     let mut spec = echo_spec("late", LATE, &cluster.marker);
     spec["scaling"]["scale_to_zero_after"] = json!("300s");
     spec["scaling"]["drain_timeout"] = json!("60s");
     catalog.deploy(&spec).await.expect("deploy");
-    first_200(cluster, LATE).await;
+    first_200(&cluster, LATE).await;
     cluster
         .wait_status("late", "ready 1", Duration::from_secs(30), |s| s.ready == 1)
         .await;
+    let pids = cluster.replica_pids();
+    assert_eq!(pids.len(), 1, "one replica: {pids:?}");
     let (client, addr) = (cluster.client.clone(), cluster.proxy_addr(0));
     let slow = tokio::spawn(async move {
         http::request(&client, Method::GET, addr, LATE, "/sleep/10000", None).await
@@ -366,11 +372,7 @@ async fn late_service_with_a_slow_request(
             || async { cluster.proxy_metric(0, "rouse_in_flight", "late").await == Some(1.0) },
         )
         .await;
-    slow
-}
-
-/// Waits until the controller shows `late`'s replica draining.
-async fn wait_draining(cluster: &Cluster) {
+    catalog.remove("late").await.expect("remove");
     cluster
         .wait_status(
             "late",
@@ -379,6 +381,12 @@ async fn wait_draining(cluster: &Cluster) {
             |s| s.replicas.iter().any(|r| r.state == "draining"),
         )
         .await;
+    Removed {
+        cluster,
+        catalog,
+        slow,
+        pids,
+    }
 }
 
 /// Removing a service loses nothing it has in flight: new requests get 404
@@ -386,16 +394,12 @@ async fn wait_draining(cluster: &Cluster) {
 /// has on it) and is stopped only then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_service_finishes_its_requests_in_flight_before_its_replica_stops() {
-    let cluster = Cluster::start(vec![Service::new("steady", STEADY)]).await;
-    let catalog = Catalog::connect(&cluster.nats.url())
-        .await
-        .expect("catalog");
-    let slow = late_service_with_a_slow_request(&cluster, &catalog).await;
-    let pids = cluster.replica_pids();
-    assert_eq!(pids.len(), 1, "one replica: {pids:?}");
-
-    catalog.remove("late").await.expect("remove");
-    wait_draining(&cluster).await;
+    let Removed {
+        cluster,
+        slow,
+        pids,
+        ..
+    } = removed_with_a_slow_request_in_flight().await;
     assert_eq!(
         cluster.get(LATE, "/").await.status,
         404,
@@ -440,16 +444,12 @@ async fn a_removed_service_finishes_its_requests_in_flight_before_its_replica_st
 /// finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_defined_again_while_it_drains_keeps_its_replica() {
-    let cluster = Cluster::start(vec![Service::new("steady", STEADY)]).await;
-    let catalog = Catalog::connect(&cluster.nats.url())
-        .await
-        .expect("catalog");
-    let slow = late_service_with_a_slow_request(&cluster, &catalog).await;
-    let pids = cluster.replica_pids();
-    assert_eq!(pids.len(), 1, "one replica: {pids:?}");
-
-    catalog.remove("late").await.expect("remove");
-    wait_draining(&cluster).await;
+    let Removed {
+        cluster,
+        catalog,
+        slow,
+        pids,
+    } = removed_with_a_slow_request_in_flight().await;
     let mut spec = echo_spec("late", LATE, &cluster.marker);
     spec["scaling"]["scale_to_zero_after"] = json!("300s");
     catalog.deploy(&spec).await.expect("deploy again");

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rouse_e2e::catalog::echo_service_yaml;
 use rouse_e2e::http::{self, ServiceStatus};
 use rouse_e2e::{assert_stays, load, poll_until, Cluster, Service};
 
@@ -103,11 +104,11 @@ async fn a_standby_takes_over_from_a_killed_leader_without_doubling_replicas() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
-    let mut cluster = Cluster::builder()
-        .service(Service::new("ha-term", "ha-term.localhost").scale_to_zero_after("300s"))
-        // A long lease: only a release explains a quick take-over.
+/// A leader and a standby on a 60 s lease, for `name` on `<name>.localhost`
+/// kept warm: only a released lease explains a quick take-over.
+async fn two_controllers_on_a_long_lease(name: &str) -> Cluster {
+    Cluster::builder()
+        .service(Service::new(name, &format!("{name}.localhost")).scale_to_zero_after("300s"))
         .controller_key(
             "leader_election",
             "{lease: nats, duration: 60s, retry_period: 500ms}",
@@ -115,9 +116,12 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
         .controller_key("on_shutdown", "keep")
         .standby_controllers(1)
         .start()
-        .await;
-    let (_, standby_admin) = cluster.standby(0);
-    assert_eq!(http::controller_leader(standby_admin).await, Some(0.0));
+        .await
+}
+
+/// SIGTERMs the leader, which must exit 0, and waits until the standby at
+/// `standby_admin` leads, long before the lease could run out.
+async fn stop_the_leader(cluster: &mut Cluster, standby_admin: SocketAddr) {
     let status = cluster.stop_controller(Duration::from_secs(30)).await;
     assert!(status.success(), "the leader exits 0 on SIGTERM: {status}");
     poll_until(
@@ -126,6 +130,14 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
         || async { (http::controller_leader(standby_admin).await == Some(1.0)).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
+    let mut cluster = two_controllers_on_a_long_lease("ha-term").await;
+    let (_, standby_admin) = cluster.standby(0);
+    assert_eq!(http::controller_leader(standby_admin).await, Some(0.0));
+    stop_the_leader(&mut cluster, standby_admin).await;
     // It serves: a cold request is scaled up by the new leader.
     let resp = http::get(cluster.proxy_addr(0), "ha-term.localhost", "/").await;
     assert_eq!(resp.status, 200, "{resp}");
@@ -136,28 +148,14 @@ async fn a_leader_stopped_with_sigterm_hands_over_at_once() {
 /// the proxies learn them (the proxy's own file never has the new one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_reloads_on_sighup_and_runs_what_it_read_once_it_leads() {
-    let mut cluster = Cluster::builder()
-        .service(Service::new("ha-hup", "ha-hup.localhost").scale_to_zero_after("300s"))
-        .controller_key(
-            "leader_election",
-            "{lease: nats, duration: 60s, retry_period: 500ms}",
-        )
-        .controller_key("on_shutdown", "keep")
-        .standby_controllers(1)
-        .start()
-        .await;
+    let mut cluster = two_controllers_on_a_long_lease("ha-hup").await;
     let config = cluster.dir().join("controller-1.yaml");
     let original = std::fs::read_to_string(&config).expect("read the standby's config");
     assert!(
         original.ends_with('\n'),
         "services are the file's last section"
     );
-    let echo = rouse_e2e::bin("rouse-echo");
-    let added = format!(
-        "  - name: added\n    hosts: [added.localhost]\n    backend:\n      process:\n        command: [{:?}, --port, \"{{port}}\"]\n        env: {{ROUSE_E2E_MARKER: {:?}}}\n",
-        echo.to_string_lossy(),
-        cluster.marker
-    );
+    let added = echo_service_yaml("added", "added.localhost", &cluster.marker);
     std::fs::write(&config, format!("{original}{added}")).expect("write the standby's config");
     let (standby, standby_admin) = cluster.standby(0);
     standby.sighup();
@@ -173,12 +171,7 @@ async fn a_standby_reloads_on_sighup_and_runs_what_it_read_once_it_leads() {
     assert!(standby.is_running(), "SIGHUP does not end a standby");
     assert_eq!(http::controller_leader(standby_admin).await, Some(0.0));
 
-    let status = cluster.stop_controller(Duration::from_secs(30)).await;
-    assert!(status.success(), "the leader exits 0 on SIGTERM: {status}");
-    poll_until("the standby leads", Duration::from_secs(20), || async {
-        (http::controller_leader(standby_admin).await == Some(1.0)).then_some(())
-    })
-    .await;
+    stop_the_leader(&mut cluster, standby_admin).await;
     let proxy = cluster.proxy_addr(0);
     let resp = poll_until(
         "the service the standby re-read answers",

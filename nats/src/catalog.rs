@@ -376,6 +376,24 @@ pub fn is_newer(known: Option<&Entry>, entry: &Entry) -> bool {
     known.is_none_or(|known| known.revision < entry.revision)
 }
 
+/// Takes one change of the watch (`None`: the key was deleted) into
+/// `entries`; returns whether anything changed. An entry no newer than the
+/// one known (a late redelivery) changes nothing.
+pub fn apply_change(
+    entries: &mut BTreeMap<String, Entry>,
+    key: String,
+    change: Option<Entry>,
+) -> bool {
+    match change {
+        Some(entry) if is_newer(entries.get(&key), &entry) => {
+            entries.insert(key, entry);
+            true
+        }
+        Some(_) => false,
+        None => entries.remove(&key).is_some(),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -394,6 +412,25 @@ mod tests {
         spec(&format!(
             "name: {name}\nhosts: [{host}]\nbackend: {{process: {{command: [rouse-echo, --port, '{{port}}']}}}}\n"
         ))
+    }
+
+    #[test]
+    fn a_change_lands_only_when_newer_and_a_delete_only_when_known() {
+        let mut entries = BTreeMap::new();
+        let (key, second) = entry(2, Source::Api, echo("a", "a.localhost"));
+        assert!(apply_change(&mut entries, key.clone(), Some(second)));
+        let (_, first) = entry(1, Source::Api, echo("a", "old.localhost"));
+        assert!(
+            !apply_change(&mut entries, key.clone(), Some(first)),
+            "late redelivery"
+        );
+        assert_eq!(entries[&key].revision, 2);
+        assert!(apply_change(&mut entries, key.clone(), None));
+        assert!(
+            !apply_change(&mut entries, key, None),
+            "nothing left to delete"
+        );
+        assert!(entries.is_empty());
     }
 
     fn entry(revision: u64, source: Source, spec: ServiceConfig) -> (String, Entry) {

@@ -114,16 +114,7 @@ impl Registry {
         let mut state = self.lock();
         let mut changed = false;
         for (key, change) in batch {
-            changed |= match change {
-                Some(entry) => {
-                    let newer = catalog::is_newer(state.entries.get(&key), &entry);
-                    if newer {
-                        state.entries.insert(key, entry);
-                    }
-                    newer
-                }
-                None => state.entries.remove(&key).is_some(),
-            };
+            changed |= catalog::apply_change(&mut state.entries, key, change);
         }
         if changed {
             self.rebuild(&mut state);

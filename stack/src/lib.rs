@@ -65,7 +65,7 @@ pub use http::{http_get, metric_value, wait_http_ok};
 pub use nats::NatsServer;
 pub use nats_cluster::{NatsCluster, CLUSTER_NAME};
 pub use proc::{read_lossy, Proc};
-pub use stack::{ProxyNode, Stack, StackBuilder, STARTUP_DEADLINE};
+pub use stack::{leader_gauge, ProxyNode, Stack, StackBuilder, STARTUP_DEADLINE};
 
 /// How often the polling helpers re-check their condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);

@@ -407,8 +407,9 @@ impl StackBuilder {
     }
 }
 
-/// `rouse_controller_leader` in a controller's `/metrics` page.
-fn leader_gauge(metrics: &str) -> Option<f64> {
+/// `rouse_controller_leader` in a controller's `/metrics` page (1 leading,
+/// 0 standing by).
+pub fn leader_gauge(metrics: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("rouse_controller_leader "))
@@ -579,31 +580,32 @@ impl Stack {
     /// Polls the controller's `/metrics` until `rouse_controller_leader` is
     /// 1, failing early if it exits; the error carries all logs.
     async fn wait_controller_leading(&mut self) -> anyhow::Result<()> {
-        let start = tokio::time::Instant::now();
-        let rounds = self.startup_deadline.as_millis() / crate::POLL_INTERVAL.as_millis() + 2;
-        for _ in 0..rounds {
-            if let Some(status) = self.controller.try_exit() {
-                anyhow::bail!(
-                    "rouse-controller exited ({status}) before it led\n{}",
-                    self.dump_logs()
-                );
-            }
-            let page = crate::http_get(self.controller_admin, "/metrics", Duration::from_secs(5));
-            if let Ok((200, text)) = page.await {
-                if leader_gauge(&text) == Some(1.0) {
-                    return Ok(());
+        let admin = self.controller_admin;
+        let controller = &mut self.controller;
+        let outcome = crate::poll(self.startup_deadline, || {
+            let exited = controller.try_exit();
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(status));
                 }
+                let page = crate::http_get(admin, "/metrics", Duration::from_secs(5)).await;
+                let (code, text) = page.ok()?;
+                (code == 200 && leader_gauge(&text) == Some(1.0)).then_some(Ok(()))
             }
-            if start.elapsed() >= self.startup_deadline {
-                break;
-            }
-            tokio::time::sleep(crate::POLL_INTERVAL).await;
+        })
+        .await;
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(status)) => anyhow::bail!(
+                "rouse-controller exited ({status}) before it led\n{}",
+                self.dump_logs()
+            ),
+            None => anyhow::bail!(
+                "rouse-controller did not take the lease within {:?}\n{}",
+                self.startup_deadline,
+                self.dump_logs()
+            ),
         }
-        anyhow::bail!(
-            "rouse-controller did not take the lease within {:?}\n{}",
-            self.startup_deadline,
-            self.dump_logs()
-        )
     }
 
     /// Polls `GET addr/path` until 200, failing early if the process (proxy

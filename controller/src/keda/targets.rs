@@ -122,14 +122,7 @@ impl catalog::Sink for KedaCatalog {
         let mut state = self.lock();
         let mut changed = false;
         for (key, change) in batch {
-            changed |= match change {
-                Some(entry) if catalog::is_newer(state.entries.get(&key), &entry) => {
-                    state.entries.insert(key, entry);
-                    true
-                }
-                Some(_) => false,
-                None => state.entries.remove(&key).is_some(),
-            };
+            changed |= catalog::apply_change(&mut state.entries, key, change);
         }
         if changed {
             self.refresh(&state);

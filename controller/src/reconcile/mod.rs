@@ -47,34 +47,21 @@ use crate::status::{ScaleEvent, StatusBoard};
 use publish::Published;
 use replicas::{Phase, ProbeEvent, Replicas};
 
-/// Resolves with the reason once `retire` (if any) says to end.
-async fn retired(retire: &mut Option<watch::Receiver<Retire>>) -> Retire {
+/// Resolves with what `retire` (if any) says once `wanted` holds for it:
+/// any reason to end (`!= No`), or, for a removal, the service back
+/// (`== Replace`).
+async fn retired(
+    retire: &mut Option<watch::Receiver<Retire>>,
+    wanted: impl Fn(Retire) -> bool,
+) -> Retire {
     let Some(receiver) = retire else {
         return std::future::pending().await;
     };
-    let why = receiver
-        .wait_for(|why| *why != Retire::No)
-        .await
-        .map(|why| *why);
+    let why = receiver.wait_for(|why| wanted(*why)).await.map(|why| *why);
     match why {
         Ok(why) => why,
         // The fleet is gone: only shutdown ends the loop now.
         Err(_) => std::future::pending().await,
-    }
-}
-
-/// Resolves once `retire` says the service is back (see
-/// [`Retire::Replace`]); never while it stays removed.
-async fn replaced(retire: &mut Option<watch::Receiver<Retire>>) {
-    let Some(receiver) = retire else {
-        return std::future::pending().await;
-    };
-    if receiver
-        .wait_for(|why| *why == Retire::Replace)
-        .await
-        .is_err()
-    {
-        std::future::pending::<()>().await;
     }
 }
 
@@ -226,7 +213,7 @@ impl ServiceLoop {
             let cause = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break Retire::No,
-                why = retired(&mut retire) => break why,
+                why = retired(&mut retire, |why| why != Retire::No) => break why,
                 Some(event) = self.probe_rx.recv() => {
                     self.on_probe(event);
                     "message"
@@ -282,7 +269,7 @@ impl ServiceLoop {
                         tracing::warn!(service = %self.name, "removal still had replicas after drain_timeout and more; stopping them");
                         break;
                     }
-                    () = replaced(&mut retire) => {
+                    _ = retired(&mut retire, |why| why == Retire::Replace) => {
                         tracing::info!(service = %self.name, "service defined again while draining; handing the replicas to the next loop");
                         return;
                     }
@@ -308,10 +295,6 @@ impl ServiceLoop {
             return;
         }
         self.sync_backend(now).await;
-        if self.removing {
-            self.remove_pass(now).await;
-            return;
-        }
         if self.follows_keda() {
             // KEDA's HPA sets the count; rouse follows the pods it makes.
             self.desired = self.active();
@@ -319,9 +302,32 @@ impl ServiceLoop {
             self.update_status(now);
             return;
         }
+        let active = self.active();
+        let decision = if self.removing {
+            // Zero, whatever the autoscaler, a pin or `min_replicas` say.
+            Decision {
+                replicas: 0,
+                reason: crate::autoscaler::Reason::Removed,
+            }
+        } else {
+            self.decide(now, active)
+        };
+        self.desired = decision.replicas;
+        if decision.replicas > active {
+            self.scale_up(decision, active, now).await;
+        } else if decision.replicas < active {
+            self.scale_down(decision, active, now).await;
+        }
+        self.progress_drains(now);
+        self.publish_endpoints(now).await;
+        self.update_status(now);
+    }
+
+    /// The replica count the autoscaler wants, within the pools' capacity,
+    /// a pin, and what a loop cut off from the reports must keep.
+    fn decide(&mut self, now: Instant, active: u32) -> Decision {
         let cut_off = self.cut_off(now);
         let observation = self.inbox.observations().observe(now);
-        let active = self.active();
         let measured = self.measured(now);
         let mut decision = self
             .autoscaler
@@ -340,32 +346,7 @@ impl ServiceLoop {
             // Without reports, "idle" only means "cut off": keep what serves.
             decision.replicas = active;
         }
-        self.desired = decision.replicas;
-        if decision.replicas > active {
-            self.scale_up(decision, active, now).await;
-        } else if decision.replicas < active {
-            self.scale_down(decision, active, now).await;
-        }
-        self.progress_drains(now);
-        self.publish_endpoints(now).await;
-        self.update_status(now);
-    }
-
-    /// A pass of a removed service: zero replicas wanted, whatever the
-    /// autoscaler, a pin or `min_replicas` say; drains run their course.
-    async fn remove_pass(&mut self, now: Instant) {
-        let active = self.active();
-        self.desired = 0;
-        if active > 0 {
-            let decision = Decision {
-                replicas: 0,
-                reason: crate::autoscaler::Reason::Removed,
-            };
-            self.scale_down(decision, active, now).await;
-        }
-        self.progress_drains(now);
-        self.publish_endpoints(now).await;
-        self.update_status(now);
+        decision
     }
 
     /// Whether the loop is cut off from the proxies' reports: NATS is

@@ -223,11 +223,10 @@ async fn a_removed_service_drains_its_replicas_before_stopping_them() {
     );
 }
 
-/// A service defined again while its replicas drain gets them back: the
-/// draining loop ends without stopping them, for the next loop to adopt.
-#[tokio::test(start_paused = true)]
-async fn a_service_defined_again_while_draining_keeps_its_replicas() {
-    let mut h = Harness::new();
+/// Starts the loop, warms one replica, removes the service while the
+/// proxy has a request in flight on it, and returns the replica once the
+/// proxies see it draining.
+async fn removed_with_a_request_in_flight(h: &mut Harness) -> String {
     h.start();
     let id = h.warm().await;
     h.retire(Retire::Remove);
@@ -237,6 +236,15 @@ async fn a_service_defined_again_while_draining_keeps_its_replicas() {
             == [id.clone()])
             .await
     );
+    id
+}
+
+/// A service defined again while its replicas drain gets them back: the
+/// draining loop ends without stopping them, for the next loop to adopt.
+#[tokio::test(start_paused = true)]
+async fn a_service_defined_again_while_draining_keeps_its_replicas() {
+    let mut h = Harness::new();
+    let id = removed_with_a_request_in_flight(&mut h).await;
     h.retire(Retire::Replace);
     assert!(h.until(secs(5), |h| h.ended()).await, "the loop hands over");
     assert!(h.backend.state().stopped.is_empty(), "nothing was stopped");
@@ -248,15 +256,7 @@ async fn a_service_defined_again_while_draining_keeps_its_replicas() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_while_a_removal_drains_stops_every_replica() {
     let mut h = Harness::new();
-    h.start();
-    let id = h.warm().await;
-    h.retire(Retire::Remove);
-    let busy = |h: &Harness| vec![(h.backend.running()[0].clone(), 1)];
-    assert!(
-        h.reporting_until(secs(5), busy, |h| h.endpoints(EndpointState::Draining)
-            == [id.clone()])
-            .await
-    );
+    let id = removed_with_a_request_in_flight(&mut h).await;
     let backend = Arc::clone(&h.backend);
     h.stop().await;
     assert_eq!(backend.state().stopped, [id]);
