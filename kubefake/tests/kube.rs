@@ -916,7 +916,13 @@ async fn pod_metrics_are_measured_from_the_pods_processes() -> anyhow::Result<()
         Some(&"busy".to_string())
     );
 
-    let one = metrics.get(&idle).await?;
+    // The idle pod shows up once its own samples span the least window,
+    // which need not be by the time the busy one's do.
+    let one = eventually("the idle pod's metrics", DEADLINE, || {
+        let (metrics, idle) = (metrics.clone(), idle.clone());
+        async move { metrics.get(&idle).await.ok() }
+    })
+    .await?;
     let idle_cores = cores(&one).context("idle cpu")?;
     assert!(idle_cores < 0.2, "the idle pod used {idle_cores} cores");
 
