@@ -82,9 +82,13 @@ async fn status_shows_every_service_as_a_table_and_as_json() {
     ])
     .await;
     cluster
-        .wait_status("warm", "one replica ready", Duration::from_secs(60), |s| {
-            s.ready == 1
-        })
+        // The proxy's first load report can come after the replica is ready.
+        .wait_status(
+            "warm",
+            "one replica ready and the proxy reporting",
+            Duration::from_secs(60),
+            |s| s.ready == 1 && s.proxies == 1,
+        )
         .await;
 
     let table = run(&cluster, &["status"]).await;
