@@ -12,7 +12,9 @@
 //!   ([`Retire::Remove`]): proxies have already dropped its routes, and
 //!   finish what they have in flight; a service defined again while its
 //!   replicas drain gets them back (the draining loop hands them over as a
-//!   changed definition would).
+//!   changed definition would). The drain is recorded in
+//!   [`crate::removals`] while it lasts, and once the catalog is read, a
+//!   new leader finishes the ones a previous leader left.
 //!
 //! The fleet also seeds the bucket with the file's services (`source:
 //! file`), and removes seeded entries the file no longer has, so proxies
@@ -34,6 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::intake::{Inbox, Inboxes};
 use crate::reconcile::{Retire, ServiceLoop, Wiring};
+use crate::removals::Removals;
 
 /// What changes the services in force.
 #[derive(Debug)]
@@ -56,6 +59,13 @@ pub trait Builder: Send {
         inbox: &Arc<Inbox>,
     ) -> anyhow::Result<Arc<dyn crate::backend::Backend>>;
     fn wiring(&self, spec: &ServiceConfig) -> Wiring;
+}
+
+/// What the fleet's task takes up next.
+enum Next {
+    Command(Command),
+    /// A removal's loop ended.
+    Retired(String),
 }
 
 struct Running {
@@ -90,6 +100,12 @@ pub struct Fleet {
     rejected: Vec<Rejection>,
     /// The file's services at start are running: later starts are news.
     started: bool,
+    removals: Removals,
+    /// The catalog has been read (a [`Command::Replace`]) and the removals
+    /// a previous leader left looked at: only then is a service known to
+    /// be gone rather than not read yet.
+    catalog_read: bool,
+    resumed: bool,
 }
 
 impl Fleet {
@@ -98,6 +114,7 @@ impl Fleet {
         inboxes: Arc<Inboxes>,
         pins: Arc<DashMap<String, u32>>,
         builder: Box<dyn Builder>,
+        removals: Removals,
     ) -> Self {
         let (retired_tx, retired_rx) = mpsc::unbounded_channel();
         Self {
@@ -112,6 +129,9 @@ impl Fleet {
             builder,
             rejected: Vec::new(),
             started: false,
+            removals,
+            catalog_read: false,
+            resumed: false,
         }
     }
 
@@ -129,15 +149,21 @@ impl Fleet {
             return;
         };
         loop {
-            let command = tokio::select! {
-                command = commands.recv() => command,
-                Some(name) = retired.recv() => {
-                    self.retired(&name);
-                    continue;
-                }
+            // The arms only pick: the shutdown guard must not live across
+            // the awaits that follow.
+            let next = tokio::select! {
+                command = commands.recv() => command.map(Next::Command),
+                Some(name) = retired.recv() => Some(Next::Retired(name)),
                 _ = shutdown.wait_for(|stop| *stop) => None,
             };
-            let Some(command) = command else { break };
+            let command = match next {
+                Some(Next::Command(command)) => command,
+                Some(Next::Retired(name)) => {
+                    self.retired(&name).await;
+                    continue;
+                }
+                None => break,
+            };
             // A burst (thousands of services seeded at once) is merged once.
             let mut changed = self.take(command);
             while let Ok(command) = commands.try_recv() {
@@ -146,17 +172,29 @@ impl Fleet {
             if changed {
                 self.apply().await;
             }
+            if self.catalog_read && !self.resumed {
+                self.resumed = true;
+                self.resume_removals().await;
+            }
         }
         let loops = self.running.into_values().map(|running| running.task);
+        let names: Vec<String> = self.removing.keys().cloned().collect();
         let removals = self.removing.into_values().map(|removal| removal.task);
         futures::future::join_all(loops.chain(removals)).await;
+        // Shutdown stopped what the removals had left: nothing to hand on.
+        for name in names {
+            self.removals.ended(&name).await;
+        }
     }
 
     /// Takes in one command; returns whether anything changed.
     fn take(&mut self, command: Command) -> bool {
         match command {
             Command::File(file) => self.file = file,
-            Command::Replace(entries) => self.entries = entries,
+            Command::Replace(entries) => {
+                self.entries = entries;
+                self.catalog_read = true;
+            }
             Command::Change(key, change) => {
                 return catalog::apply_change(&mut self.entries, key, change.map(|entry| *entry))
             }
@@ -182,7 +220,7 @@ impl Fleet {
             .cloned()
             .collect();
         for name in gone {
-            self.remove(&name);
+            self.remove(&name).await;
         }
         for spec in merged.specs() {
             match self.running.get(&spec.name) {
@@ -211,6 +249,7 @@ impl Fleet {
             // It hands its replicas over to the loop started below.
             let _ = removal.retire.send(Retire::Replace);
             let _ = removal.task.await;
+            self.removals.ended(&spec.name).await;
         }
         let (retire, retired) = watch::channel(Retire::No);
         let wiring = self.builder.wiring(spec);
@@ -243,12 +282,54 @@ impl Fleet {
     /// Tells a removed service's loop to drain and stop its replicas. Its
     /// inbox stays until the loop ends (the drain needs the proxies'
     /// reports), unless the service is defined again first.
-    fn remove(&mut self, name: &str) {
-        let Some(Running { retire, task, .. }) = self.running.remove(name) else {
+    async fn remove(&mut self, name: &str) {
+        let Some(Running { spec, retire, task }) = self.running.remove(name) else {
             return;
         };
         tracing::info!(service = %name, "service removed");
+        // Recorded before the drain starts, for a leader taking over.
+        self.removals.begun(&spec).await;
         let _ = retire.send(Retire::Remove);
+        self.track_removal(name, retire, task);
+    }
+
+    /// Finishes the removals a previous leader began whose services are
+    /// still gone; forgets those defined again (their loop adopted the
+    /// replicas).
+    async fn resume_removals(&mut self) {
+        for spec in self.removals.pending().await {
+            if self.running.contains_key(&spec.name) {
+                self.removals.ended(&spec.name).await;
+            } else if !self.removing.contains_key(&spec.name) {
+                self.resume_removal(spec).await;
+            }
+        }
+    }
+
+    async fn resume_removal(&mut self, spec: ServiceConfig) {
+        let inbox = self.inboxes.open(&spec.name);
+        let backend = match self.builder.backend(&spec, &inbox).await {
+            Ok(backend) => backend,
+            Err(err) => {
+                // The record stays: a later leader may build it.
+                tracing::error!(service = %spec.name, error = format!("{err:#}"), "cannot build the backend of a removed service; the replicas its removal left are not stopped");
+                self.inboxes
+                    .remove_if(&spec.name, |_, current| Arc::ptr_eq(current, &inbox));
+                return;
+            }
+        };
+        tracing::info!(service = %spec.name, "finishing the removal a previous leader began");
+        // A loop told to remove from the start drains whatever it adopts.
+        let (retire, retired) = watch::channel(Retire::Remove);
+        let wiring = self.builder.wiring(&spec);
+        let service_loop =
+            ServiceLoop::new(spec.clone(), backend, inbox, wiring).retired_by(retired);
+        let task = tokio::spawn(service_loop.run());
+        self.track_removal(&spec.name, retire, task);
+    }
+
+    /// Keeps a draining loop among the removals until it ends.
+    fn track_removal(&mut self, name: &str, retire: watch::Sender<Retire>, task: JoinHandle<()>) {
         let done = self.retired_tx.clone();
         let owned_name = name.to_string();
         let task = tokio::spawn(async move {
@@ -265,7 +346,7 @@ impl Fleet {
 
     /// A removal's loop has ended: its inbox goes, unless the service was
     /// started again meanwhile (then it is no longer a removal).
-    fn retired(&mut self, name: &str) {
+    async fn retired(&mut self, name: &str) {
         let Some(removal) = self.removing.remove(name) else {
             return;
         };
@@ -273,6 +354,7 @@ impl Fleet {
             self.inboxes
                 .remove_if(name, |_, current| Arc::ptr_eq(current, &inbox));
         }
+        self.removals.ended(name).await;
     }
 }
 

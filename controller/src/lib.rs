@@ -33,6 +33,7 @@ mod observations;
 mod probe;
 mod proxies;
 mod reconcile;
+mod removals;
 mod run;
 mod status;
 

@@ -176,6 +176,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&inboxes),
         Arc::clone(&pins),
         Box::new(builder),
+        crate::removals::Removals::new(
+            js.clone(),
+            bus.replicas,
+            format!("rouse-controller {}", config.controller.id),
+            metrics.bus_rejected.clone(),
+        ),
     );
     let fleet = tokio::spawn(fleet.run(command_rx, shutdown_rx));
     tokio::spawn(fleet::follow_pins(bus.clone(), pins, Arc::clone(&inboxes)));

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::NatsConfig;
 use crate::subjects::{
-    ENDPOINTS_BUCKET, EVENTS_STREAM, LEASES_BUCKET, PINS_BUCKET, SERVICES_BUCKET,
+    ENDPOINTS_BUCKET, EVENTS_STREAM, LEASES_BUCKET, PINS_BUCKET, REMOVALS_BUCKET, SERVICES_BUCKET,
 };
 
 /// Why talking to NATS failed.
@@ -200,6 +200,14 @@ pub async fn services_bucket(
 /// The pins bucket (`rouse-pins`), created if missing.
 pub async fn pins_bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, BusError> {
     kv_bucket(js, PINS_BUCKET, "pins bucket", replicas).await
+}
+
+/// The bucket of removals under way (`rouse-removals`), created if missing.
+pub async fn removals_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, BusError> {
+    kv_bucket(js, REMOVALS_BUCKET, "removals bucket", replicas).await
 }
 
 /// A KV bucket, its stream created by hand (see the module doc).

@@ -11,6 +11,9 @@ pub const LEASES_BUCKET: &str = "rouse-leases";
 pub const SERVICES_BUCKET: &str = "rouse-services";
 /// Replica counts fixed by an operator (`rouse scale --pin`), keyed by service.
 pub const PINS_BUCKET: &str = "rouse-pins";
+/// Removals a leading controller has begun and not finished (the
+/// definition it drains), keyed by service, for a leader that takes over.
+pub const REMOVALS_BUCKET: &str = "rouse-removals";
 /// JetStream stream keeping `scaled` events.
 pub const EVENTS_STREAM: &str = "ROUSE_EVENTS";
 

@@ -11,9 +11,11 @@
 //! - a new route table is built whole and swapped in atomically, so a
 //!   request sees either the old table or the new one, and requests to
 //!   services the change does not touch never notice it;
-//! - a removed service leaves the table at once (new requests get 404); what
-//!   it has in flight finishes, and the reporter keeps reporting it until
-//!   nothing is left.
+//! - a removed service leaves the table at once (new requests get 404, and
+//!   so do requests it held); what it has in flight finishes, the reporter
+//!   keeps reporting it until nothing is left, and endpoint sets still
+//!   reach it, so its replicas drain as they would at zero. Defined again
+//!   before then, it is the same object again.
 //!
 //! Endpoint sets are kept for every key of the endpoints bucket, so a
 //! service defined after its replicas were published starts with them.
@@ -22,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
@@ -50,6 +52,10 @@ struct State {
     file: Vec<ServiceConfig>,
     entries: BTreeMap<String, Entry>,
     by_name: HashMap<String, Arc<Service>>,
+    /// Removed services something still holds on to (requests in flight,
+    /// the reporter): they keep their endpoint sets, and come back as they
+    /// are if defined again.
+    retired: HashMap<String, Weak<Service>>,
     /// The latest endpoint set of every key, defined services or not.
     endpoint_sets: HashMap<String, EndpointSet>,
     rejected: Vec<Rejection>,
@@ -125,7 +131,11 @@ impl Registry {
     /// service of that name, if there is one now.
     pub fn apply_endpoints(&self, key: &str, set: EndpointSet) -> Vec<ApplyError> {
         let mut state = self.lock();
-        let problems = match state.by_name.get(key) {
+        let service = match state.by_name.get(key) {
+            Some(service) => Some(Arc::clone(service)),
+            None => state.retired.get(key).and_then(Weak::upgrade),
+        };
+        let problems = match service {
             Some(service) => service.apply(&set),
             None => Vec::new(),
         };
@@ -150,10 +160,14 @@ impl Registry {
         let mut in_order = Vec::with_capacity(services.len());
         let mut routes = Routes::default();
         for (spec, _) in &services {
-            let service = match state.by_name.get(&spec.name) {
+            let existing = match state.by_name.get(&spec.name) {
+                Some(existing) => Some(Arc::clone(existing)),
+                None => Self::revive(state, &spec.name),
+            };
+            let service = match existing {
                 Some(existing) => {
                     existing.update(spec, self.defaults);
-                    Arc::clone(existing)
+                    existing
                 }
                 None => self.create(spec, state),
             };
@@ -165,15 +179,28 @@ impl Registry {
             by_name.insert(spec.name.clone(), Arc::clone(&service));
             in_order.push(service);
         }
-        for name in state.by_name.keys() {
+        for (name, service) in &state.by_name {
             if !by_name.contains_key(name) {
                 tracing::info!(service = %name, "service removed");
+                service.retire();
+                state.retired.insert(name.clone(), Arc::downgrade(service));
             }
         }
+        state
+            .retired
+            .retain(|_, service| service.strong_count() > 0);
         state.by_name = by_name;
         state.built = true;
         self.routes.store(Arc::new(routes));
         self.services.store(Arc::new(in_order));
+    }
+
+    /// A removed service defined again while something still holds it.
+    fn revive(state: &mut State, name: &str) -> Option<Arc<Service>> {
+        let service = state.retired.remove(name)?.upgrade()?;
+        service.revive();
+        tracing::info!(service = %name, "service defined again before its last request ended");
+        Some(service)
     }
 
     fn create(&self, spec: &ServiceConfig, state: &State) -> Arc<Service> {
@@ -299,19 +326,23 @@ mod tests {
         assert_eq!(registry.services().len(), 1);
     }
 
-    #[test]
-    fn a_service_defined_after_its_endpoints_starts_with_them() {
-        let registry = registry(&[]);
-        let set = EndpointSet {
+    fn one_endpoint(generation: u64, state: EndpointState) -> EndpointSet {
+        EndpointSet {
             v: VERSION,
-            generation: 7,
+            generation,
             endpoints: vec![WireEndpoint {
                 id: "r1".into(),
                 addr: "127.0.0.1:9".into(),
-                state: EndpointState::Ready,
+                state,
                 pool_rank: None,
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn a_service_defined_after_its_endpoints_starts_with_them() {
+        let registry = registry(&[]);
+        let set = one_endpoint(7, EndpointState::Ready);
         assert!(registry.apply_endpoints("late", set).is_empty());
         registry.change("late", api(1, echo("late", "late.test", "5s")));
         let service = Arc::clone(&registry.services()[0]);
@@ -347,5 +378,90 @@ mod tests {
         std::fs::write(&path, "services:\n  - name: B!\n").expect("write");
         registry.reload_file(&path);
         assert_eq!(routed(&registry, "b.test").as_deref(), Some("b"));
+    }
+
+    /// Holds one request for `service` in a task; the task ends with the
+    /// hold's outcome and the status the client would get.
+    fn hold_one(service: &Arc<Service>) -> tokio::task::JoinHandle<(&'static str, u16)> {
+        let service = Arc::clone(service);
+        tokio::spawn(async move {
+            let (signals, _reports) = crate::report::Signals::channel();
+            let client = std::net::IpAddr::from([127, 0, 0, 1]);
+            let mut woke = false;
+            let started = std::time::Instant::now();
+            match crate::hold::wait_for_endpoint(&service, client, &signals, started, &mut woke)
+                .await
+            {
+                Ok(_) => ("leased", 200),
+                Err(err) => (err.hold_outcome(), err.status().as_u16()),
+            }
+        })
+    }
+
+    async fn until_held(service: &Service, count: usize) {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while service.hold.held() != count {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{count} held within 20 s");
+    }
+
+    /// Removal answers what the service held at once (404) instead of after
+    /// its hold timeout, still applies endpoint sets (so a drain's
+    /// generation is seen), and a definition before the last holder let go
+    /// brings back the same object, holding again.
+    #[tokio::test]
+    async fn a_removed_service_answers_its_held_requests_and_still_follows_its_endpoints() {
+        let registry = registry(&[]);
+        registry.change("gone", api(1, echo("gone", "gone.test", "300s")));
+        let service = registry.service("gone").expect("defined");
+        let held = hold_one(&service);
+        until_held(&service, 1).await;
+
+        registry.change("gone", None);
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(20), held)
+            .await
+            .expect("answered long before the 300 s hold timeout")
+            .expect("task");
+        assert_eq!(answered, ("removed", 404));
+        assert_eq!(
+            *service.phase.borrow(),
+            crate::wake_phase::WakePhase::Removed
+        );
+        // A request that found the old table is not held either.
+        let late = hold_one(&service).await.expect("task");
+        assert_eq!(late, ("removed", 404));
+
+        registry.apply_endpoints("gone", one_endpoint(9, EndpointState::Draining));
+        assert_eq!(service.endpoints.load().generation, 9);
+
+        registry.change("gone", api(2, echo("gone", "gone.test", "300s")));
+        let again = registry.service("gone").expect("defined again");
+        assert!(Arc::ptr_eq(&again, &service), "the same object");
+        assert_eq!(*again.phase.borrow(), crate::wake_phase::WakePhase::Waking);
+        let held = hold_one(&again);
+        until_held(&again, 1).await;
+        registry.apply_endpoints("gone", one_endpoint(10, EndpointState::Ready));
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(20), held)
+            .await
+            .expect("released by the ready set")
+            .expect("task");
+        assert_eq!(answered, ("leased", 200));
+    }
+
+    /// Once nothing holds a removed service it is forgotten: a definition
+    /// then starts afresh.
+    #[test]
+    fn a_removed_service_nothing_holds_is_forgotten() {
+        let registry = registry(&[]);
+        registry.change("gone", api(1, echo("gone", "gone.test", "5s")));
+        let first = Arc::downgrade(&registry.service("gone").expect("defined"));
+        registry.change("gone", None);
+        assert!(first.upgrade().is_none(), "nothing keeps it");
+        registry.change("gone", api(2, echo("gone", "gone.test", "5s")));
+        assert!(!registry.service("gone").expect("defined").is_retired());
+        assert!(registry.lock().retired.is_empty());
     }
 }

@@ -52,6 +52,10 @@ pub enum ProxyError<'a> {
     /// No service matches the host and path.
     #[error("no service for host {host:?} and path {path:?}")]
     NoRoute { host: &'a str, path: &'a str },
+    /// The service was removed while the request was held: to the client
+    /// the same as no service at all.
+    #[error("service {} was removed while this request waited", .service.name)]
+    Removed { service: &'a Service },
     /// `hold.max_requests` are already waiting.
     #[error("service {} is starting and its queue is full", .service.name)]
     QueueFull { service: &'a Service },
@@ -110,6 +114,7 @@ impl ProxyError<'_> {
             Self::ClientHoldFull { .. } => "client_limit",
             Self::HoldTimeout { .. } => "timeout",
             Self::NoUsableReplica { .. } => "no_usable_replica",
+            Self::Removed { .. } => "removed",
             _ => "error",
         }
     }
@@ -120,7 +125,7 @@ impl ProxyError<'_> {
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ClientHoldFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::NoRoute { .. } | Self::Removed { .. } => StatusCode::NOT_FOUND,
             Self::QueueFull { .. } | Self::HoldTimeout { .. } | Self::NoUsableReplica { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -139,6 +144,7 @@ impl ProxyError<'_> {
             | Self::UriTooLong { .. }
             | Self::BodyTooLarge { .. }
             | Self::NoRoute { .. }
+            | Self::Removed { .. }
             | Self::Refused { .. }
             | Self::UpstreamFailed { .. }
             | Self::ResponseTimeout { .. } => None,
@@ -153,6 +159,7 @@ impl ProxyError<'_> {
             | Self::UriTooLong { .. }
             | Self::BodyTooLarge { .. }
             | Self::NoRoute { .. }
+            | Self::Removed { .. }
             | Self::Refused { .. }
             | Self::UpstreamFailed { .. }
             | Self::ResponseTimeout { .. } => None,
@@ -168,6 +175,7 @@ impl ProxyError<'_> {
                 Some(service)
             }
             Self::QueueFull { service }
+            | Self::Removed { service }
             | Self::HoldTimeout { service }
             | Self::NoUsableReplica { service }
             | Self::Refused { service }

@@ -5,7 +5,8 @@
 //! request waits in the service's bounded queue (`queue`) for the KV watcher
 //! to publish a ready set, and the first request held wakes the controller.
 //! Waiting ends with a lease, or with the 503 the contract sets for a full
-//! queue or for `hold.timeout`, or a 429 for a client over its share.
+//! queue or for `hold.timeout`, or a 429 for a client over its share, or
+//! the 404 of a service removed while its requests waited.
 //!
 //! This future is what hyper keeps, per connection, for every held request
 //! (10,000 at once in the burst benchmark), so it holds references and a
@@ -38,6 +39,9 @@ pub async fn wait_for_endpoint<'a>(
     let deadline = started + service.hold_timeout();
     let mut held = false;
     loop {
+        if service.is_retired() {
+            return Err(ProxyError::Removed { service });
+        }
         let admission = if held {
             service.hold.readmit(client, || service.has_ready())
         } else {
@@ -61,6 +65,10 @@ pub async fn wait_for_endpoint<'a>(
             }
             Admission::Held(mut ticket) => {
                 held = true;
+                // Joined after a removal released the queue: nobody will.
+                if service.is_retired() {
+                    return Err(ProxyError::Removed { service });
+                }
                 if ticket.first {
                     signals.wake(service);
                     *woke = true;

@@ -94,6 +94,9 @@ pub struct Service {
     /// Waiting pages following the wake now: like held requests, they keep
     /// the service wanted (reports count them as held).
     pub(crate) page_watchers: AtomicUsize,
+    /// Taken out of the catalog (`retire`): nothing more is held; what is
+    /// in flight finishes. Cleared if the service is defined again.
+    retired: AtomicBool,
 }
 
 /// What a service's settings fall back to: the proxy's own.
@@ -156,6 +159,7 @@ impl Service {
             page: ArcSwapOption::empty(),
             phase: tokio::sync::watch::Sender::new(WakePhase::Waking),
             page_watchers: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
         };
         service.update(
             config,
@@ -171,6 +175,32 @@ impl Service {
     /// cold service wanted (`wake` repeats, `held` in load reports).
     pub fn waiting(&self) -> usize {
         self.hold.held() + self.page_watchers.load(Ordering::Relaxed)
+    }
+
+    /// The service left the catalog: requests held now are answered at
+    /// once (404, as new ones are) instead of waiting out `hold.timeout`
+    /// for a replica that will not come, and waiting pages are told.
+    /// Requests in flight finish; endpoint sets still apply, so their
+    /// replicas drain as usual.
+    pub(crate) fn retire(&self) {
+        // Set before the release, which takes the queue lock that joining
+        // also takes: a request either is in the queue and woken, or joins
+        // after and sees the flag (`hold`).
+        self.retired.store(true, Ordering::SeqCst);
+        self.hold.release(usize::MAX);
+        self.phase.send_replace(WakePhase::Removed);
+    }
+
+    /// Defined again after `retire`, before the last request let go of it.
+    pub(crate) fn revive(&self) {
+        self.retired.store(false, Ordering::SeqCst);
+        let has_ready = !self.is_cold();
+        self.phase
+            .send_replace(WakePhase::Waking.after_endpoints(has_ready));
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// No replica is ready (draining ones do not count): a cold start, not

@@ -11,8 +11,9 @@
 //! query names the page's own path, so the stream reaches the very service
 //! that answered it, whatever its path routes). [`events`] streams the
 //! service's phase (`wake_phase`: `waking`, `starting`, `ready`) and ends
-//! with `ready`, on which the page reloads into the app, or with `timeout`
-//! after `hold.timeout`. Should events fail, the page falls back to one
+//! with `ready`, on which the page reloads into the app, with `removed`
+//! (the service left the catalog; the reload gets the 404), or with
+//! `timeout` after `hold.timeout`. Should events fail, the page falls back to one
 //! request the proxy holds (`x-rouse-no-page`), and without scripts to a
 //! `<meta refresh>`.
 //!
@@ -258,7 +259,7 @@ async fn stream(watcher: Watcher, timeout: Duration, tx: mpsc::Sender<Bytes>) {
             }
             sent = Some(phase);
         }
-        if phase == WakePhase::Ready {
+        if matches!(phase, WakePhase::Ready | WakePhase::Removed) {
             return;
         }
         tokio::select! {
@@ -370,5 +371,46 @@ mod tests {
             &event("starting")[..],
             b"event: starting\ndata: starting\n\n"
         );
+    }
+
+    /// A page waiting for a service that is removed is told so (and
+    /// reloads into the 404) instead of waiting out `hold.timeout`.
+    #[tokio::test]
+    async fn a_stream_ends_with_removed_when_its_service_is_removed() {
+        let spec: rouse_nats::config::ServiceConfig = serde_norway::from_str(
+            "name: w\nhosts: [w.test]\nbackend: {process: {command: [x]}}\nhold: {browser_page: true}\n",
+        )
+        .expect("spec");
+        let metrics = crate::metrics::ProxyMetrics::new();
+        let service = Arc::new(Service::new(
+            &spec,
+            Duration::from_secs(1),
+            metrics.for_service("w"),
+        ));
+        let watcher = Watcher::new(&service).expect("room for a stream");
+        let (tx, mut rx) = mpsc::channel(4);
+        let streaming = tokio::spawn(stream(watcher, Duration::from_secs(300), tx));
+        let events = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut got = Vec::new();
+            got.push(rx.recv().await);
+            got.push(rx.recv().await);
+            service.retire();
+            while let Some(bytes) = rx.recv().await {
+                got.push(Some(bytes));
+            }
+            got
+        })
+        .await
+        .expect("the stream ends long before its 300 s");
+        assert_eq!(
+            events,
+            vec![
+                Some(Bytes::from_static(b"retry: 1000\n\n")),
+                Some(event("waking")),
+                Some(event("removed")),
+            ]
+        );
+        streaming.await.expect("stream task");
+        assert_eq!(service.page_watchers.load(Ordering::SeqCst), 0);
     }
 }

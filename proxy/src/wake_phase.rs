@@ -9,6 +9,10 @@
 //!   started replicas) and none is ready yet;
 //! - `ready`: the endpoint set from KV has a ready replica.
 //!
+//! And one end that is not a step up: `removed`, the service left the
+//! catalog while the page waited (the page reloads into the proxy's 404).
+//! It stays until the service is defined again.
+//!
 //! Each service keeps its phase in a `watch` channel: the endpoint watcher
 //! and the `scaled` follower here write it, and every open event stream of
 //! a waiting page reads it. The data path never touches it on a warm
@@ -29,6 +33,7 @@ pub enum WakePhase {
     Waking,
     Starting,
     Ready,
+    Removed,
 }
 
 impl WakePhase {
@@ -38,12 +43,14 @@ impl WakePhase {
             WakePhase::Waking => "waking",
             WakePhase::Starting => "starting",
             WakePhase::Ready => "ready",
+            WakePhase::Removed => "removed",
         }
     }
 
     /// The phase after an endpoint set with or without a ready replica.
     pub fn after_endpoints(self, has_ready: bool) -> WakePhase {
         match (has_ready, self) {
+            (_, WakePhase::Removed) => WakePhase::Removed,
             (true, _) => WakePhase::Ready,
             // Back at zero (or every replica draining): waiting again.
             (false, WakePhase::Ready) => WakePhase::Waking,
@@ -56,6 +63,7 @@ impl WakePhase {
     pub fn after_scaled(self, to: u32) -> WakePhase {
         match (self, to) {
             (WakePhase::Ready, _) => WakePhase::Ready,
+            (WakePhase::Removed, _) => WakePhase::Removed,
             (_, 0) => WakePhase::Waking,
             (_, _) => WakePhase::Starting,
         }
@@ -108,5 +116,11 @@ mod tests {
         assert_eq!(Starting.after_endpoints(true), Ready);
         assert_eq!(Waking.after_endpoints(true), Ready);
         assert_eq!(Ready.after_endpoints(false), Waking);
+        assert_eq!(
+            Removed.after_endpoints(true),
+            Removed,
+            "only a new definition"
+        );
+        assert_eq!(Removed.after_scaled(1), Removed, "only a new definition");
     }
 }
