@@ -81,9 +81,14 @@ async fn container_concurrency_is_never_exceeded() {
         cluster.fail(&format!("statuses {statuses:?}")).await;
     }
     let status = cluster
-        .wait_status("capped", "replicas listed", Duration::from_secs(30), |s| {
-            s.ready >= 1
-        })
+        // Every listed replica ready: one still starting (the last wave of
+        // the burst) may not listen yet, and has no counters to ask.
+        .wait_status(
+            "capped",
+            "every listed replica ready",
+            Duration::from_secs(60),
+            |s| s.ready >= 1 && s.replicas.iter().all(|r| r.state == "ready"),
+        )
         .await;
     let mut total = 0;
     let mut used = 0;
@@ -172,7 +177,10 @@ async fn a_frozen_replica_leaves_rotation_and_comes_back() {
         .min_replicas(2)
         .max_replicas(2)
         .readiness_period("300ms")
-        .scale_to_zero_after("300s")])
+        .scale_to_zero_after("300s")
+        // A request the frozen replica accepted (the kernel does) fails in
+        // seconds rather than a minute; only the wait below may meet one.
+        .key("response_timeout", "3s")])
     .await;
     let status = cluster
         .wait_status(
@@ -211,6 +219,25 @@ async fn a_frozen_replica_leaves_rotation_and_comes_back() {
                     .iter()
                     .any(|r| r.id == victim.id && r.state == "starting")
                     && s.ready == 1
+            },
+        )
+        .await;
+    // The controller's status can be ahead of the proxy's KV watch by a
+    // moment: wait for the proxy to route around the frozen replica too.
+    let in_a_row = std::sync::atomic::AtomicU32::new(0);
+    let (in_a_row, victim_id) = (&in_a_row, victim.id.as_str());
+    cluster
+        .wait_until(
+            "the proxy routes 5 requests in a row to the healthy replica",
+            Duration::from_secs(60),
+            || async {
+                let resp = cluster.get(HOST, "/").await;
+                if resp.status == 200 && !resp.text().contains(victim_id) {
+                    in_a_row.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= 5
+                } else {
+                    in_a_row.store(0, std::sync::atomic::Ordering::SeqCst);
+                    false
+                }
             },
         )
         .await;

@@ -129,9 +129,20 @@ async fn status_shows_every_service_as_a_table_and_as_json() {
         "sorted by name: {table:#?}"
     );
 
-    let doc = run(&cluster, &["status", "warm", "-o", "json"])
-        .await
-        .json();
+    // A proxy counts while its last heartbeat is under 3 report intervals
+    // old (600 ms here): a starved machine can miss that between two reads.
+    let doc = cluster
+        .poll_until(
+            "rouse status -o json counts the proxy",
+            Duration::from_secs(30),
+            || async {
+                let doc = run(&cluster, &["status", "warm", "-o", "json"])
+                    .await
+                    .json();
+                (doc["services"][0]["proxies"] == 1).then_some(doc)
+            },
+        )
+        .await;
     let services = doc["services"].as_array().expect("services");
     assert_eq!(services.len(), 1, "{doc}");
     let warm = &services[0];

@@ -381,7 +381,7 @@ async fn nats_restart_under_load_loses_nothing_and_wakes_resume() {
     eprintln!("nats restart: {} requests, none failed", records.len());
 }
 
-/// Fault 5: SIGTERM to the proxy with 4 slow requests (`/sleep/2000`) in
+/// Fault 5: SIGTERM to the proxy with 4 slow requests (`/sleep/5000`) in
 /// flight while a probe opens a fresh connection every 25 ms. Lost:
 /// nothing: every slow request gets 200; every probe gets a 200 or, once
 /// the listener is closed, a refused connection (never a reset, a hang or
@@ -407,7 +407,7 @@ async fn proxy_sigterm_under_load_finishes_in_flight_and_refuses_new_connections
                     reqwest::Method::GET,
                     addr,
                     HOST,
-                    "/sleep/2000",
+                    "/sleep/5000",
                     None,
                 )
                 .await

@@ -286,7 +286,9 @@ async fn a_standby_takes_the_lease_from_a_killed_leader_and_nothing_is_doubled()
         Duration::from_secs(15),
         || async {
             let doc = http::services(standby_admin).await.ok()?;
-            ServiceStatus::find(&doc, "kha").filter(|s| s.ready == 1)
+            // Adoption shows the pod ready a pass before the loop has
+            // decided its count.
+            ServiceStatus::find(&doc, "kha").filter(|s| s.ready == 1 && s.desired == 1)
         },
     )
     .await;

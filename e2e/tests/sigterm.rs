@@ -3,7 +3,7 @@
 //! finish in-flight requests (bounded), exit 0").
 //!
 //! A rolling restart of the proxy must not cut requests; this sends SIGTERM
-//! while a 2 s request is in flight and checks both the response and the
+//! while an 8 s request is in flight and checks both the response and the
 //! exit code.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use rouse_e2e::{Cluster, Service};
 
 const HOST: &str = "term.localhost";
 
-/// Criterion 10: SIGTERM with `/sleep/2000` in flight → that request still
+/// Criterion 10: SIGTERM with `/sleep/8000` in flight → that request still
 /// gets 200, and the proxy exits with code 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_exits_0() {
@@ -27,7 +27,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
             reqwest::Method::GET,
             addr,
             HOST,
-            "/sleep/2000",
+            "/sleep/8000",
             None,
         )
         .await
@@ -47,7 +47,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
         .await;
     assert!(
         !in_flight.is_finished(),
-        "the 2 s request finished before SIGTERM"
+        "the 8 s request finished before SIGTERM"
     );
 
     cluster.proxy_proc(0).sigterm();

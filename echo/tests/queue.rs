@@ -403,9 +403,11 @@ async fn sigterm_finishes_and_acks_the_message_in_hand() {
     nats.create_queue("30s").await;
     let mut worker = Worker::start(&nats, "worker-slow", 0).await;
     nats.wait_for_pulls(1).await;
+    // Taken before publishing: the worker may start its work before the
+    // publisher has even exited.
+    let published = Instant::now();
     nats.publish_ids(1, &["--work-ms", &WORK.as_millis().to_string()])
         .await;
-    let published = Instant::now();
 
     // Delivered and not acked while it is being worked on.
     let in_hand = poll(DEADLINE, || async {

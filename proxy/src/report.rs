@@ -482,7 +482,10 @@ mod tests {
             .expect("subscription open");
         assert_eq!(message.subject.as_str(), "rouse.load.busy");
         let load: Load = messages::decode(&message.payload).expect("a load");
-        assert_eq!((load.arrivals, load.in_flight), (1, 1));
+        assert_eq!(load.in_flight, 1);
+        // A tick can beat the signal (the service is enlisted first): then
+        // that report took the arrival, with a lower seq. Once, either way.
+        let mut arrivals = load.arrivals;
 
         // Reported while busy, with seq numbers above the immediate one.
         let mut seen = 0;
@@ -490,7 +493,10 @@ mod tests {
             let report = next_report(&mut reports).await;
             assert!(!names(&report).contains(&"idle"), "{report:?}");
             if names(&report) == ["busy"] {
-                assert!(report.seq > load.seq);
+                arrivals += report.services[0].arrivals;
+                if report.seq < load.seq {
+                    continue;
+                }
                 assert_eq!(report.services[0].in_flight, 1);
                 seen += 1;
                 if seen == 3 {
@@ -499,6 +505,7 @@ mod tests {
             }
         }
         assert_eq!(seen, 3, "the busy service was reported in every report");
+        assert_eq!(arrivals, 1, "the arrival was reported once");
 
         busy.counters.in_flight.store(0, Ordering::SeqCst);
         busy.counters.completed.fetch_add(1, Ordering::SeqCst);
@@ -531,7 +538,8 @@ mod tests {
             .expect("an immediate load again")
             .expect("subscription open");
         let again: Load = messages::decode(&message.payload).expect("a load");
-        assert_eq!((again.arrivals, again.in_flight), (1, 1));
+        assert_eq!(again.in_flight, 1);
+        assert!(again.arrivals <= 1, "{again:?}");
         let mut back = false;
         for _ in 0..50 {
             if names(&next_report(&mut reports).await) == ["busy"] {
