@@ -33,7 +33,7 @@
 //!   the route table swapped whole on every change.
 //! - `observe`: what a request tells once its response has ended: the
 //!   `access_log` line and the `trace` (OpenTelemetry) spans; off unless
-//!   configured.
+//!   configured. Both leave the request path through a `batch_queue`.
 //! - `endpoints`: keeps endpoint sets current from NATS KV.
 //! - `limits`: raises the file-descriptor limit at start-up.
 //! - `report`: tells the controller about load (`wake`, `load`).
@@ -44,6 +44,7 @@
 mod access_log;
 mod admin;
 mod balance;
+mod batch_queue;
 mod catalog;
 mod completion;
 mod endpoints;

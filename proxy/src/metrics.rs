@@ -45,6 +45,8 @@ pub struct ProxyMetrics {
     pub tls_reload_errors: Counter,
     /// Access log lines dropped because the writer was behind.
     pub access_log_dropped: Counter,
+    /// Spans dropped because the exporter was behind.
+    pub trace_spans_dropped: Counter,
 }
 
 impl Default for ProxyMetrics {
@@ -68,6 +70,7 @@ impl ProxyMetrics {
         let tls_reloads = Counter::default();
         let tls_reload_errors = Counter::default();
         let access_log_dropped = Counter::default();
+        let trace_spans_dropped = Counter::default();
         registry.register(
             "rouse_requests",
             "Requests answered, by service and status code",
@@ -128,6 +131,11 @@ impl ProxyMetrics {
             "Access log lines dropped because the writer was behind (requests never wait for it)",
             access_log_dropped.clone(),
         );
+        registry.register(
+            "rouse_trace_spans_dropped",
+            "Spans dropped because the exporter was behind (requests never wait for it)",
+            trace_spans_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -142,6 +150,7 @@ impl ProxyMetrics {
             tls_reloads,
             tls_reload_errors,
             access_log_dropped,
+            trace_spans_dropped,
         }
     }
 

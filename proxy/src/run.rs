@@ -206,7 +206,8 @@ fn start_observers(
         observing.writer = Some((stop, task));
     }
     if let Some(tracing_config) = &config.tracing {
-        let (tracing, exporter) = crate::trace::start(tracing_config)?;
+        let (tracing, exporter) =
+            crate::trace::start(tracing_config, metrics.trace_spans_dropped.clone())?;
         observers.tracing = Some(tracing);
         observing.exporter = Some(exporter);
     }

@@ -3,16 +3,14 @@
 //! A request takes an [`Entry`] at arrival (its head: a few reference-counted
 //! handles, no string copies) and fills in the rest as it goes; when its
 //! response body has ended (`observe`), the entry is pushed onto a bounded
-//! lock-free queue ([`Queue`]). A full queue drops the line and counts it
+//! lock-free queue ([`BatchQueue`]). A full queue drops the line and counts it
 //! (`rouse_access_log_dropped_total`): a request never waits for the log.
 //! One writer task (`writer`) takes the queued lines in batches, formats
 //! them (`format`) into a buffered file and flushes on a timer and at
 //! shutdown.
 //!
 //! The writer is woken only when it has gone idle (nothing came for a
-//! batch pause), not per line: a wake is a futex call across threads, and
-//! one per request cost as much kernel time as the request's own socket
-//! work (bench/README.md, "What the access log and tracing cost").
+//! batch pause), not per line (see [`BatchQueue`]).
 //!
 //! Sampling (`sample`) is decided when the entry is complete, so that a
 //! response of 500 or more is always logged.
@@ -21,18 +19,18 @@ mod format;
 mod writer;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_queue::ArrayQueue;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use prometheus_client::metrics::counter::Counter;
 use rouse_nats::config::AccessLogConfig;
-use tokio::sync::Notify;
 
 pub use writer::Writer;
+
+use crate::batch_queue::BatchQueue;
 
 /// What one line says about one request.
 #[derive(Debug)]
@@ -68,56 +66,8 @@ impl Entry {
     }
 }
 
-/// The lines on their way to the writer, and how it is woken.
-pub struct Queue {
-    entries: ArrayQueue<Box<Entry>>,
-    /// Set by the writer before it waits for `wake`; the first line after
-    /// that clears it and wakes the writer, later lines do not.
-    idle: AtomicBool,
-    wake: Notify,
-}
-
-impl Queue {
-    fn new(capacity: usize) -> Self {
-        Self {
-            entries: ArrayQueue::new(capacity.max(1)),
-            idle: AtomicBool::new(false),
-            wake: Notify::new(),
-        }
-    }
-
-    /// Queues `entry`, waking the writer if it is idle; hands the entry
-    /// back when the queue is full.
-    fn push(&self, entry: Box<Entry>) -> Result<(), Box<Entry>> {
-        self.entries.push(entry)?;
-        if self.idle.load(Ordering::Acquire) && self.idle.swap(false, Ordering::AcqRel) {
-            self.wake.notify_one();
-        }
-        Ok(())
-    }
-
-    pub(crate) fn pop(&self) -> Option<Box<Entry>> {
-        self.entries.pop()
-    }
-
-    pub(crate) fn capacity(&self) -> usize {
-        self.entries.capacity()
-    }
-
-    /// Waits until a line is queued (at once if one is).
-    pub(crate) async fn queued(&self) {
-        let woken = self.wake.notified();
-        tokio::pin!(woken);
-        // Registered before `idle` is set: a push in between is not missed.
-        woken.as_mut().enable();
-        self.idle.store(true, Ordering::Release);
-        if !self.entries.is_empty() {
-            self.idle.store(false, Ordering::Release);
-            return;
-        }
-        woken.await;
-    }
-}
+/// The lines on their way to the writer.
+pub type Queue = BatchQueue<Box<Entry>>;
 
 /// The data path's end of the log, one clone per data thread.
 #[derive(Clone)]
@@ -252,7 +202,7 @@ mod tests {
         // lines in the file while the writer is still in its batch pause.)
         let mut idle = false;
         for _ in 0..1000 {
-            idle = log.queue.idle.load(Ordering::Acquire);
+            idle = log.queue.is_idle();
             if idle {
                 break;
             }

@@ -13,9 +13,10 @@
 //!   `tracestate`), so the replica's own spans join the trace.
 //!
 //! The hold and wake spans are made after the fact, with their real start
-//! times: a request that was never held pays nothing for them. Spans go to
-//! a batch processor on the control-plane runtime, which exports them; at
-//! shutdown it is flushed ([`Exporter::shutdown`]).
+//! times: a request that was never held pays nothing for them. Ended spans
+//! go onto a lock-free queue (`processor`), which a task on the
+//! control-plane runtime exports in batches; at shutdown it is flushed
+//! ([`Exporter::shutdown`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,10 +31,14 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
+use prometheus_client::metrics::counter::Counter;
 use rouse_nats::config::{OtlpProtocol, TracingConfig};
+
+mod processor;
+
+use processor::QueuedProcessor;
 
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +59,7 @@ pub struct Exporter {
 
 /// Starts the exporter; must run inside the control-plane runtime, where
 /// the batch processor's task lives.
-pub fn start(config: &TracingConfig) -> anyhow::Result<(Tracing, Exporter)> {
+pub fn start(config: &TracingConfig, dropped: Counter) -> anyhow::Result<(Tracing, Exporter)> {
     let exporter = match config.protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -69,8 +74,7 @@ pub fn start(config: &TracingConfig) -> anyhow::Result<(Tracing, Exporter)> {
             .build(),
     }
     .with_context(|| format!("building the OTLP exporter for {}", config.otlp_endpoint))?;
-    let processor =
-        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let processor = QueuedProcessor::start(exporter, dropped);
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)));
     let resource = Resource::builder_empty()
         .with_service_name(config.service_name.clone())
