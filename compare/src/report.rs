@@ -463,8 +463,9 @@ pub(crate) fn throughput_markdown(t: &Throughput) -> String {
     if let Some(r) = &t.tracing_vs_off {
         let note = format!(
             "; every request sampled, OTLP/gRPC to a local collector, {} spans received \
-             per request answered",
-            s("spans_per_request")
+             per request answered, {} dropped",
+            s("spans_per_request"),
+            s("trace_spans_dropped")
         );
         ratio_line(&mut md, ("rouse-trace", "rouse"), r, true, &note);
     }

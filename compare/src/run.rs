@@ -401,7 +401,8 @@ impl Bench {
     /// What the variants' extra work came to, for the report: the access
     /// log's bytes written and lines dropped (`access_log_bytes`,
     /// `access_log_dropped`), and the spans the collector received per
-    /// request the tracing proxy answered (`spans_per_request`). A line or
+    /// request the tracing proxy answered (`spans_per_request`) and those
+    /// it dropped (`trace_spans_dropped`). A line or
     /// span dropped is work not done, so a variant's CPU per request is
     /// only the full cost if none was.
     async fn variant_facts(&self, stack: &Stack) -> Vec<(String, String)> {
@@ -445,6 +446,11 @@ impl Bench {
                 0.0
             };
             facts.push(("spans_per_request".to_owned(), format!("{per_request:.2}")));
+            let dropped = text
+                .lines()
+                .find_map(|l| l.strip_prefix("rouse_trace_spans_dropped_total "))
+                .map_or("?".to_owned(), |v| v.trim().to_owned());
+            facts.push(("trace_spans_dropped".to_owned(), dropped));
         }
         facts
     }

@@ -96,8 +96,8 @@ async fn shut_down(provider: SdkTracerProvider) -> OTelSdkResult {
 }
 
 /// Spans ended while an export is under way wait in the queue and go out
-/// together, at most 512 to a batch; shutdown exports what is left and
-/// shuts the exporter.
+/// together, at most [`MAX_BATCH`] to a batch; shutdown exports what is
+/// left and shuts the exporter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_gather_into_batches_and_shutdown_exports_the_rest() {
     let (exporter, gate) = Recording::gated();
@@ -105,13 +105,13 @@ async fn spans_gather_into_batches_and_shutdown_exports_the_rest() {
     end_spans(&provider, 1);
     exporter.until_entered(1).await;
     // The task is held in the first export: these all queue.
-    end_spans(&provider, 600);
+    end_spans(&provider, MAX_BATCH + 88);
     gate.send_replace(true);
     exporter.until_entered(3).await;
     let batches = tokio::time::timeout(BOUND, async {
         loop {
             let batches = exporter.batches();
-            if batches.iter().sum::<usize>() == 601 {
+            if batches.iter().sum::<usize>() == MAX_BATCH + 89 {
                 return batches;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -119,13 +119,13 @@ async fn spans_gather_into_batches_and_shutdown_exports_the_rest() {
     })
     .await
     .expect("every span exported");
-    assert_eq!(batches, vec![1, 512, 88]);
+    assert_eq!(batches, vec![1, MAX_BATCH, 88]);
 
     end_spans(&provider, 5);
     assert!(shut_down(provider).await.is_ok());
     assert_eq!(
         exporter.batches().iter().sum::<usize>(),
-        606,
+        MAX_BATCH + 94,
         "{:?}",
         exporter.batches()
     );
